@@ -1,0 +1,211 @@
+"""The client: start, query and operate sagas. Used by code, the CLI and the dashboard.
+
+Operator commands (abort, retry, resolve) are durable rows in the store's command queue,
+applied by a worker under the same rules as everything else (Semantics 11). The client checks
+them against the instance's current state first, so a command that is invalid now is refused
+at once with :class:`~sagakit.errors.CommandRefused`; with no worker running, a valid command
+waits in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from sagakit.definition import Saga, SagaDefinition
+from sagakit.errors import CommandRefused, SagakitError, SagaNotFound
+from sagakit.ports import (
+    CommandQueue,
+    CommandState,
+    DeadLetter,
+    DeadLetters,
+    InstanceFilter,
+    InstanceQueries,
+    QueuedCommand,
+)
+from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
+from sagakit.transitions import Abort, OperatorCommand, Resolve, Retry, check_command
+
+
+class ClientStore(InstanceQueries, CommandQueue, DeadLetters, Protocol):
+    """The store ports a client needs."""
+
+
+class Runner(Protocol):
+    """What a worker in the same process offers a client."""
+
+    async def start_saga(
+        self,
+        definition: SagaDefinition,
+        data: object,
+        *,
+        key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str: ...
+
+    async def wait_settled(self, saga_id: str, timeout: float | None = None) -> SagaInstance: ...
+
+    def poke(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SagaHandle:
+    saga_id: str
+    client: Client
+
+    async def get(self) -> SagaInstance:
+        return await self.client.get(self.saga_id)
+
+    async def result(self, timeout: float | None = None) -> SagaInstance:
+        """Wait until the instance is completed, failed or stuck, and return it."""
+        return await self.client.wait(self.saga_id, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class CommandHandle:
+    id: int
+    saga_id: str
+    client: Client
+
+    async def wait(self, timeout: float | None = None) -> QueuedCommand:
+        """Wait until a worker applied the command; raises CommandRefused if it refused it."""
+        return await self.client.wait_command(self.id, timeout=timeout)
+
+
+class Client:
+    def __init__(
+        self, store: ClientStore, *, worker: Runner | None = None, poll_interval: float = 0.05
+    ) -> None:
+        self.store = store
+        self._worker = worker
+        self._poll = poll_interval
+
+    # -- starting -------------------------------------------------------------------------
+
+    async def start(
+        self,
+        saga: SagaDefinition | Saga[object],
+        data: object,
+        *,
+        key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> SagaHandle:
+        """Start an instance (idempotent with ``key``); returns once it is durably created."""
+        if self._worker is None:
+            raise SagakitError("starting a saga needs a worker in this process (worker.client)")
+        definition = saga.build() if isinstance(saga, Saga) else saga
+        saga_id = await self._worker.start_saga(
+            definition, data, key=key, correlation_id=correlation_id
+        )
+        return SagaHandle(saga_id, self)
+
+    async def run(
+        self,
+        saga: SagaDefinition | Saga[object],
+        data: object,
+        *,
+        key: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SagaInstance:
+        """Start an instance and wait until it is completed, failed or stuck."""
+        handle = await self.start(saga, data, key=key, correlation_id=correlation_id)
+        return await handle.result(timeout)
+
+    # -- queries --------------------------------------------------------------------------
+
+    async def get(self, saga_id: str) -> SagaInstance:
+        instance = await self.store.get(saga_id)
+        if instance is None:
+            raise SagaNotFound(f"no saga instance {saga_id}")
+        return instance
+
+    async def list(
+        self,
+        *,
+        status: SagaStatus | str | None = None,
+        saga_type: str | None = None,
+        correlation_id: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        limit: int = 100,
+    ) -> list[SagaInstance]:
+        return await self.store.list(
+            InstanceFilter(
+                status=SagaStatus(status) if status is not None else None,
+                saga_type=saga_type,
+                correlation_id=correlation_id,
+                created_after=created_after,
+                created_before=created_before,
+                limit=limit,
+            )
+        )
+
+    async def history(self, saga_id: str) -> list[HistoryEntry]:
+        await self.get(saga_id)
+        return await self.store.history(saga_id)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return await self.store.dead_letters(limit)
+
+    async def wait(self, saga_id: str, *, timeout: float | None = None) -> SagaInstance:
+        """Wait until the instance is completed, failed or stuck."""
+        if self._worker is not None:
+            return await self._worker.wait_settled(saga_id, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            instance = await self.get(saga_id)
+            if instance.status.settled:
+                return instance
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"saga {saga_id} is still {instance.status.value}")
+            await asyncio.sleep(self._poll)
+
+    # -- operator commands ----------------------------------------------------------------
+
+    async def abort(self, saga_id: str, reason: str, *, by: str = "operator") -> CommandHandle:
+        """Compensate now (refused past the point of no return)."""
+        return await self._command(saga_id, Abort(reason, by), {})
+
+    async def retry(self, saga_id: str, reason: str, *, by: str = "operator") -> CommandHandle:
+        """Give the step a stuck instance waits on a fresh attempt budget."""
+        return await self._command(saga_id, Retry(reason, by), {})
+
+    async def resolve(
+        self, saga_id: str, step: str, reason: str, *, by: str = "operator"
+    ) -> CommandHandle:
+        """Declare by hand that the step (or its compensation) a stuck instance waits on is
+        settled, and carry on."""
+        return await self._command(saga_id, Resolve(step, reason, by), {"step": step})
+
+    async def _command(
+        self, saga_id: str, command: OperatorCommand, extra: dict[str, object]
+    ) -> CommandHandle:
+        if not command.reason:
+            raise CommandRefused("an operator command needs a reason")
+        instance = await self.get(saga_id)
+        refused = check_command(instance, command)
+        if refused:
+            raise CommandRefused(refused)
+        kind = type(command).__name__.lower()
+        body = {"reason": command.reason, "by": command.by, **extra}
+        command_id = await self.store.enqueue(saga_id, kind, body)  # type: ignore[arg-type]
+        if self._worker is not None:
+            self._worker.poke()
+        return CommandHandle(command_id, saga_id, self)
+
+    async def wait_command(self, command_id: int, *, timeout: float | None = None) -> QueuedCommand:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            command = await self.store.command(command_id)
+            if command is None:
+                raise SagakitError(f"no command {command_id}")
+            if command.state is CommandState.REFUSED:
+                raise CommandRefused(command.error or "refused")
+            if command.state is CommandState.APPLIED:
+                return command
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"command {command_id} is still pending (is a worker running?)")
+            await asyncio.sleep(self._poll)

@@ -1,0 +1,103 @@
+"""JSON values in and out: saga data and step results (Semantics 14).
+
+Saga data and step results are JSON values, dataclasses or pydantic models. They are stored and
+sent as JSON; nothing is ever pickled. A value that cannot be encoded raises
+:class:`~sagakit.errors.EncodingError` naming the offending type and where it sits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import types
+import typing
+from typing import Any, TypeVar, Union, cast
+
+from sagakit.errors import EncodingError
+
+#: A JSON value as Python holds it.
+JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]
+
+T = TypeVar("T")
+
+
+def to_json(value: object, *, path: str = "value") -> JSON:
+    """Convert ``value`` to a plain JSON value, or raise EncodingError naming the path."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EncodingError(f"{path}: {value!r} is not a finite number")
+        return value
+    if isinstance(value, enum.Enum):
+        return to_json(value.value, path=path)
+    if isinstance(value, dict):
+        out: dict[str, JSON] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EncodingError(f"{path}: dict key {key!r} is not a string")
+            out[key] = to_json(item, path=f"{path}.{key}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_json(item, path=f"{path}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: to_json(getattr(value, field.name), path=f"{path}.{field.name}")
+            for field in dataclasses.fields(value)
+        }
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):  # a pydantic v2 model
+        return to_json(dump(mode="json"), path=path)
+    raise EncodingError(
+        f"{path}: a {type(value).__qualname__} is not JSON-encodable "
+        "(use JSON values, dataclasses or pydantic models)"
+    )
+
+
+def from_json(value: JSON, into: type[T] | None) -> T:
+    """Build an ``into`` (a dataclass, pydantic model, or plain type) from a JSON value.
+
+    ``None`` for ``into`` returns the JSON value unchanged.
+    """
+    if into is None:
+        return cast(T, value)
+    return cast(T, _build(value, into))
+
+
+def _build(value: JSON, into: Any) -> Any:
+    validate = getattr(into, "model_validate", None)
+    if callable(validate):
+        return validate(value)
+    if dataclasses.is_dataclass(into) and isinstance(into, type) and isinstance(value, dict):
+        hints = typing.get_type_hints(into)
+        kwargs = {
+            field.name: _build(value[field.name], hints.get(field.name, Any))
+            for field in dataclasses.fields(into)
+            if field.init and field.name in value
+        }
+        return into(**kwargs)
+    origin = typing.get_origin(into)
+    args = typing.get_args(into)
+    if origin in (list, tuple) and isinstance(value, list) and args:
+        return origin(_build(item, args[0]) for item in value)
+    if origin in (Union, types.UnionType) and value is not None:
+        for arg in args:
+            if arg is not type(None):
+                return _build(value, arg)
+    if isinstance(into, type) and issubclass(into, enum.Enum):
+        return into(value)
+    return value
+
+
+def dumps(value: JSON) -> str:
+    """Compact, key-sorted JSON text for a JSON value (deterministic for fingerprints)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def loads(text: str | bytes) -> JSON:
+    """Parse JSON text; raises ValueError on malformed input."""
+    return cast(JSON, json.loads(text))

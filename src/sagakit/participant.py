@@ -1,0 +1,242 @@
+"""Participants: command handlers that reply by themselves, exactly once in effect (C3).
+
+A participant handler is a plain function that runs **inside the participant's database
+transaction**: its business writes, the inbox record of the command's idempotency key and the
+reply (in the participant's outbox) commit together (Semantics 3). On a duplicate command the
+stored reply is sent again and the handler does not run. Out of order (Semantics 7): a
+compensation with nothing to undo succeeds as a no-op; an action arriving after its own
+compensation is refused with a failure reply.
+
+::
+
+    inventory = Participant("inventory")
+
+    @inventory.command("inventory.reserve")
+    def reserve(tx: ParticipantTx, cmd: Command) -> dict:
+        tx.execute("INSERT INTO stock_holds (order_id) VALUES (?)", (cmd.payload["order_id"],))
+        return {"held": True}
+
+Raise :class:`~sagakit.errors.StepFailed` for a definite business failure (its writes are
+rolled back, the failure is recorded and replied), :class:`~sagakit.errors.StepError` (or any
+exception) for a retryable error (rolled back, not recorded, so a retry runs again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from sagakit.definition import Phase
+from sagakit.encoding import JSON, to_json
+from sagakit.errors import DefinitionError, EncodingError, MessageRejected, StepError, StepFailed
+from sagakit.messages import Envelope, MessageKind, decode, encode
+from sagakit.ports import DeadLetter, OutboxMessage, ParticipantStore, ParticipantTx, Transport
+from sagakit.relay import Relay
+from sagakit.transitions import Outcome, idempotency_key
+
+log = logging.getLogger("sagakit.participant")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as a handler sees it. For a compensation, ``input`` is what the action got and
+    ``result`` what it returned (None when its outcome was unknown)."""
+
+    saga_id: str
+    saga_type: str
+    step: str
+    phase: Phase
+    attempt: int
+    idempotency_key: str
+    correlation_id: str
+    deadline: float | None
+    payload: JSON
+
+    @property
+    def input(self) -> JSON:
+        if self.phase is Phase.COMPENSATION and isinstance(self.payload, dict):
+            return self.payload.get("input")
+        return self.payload
+
+    @property
+    def result(self) -> JSON:
+        if self.phase is Phase.COMPENSATION and isinstance(self.payload, dict):
+            return self.payload.get("result")
+        return None
+
+
+CommandHandler = Callable[[ParticipantTx, Command], object]
+
+
+class Participant:
+    """A named participant: a queue of commands and the handlers that serve them."""
+
+    def __init__(self, name: str) -> None:
+        if not name:
+            raise DefinitionError("a participant needs a name")
+        self.name = name
+        self.handlers: dict[str, CommandHandler] = {}
+
+    def command(self, command_type: str) -> Callable[[CommandHandler], CommandHandler]:
+        """Decorator: ``fn(tx, cmd)`` serves commands of ``command_type``."""
+
+        def register(fn: CommandHandler) -> CommandHandler:
+            if command_type in self.handlers:
+                raise DefinitionError(
+                    f"participant {self.name!r}: duplicate handler for {command_type!r}"
+                )
+            self.handlers[command_type] = fn
+            return fn
+
+        return register
+
+
+class ParticipantRunner:
+    """Serves one participant's queue on a transport, with its inbox and outbox in ``store``."""
+
+    def __init__(
+        self,
+        participant: Participant,
+        store: ParticipantStore,
+        transport: Transport,
+        *,
+        rescan_interval: float = 2.0,
+    ) -> None:
+        self.participant = participant
+        self._store = store
+        self._transport = transport
+        self._relay = Relay(
+            store, participant.name, self._publish, self._mark_done,
+            rescan_interval=rescan_interval,
+        )
+
+    async def start(self) -> None:
+        await self._transport.subscribe(self.participant.name, self.handle)
+        self._relay.start()
+
+    async def stop(self) -> None:
+        await self._relay.stop()
+
+    async def handle(self, body: bytes) -> None:
+        """Consume one command message; returns once its reply is committed to the outbox."""
+        try:
+            env = decode(body)
+            if env.kind is not MessageKind.COMMAND:
+                raise MessageRejected(f"expected a command, got a {env.kind.value}")
+            if env.type not in self.participant.handlers:
+                raise MessageRejected(
+                    f"participant {self.participant.name!r} has no handler for {env.type!r}"
+                )
+            if not env.reply_to:
+                raise MessageRejected("a command needs reply_to")
+        except MessageRejected as exc:
+            await self._store.transaction(lambda tx: _dead_letter(tx, self.participant.name,
+                                                                   str(exc), body))
+            log.warning("dead-lettered a message for %s: %s", self.participant.name, exc)
+            return
+        replies = await self._store.transaction(lambda tx: self._serve(tx, env))
+        self._relay.send(replies)
+
+    # Runs on the store's thread, inside the transaction.
+    def _serve(self, tx: ParticipantTx, env: Envelope) -> list[OutboxMessage]:
+        name = self.participant.name
+        key = env.idempotency_key
+        stored = tx.inbox_get(name, key)
+        if stored is not None:
+            return [self._reply_from(tx, env, decode(stored))]
+        if env.phase is Phase.ACTION:
+            undo = tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.COMPENSATION))
+            if undo is not None:
+                return [self._record(tx, env, Outcome.FAILURE, None,
+                                     "refused: the action arrived after its compensation")]
+        else:
+            done = tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.ACTION))
+            if done is None or decode(done).outcome is not Outcome.SUCCESS:
+                return [self._record(tx, env, Outcome.SUCCESS, {"noop": True}, None)]
+        handler = self.participant.handlers[env.type]
+        command = Command(
+            env.saga_id, env.saga_type, env.step, env.phase, env.attempt, key,
+            env.correlation_id, env.deadline, env.payload,
+        )
+        tx.execute("SAVEPOINT sagakit_handler")
+        try:
+            result = to_json(handler(tx, command), path=f"result of {env.type}")
+        except StepFailed as exc:
+            tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
+            return [self._record(tx, env, Outcome.FAILURE, None, str(exc) or "failed")]
+        except (StepError, EncodingError, Exception) as exc:
+            tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
+            retryable = exc.retryable if isinstance(exc, StepError) else not isinstance(
+                exc, EncodingError
+            )
+            retry_after = exc.retry_after if isinstance(exc, StepError) else None
+            reply = self._reply(env, Outcome.ERROR, None, f"{type(exc).__name__}: {exc}",
+                                retryable=retryable, retry_after=retry_after)
+            return [self._put(tx, reply)]
+        tx.execute("RELEASE SAVEPOINT sagakit_handler")
+        return [self._record(tx, env, Outcome.SUCCESS, result, None)]
+
+    def _record(
+        self, tx: ParticipantTx, env: Envelope, outcome: Outcome, result: JSON, error: str | None
+    ) -> OutboxMessage:
+        reply = self._reply(env, outcome, result, error)
+        tx.inbox_put(self.participant.name, env.idempotency_key, encode(reply))
+        return self._put(tx, reply)
+
+    def _reply_from(self, tx: ParticipantTx, env: Envelope, stored: Envelope) -> OutboxMessage:
+        # The same answer, as a new message caused by the duplicate command.
+        reply = replace(
+            stored, id=uuid.uuid4().hex, causation_id=env.id, attempt=env.attempt,
+            timestamp=time.time(),
+        )
+        return self._put(tx, reply, destination=env.reply_to)
+
+    def _reply(
+        self,
+        env: Envelope,
+        outcome: Outcome,
+        result: JSON,
+        error: str | None,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> Envelope:
+        return replace(
+            env,
+            id=uuid.uuid4().hex,
+            kind=MessageKind.REPLY,
+            causation_id=env.id,
+            timestamp=time.time(),
+            payload=result,
+            outcome=outcome,
+            error=error,
+            retryable=retryable,
+            retry_after=retry_after,
+        )
+
+    def _put(
+        self, tx: ParticipantTx, reply: Envelope, destination: str | None = None
+    ) -> OutboxMessage:
+        target = destination or reply.reply_to
+        assert target is not None
+        message = OutboxMessage(reply.id, self.participant.name, target, encode(reply),
+                                reply.saga_id)
+        tx.outbox_put(message)
+        return message
+
+    async def _publish(self, message: OutboxMessage) -> bool:
+        await self._transport.publish(message.destination, message.body)
+        return True
+
+    async def _mark_done(self, message_id: str) -> None:
+        await self._store.transaction(lambda tx: tx.outbox_done([message_id]))
+
+
+def _dead_letter(tx: ParticipantTx, source: str, reason: str, body: bytes) -> None:
+    tx.dead_letter(DeadLetter(source, reason, body, at=time.time()))
+
+
+__all__ = ["Command", "CommandHandler", "Participant", "ParticipantRunner"]

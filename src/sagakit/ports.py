@@ -1,0 +1,247 @@
+"""Ports: the small protocols that adapters implement, and the values that cross them.
+
+Each capability is its own protocol of a few methods, held by a contract test that runs
+against every adapter (tests/contract). A storage adapter usually implements all the store
+ports on one database; the worker and the client depend only on the ports.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from sagakit.definition import Phase
+from sagakit.encoding import JSON
+from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
+from sagakit.transitions import TimerKind
+
+T = TypeVar("T")
+
+#: Outbox destination of a local step run: the worker that owns the instance runs it.
+LOCAL_DESTINATION = "sagakit.local"
+#: The outbox source of messages written by the orchestrator (participants use their name).
+ORCHESTRATOR = "sagakit.orchestrator"
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message committed with a transition, published by a relay at least once."""
+
+    id: str
+    source: str
+    destination: str
+    body: bytes
+    saga_id: str
+
+
+@dataclass(frozen=True)
+class Timer:
+    saga_id: str
+    name: str
+    kind: TimerKind
+    due_at: float
+    step: str | None = None
+    phase: Phase = Phase.ACTION
+    attempt: int = 0
+
+
+class TimerOpKind(str, enum.Enum):
+    SET = "set"
+    CANCEL = "cancel"
+    FIRED = "fired"
+
+
+@dataclass(frozen=True)
+class TimerOp:
+    """In order: set (upsert by name), cancel (names, or all when names is None), fired
+    (delete this exact timer, unless it was set again meanwhile)."""
+
+    kind: TimerOpKind
+    timer: Timer | None = None
+    names: tuple[str, ...] | None = None
+
+
+class CommandState(str, enum.Enum):
+    PENDING = "pending"
+    APPLIED = "applied"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class QueuedCommand:
+    """An operator command (abort, retry, resolve) waiting for a worker (Semantics 11)."""
+
+    id: int
+    saga_id: str
+    kind: str
+    body: dict[str, JSON]
+    state: CommandState = CommandState.PENDING
+    error: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    id: int
+    state: CommandState
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    source: str
+    reason: str
+    body: bytes
+    at: float = 0.0
+    id: int = 0
+
+
+@dataclass
+class Transition:
+    """Everything one instance's events wrote, to commit atomically.
+
+    ``instance`` is the new state (None: no state change, only side records).
+    ``expected_revision`` is the revision the decision was based on; None inserts a new
+    instance. A transition whose check fails is dropped whole: none of its records are
+    written and none of its messages are sent.
+    """
+
+    saga_id: str
+    instance: SagaInstance | None = None
+    expected_revision: int | None = None
+    history: list[HistoryEntry] = field(default_factory=list)
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    timer_ops: list[TimerOp] = field(default_factory=list)
+    consumed: list[str] = field(default_factory=list)
+    commands: list[CommandResult] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """One database transaction: many transitions plus records that belong to none."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    outbox_done: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    commands: list[CommandResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InstanceFilter:
+    status: SagaStatus | None = None
+    saga_type: str | None = None
+    correlation_id: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 100
+
+
+# -- ports --------------------------------------------------------------------------------
+
+
+class TransitionStore(Protocol):
+    async def commit(self, batch: Batch) -> list[bool]:
+        """Commit ``batch`` in one durable transaction.
+
+        Returns one flag per transition: False where its revision check (or, for a new
+        instance, its uniqueness) failed; those are skipped, the rest commit.
+        """
+        ...
+
+
+class InstanceQueries(Protocol):
+    async def get(self, saga_id: str) -> SagaInstance | None: ...
+
+    async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None: ...
+
+    async def list(self, filter: InstanceFilter) -> list[SagaInstance]: ...
+
+    async def history(self, saga_id: str) -> list[HistoryEntry]: ...
+
+    async def unsettled(self, limit: int) -> list[SagaInstance]:
+        """Instances that are neither completed, failed nor stuck."""
+        ...
+
+    async def count_by_status(self) -> dict[SagaStatus, int]: ...
+
+
+class TimerQueue(Protocol):
+    async def due(self, limit: int) -> list[Timer]:
+        """Timers due by the store's clock (Semantics 13), earliest first."""
+        ...
+
+    async def next_due(self) -> float | None: ...
+
+    async def now(self) -> float:
+        """The store's clock, which judges due timers."""
+        ...
+
+
+class Outbox(Protocol):
+    async def pending(self, source: str, limit: int) -> list[OutboxMessage]: ...
+
+
+class CommandQueue(Protocol):
+    async def enqueue(self, saga_id: str, kind: str, body: dict[str, JSON]) -> int: ...
+
+    async def pending_commands(self, limit: int) -> list[QueuedCommand]: ...
+
+    async def command(self, command_id: int) -> QueuedCommand | None: ...
+
+
+class DeadLetters(Protocol):
+    async def dead_letters(self, limit: int) -> list[DeadLetter]: ...
+
+
+class ParticipantTx(Protocol):
+    """A participant's open transaction: its business writes, inbox and outbox together."""
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Run one statement of the participant's own (business) SQL; returns its rows."""
+        ...
+
+    def inbox_get(self, participant: str, key: str) -> bytes | None: ...
+
+    def inbox_put(self, participant: str, key: str, reply: bytes) -> None: ...
+
+    def outbox_put(self, message: OutboxMessage) -> None: ...
+
+    def outbox_done(self, message_ids: Sequence[str]) -> None: ...
+
+    def dead_letter(self, letter: DeadLetter) -> None: ...
+
+
+class ParticipantStore(Outbox, Protocol):
+    async def transaction(self, fn: Callable[[ParticipantTx], T]) -> T:
+        """Run ``fn`` inside one durable transaction; roll back if it raises."""
+        ...
+
+
+class Store(TransitionStore, InstanceQueries, TimerQueue, CommandQueue, DeadLetters,
+            ParticipantStore, Protocol):
+    """What a worker needs: every store port on one database."""
+
+    async def close(self) -> None: ...
+
+
+MessageHandler = Callable[[bytes], Awaitable[None]]
+
+
+class Transport(Protocol):
+    """Moves encoded messages between processes.
+
+    ``publish`` returns once the message is safely handed over: to a broker that holds it
+    durably, or (in-process) to a consumer whose handler has committed. A handler that raises
+    leaves the message unacknowledged, to be delivered again.
+    """
+
+    async def publish(self, destination: str, body: bytes) -> None: ...
+
+    async def subscribe(self, destination: str, handler: MessageHandler) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,218 @@
+"""The persisted state of a saga instance, as immutable values (Semantics 12).
+
+Saga statuses::
+
+    started ──> pending ──> completed
+                  │  └────> stuck            (forward recovery exhausted; an operator acts)
+                  v
+             compensating ──> failed          (every completed step compensated)
+                  └─────────> stuck           (a compensation exhausted its policy)
+
+Step statuses: pending, running, retrying (waiting for a backoff timer), done, failed (a
+definite failure: nothing was done), unknown (no definite answer), compensating, compensated,
+resolved (by an operator, by hand).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import cast
+
+from sagakit.encoding import JSON
+
+
+class SagaStatus(str, enum.Enum):
+    STARTED = "started"
+    PENDING = "pending"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STUCK = "stuck"
+
+    @property
+    def terminal(self) -> bool:
+        """Completed and failed are final; stuck waits for an operator."""
+        return self in (SagaStatus.COMPLETED, SagaStatus.FAILED)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more happens without an operator: completed, failed or stuck."""
+        return self in (SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.STUCK)
+
+
+class StepStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    RESOLVED = "resolved"
+
+
+class CompensationStatus(str, enum.Enum):
+    RUNNING = "running"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class CompensationState:
+    status: CompensationStatus
+    attempts: int = 0
+    budget_from: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One step of one instance.
+
+    ``attempts`` counts action attempts dispatched; ``budget_from`` is the attempt count when
+    an operator last granted a fresh budget (so the policy allows ``max_attempts`` more).
+    ``outcome_known`` is False once the action ended without a definite answer.
+    """
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    budget_from: int = 0
+    result: JSON = None
+    error: str | None = None
+    outcome_known: bool = True
+    compensation: CompensationState | None = None
+
+
+class HistoryKind(str, enum.Enum):
+    CREATED = "created"
+    STATUS = "status"
+    DISPATCHED = "dispatched"
+    REPLY = "reply"
+    LATE_REPLY = "late_reply"
+    DUPLICATE_REPLY = "duplicate_reply"
+    TIMED_OUT = "timed_out"
+    RETRY_SCHEDULED = "retry_scheduled"
+    DEADLINE = "deadline"
+    OPERATOR = "operator"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: float
+    kind: HistoryKind
+    step: str | None = None
+    phase: str | None = None
+    attempt: int | None = None
+    detail: dict[str, JSON] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "at": self.at,
+            "kind": self.kind.value,
+            "step": self.step,
+            "phase": self.phase,
+            "attempt": self.attempt,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class SagaInstance:
+    """One saga instance. ``revision`` increases with every committed transition."""
+
+    saga_id: str
+    saga_type: str
+    version: int
+    fingerprint: str
+    status: SagaStatus
+    data: JSON
+    steps: tuple[StepState, ...]
+    correlation_id: str
+    created_at: float
+    updated_at: float
+    idempotency_key: str | None = None
+    input_digest: str = ""
+    deadline_at: float | None = None
+    deadline_passed: bool = False
+    reason: str | None = None
+    stuck_reason: str | None = None
+    stuck_step: str | None = None
+    point_of_no_return: str | None = None
+    revision: int = 0
+
+    @property
+    def status_reason(self) -> str | None:
+        """Why the instance is stuck, or why it failed or is compensating."""
+        return self.stuck_reason if self.status is SagaStatus.STUCK else self.reason
+
+    def step(self, name: str) -> StepState:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def index(self, name: str) -> int:
+        for i, step in enumerate(self.steps):
+            if step.name == name:
+                return i
+        raise KeyError(name)
+
+    def with_step(self, index: int, **changes: object) -> SagaInstance:
+        steps = list(self.steps)
+        steps[index] = replace(steps[index], **changes)  # type: ignore[arg-type]
+        return replace(self, steps=tuple(steps))
+
+    def results(self) -> dict[str, JSON]:
+        """Results of the steps that are done (or resolved by hand), by step name."""
+        return {
+            s.name: s.result
+            for s in self.steps
+            if s.status in (StepStatus.DONE, StepStatus.RESOLVED)
+        }
+
+    # -- encoding: the row in the store ---------------------------------------------------
+
+    def steps_to_json(self) -> list[JSON]:
+        out: list[JSON] = []
+        for s in self.steps:
+            comp: JSON = None
+            if s.compensation is not None:
+                c = s.compensation
+                comp = [c.status.value, c.attempts, c.budget_from, c.error]
+            out.append(
+                [s.name, s.status.value, s.attempts, s.budget_from, s.result, s.error,
+                 s.outcome_known, comp]
+            )
+        return out
+
+    @staticmethod
+    def steps_from_json(value: JSON) -> tuple[StepState, ...]:
+        steps = []
+        for raw in cast(list[list[JSON]], value):
+            name, status, attempts, budget, result, error, known, comp = raw
+            compensation = None
+            if comp is not None:
+                cs, ca, cb, ce = cast(list[JSON], comp)
+                compensation = CompensationState(
+                    CompensationStatus(cast(str, cs)), cast(int, ca), cast(int, cb),
+                    cast("str | None", ce),
+                )
+            steps.append(
+                StepState(
+                    name=cast(str, name),
+                    status=StepStatus(cast(str, status)),
+                    attempts=cast(int, attempts),
+                    budget_from=cast(int, budget),
+                    result=result,
+                    error=cast("str | None", error),
+                    outcome_known=bool(known),
+                    compensation=compensation,
+                )
+            )
+        return tuple(steps)

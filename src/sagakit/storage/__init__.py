@@ -1,0 +1,21 @@
+"""Store adapters, chosen by URL: ``sqlite:///path.db`` (the default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sagakit.errors import StorageError
+from sagakit.storage.sqlite import SqliteStore
+
+DEFAULT_URL = "sqlite:///sagakit.db"
+
+
+def open_store(url: str, **options: Any) -> SqliteStore:
+    """Open the store a URL names. ``owner=True`` for a worker; ``create=False`` for readers."""
+    if url.startswith("sqlite:"):
+        return SqliteStore.from_url(url, **options)
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    raise StorageError(f"unsupported database URL {url!r} (scheme {scheme!r}); use sqlite:///path.db")
+
+
+__all__ = ["DEFAULT_URL", "SqliteStore", "open_store"]

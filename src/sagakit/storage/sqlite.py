@@ -1,0 +1,529 @@
+"""The SQLite store: the zero-set-up default (F1).
+
+WAL journal with ``synchronous=FULL`` by default, so every commit is durable before the worker
+acts on it. All database calls run on one dedicated thread, never on the event loop. A worker
+owns the file through an exclusive lock on ``<file>-sagakit.lock`` (held by the kernel, so it is
+released the moment the owning process dies); readers and the CLI open the file alongside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any, TypeVar, cast
+
+from sagakit.definition import Phase
+from sagakit.encoding import JSON, dumps, loads
+from sagakit.errors import StorageError, StoreLocked
+from sagakit.ports import (
+    Batch,
+    CommandResult,
+    CommandState,
+    DeadLetter,
+    InstanceFilter,
+    OutboxMessage,
+    ParticipantTx,
+    QueuedCommand,
+    Timer,
+    TimerOpKind,
+    Transition,
+)
+from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
+from sagakit.transitions import TimerKind
+
+T = TypeVar("T")
+
+_SETTLED = tuple(s.value for s in SagaStatus if s.settled)
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise StorageError(f"not a SQLite URL: {url!r} (expected sqlite:///path.db)")
+    path = url[len(prefix):]
+    if not path:
+        raise StorageError(f"SQLite URL without a file path: {url!r}")
+    return path
+
+
+class SqliteStore:
+    """Every store port on one SQLite file.
+
+    ``owner=True`` takes the worker's exclusive lock (one worker per file); ``create=False``
+    refuses to create a missing file (read commands).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        owner: bool = False,
+        create: bool = True,
+        synchronous: str = "FULL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock_file: IO[str] | None = None
+        self._seq = 0
+        memory = path == ":memory:"
+        if not memory and not create and not os.path.exists(path):
+            raise StorageError(f"database file not found: {path}")
+        if owner and not memory:
+            self._lock_file = _take_lock(path)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite")
+        try:
+            self._conn = self._executor.submit(self._connect, synchronous).result()
+        except sqlite3.Error as exc:
+            self._release()
+            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SqliteStore:
+        return cls(sqlite_path(url), **options)
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        schema = resources.files("sagakit.storage").joinpath("sql/sqlite/schema.sql").read_text()
+        with _transaction(conn):
+            for statement in schema.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM sagakit_outbox").fetchone()[0]
+        return conn
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite error: {exc}") from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._run(self._conn.close)
+        self._executor.shutdown(wait=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- TransitionStore ------------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> list[bool]:
+        return await self._run(lambda: self._commit(batch))
+
+    def _commit(self, batch: Batch) -> list[bool]:
+        conn = self._conn
+        results: list[bool] = []
+        history: list[tuple[object, ...]] = []
+        outbox: list[tuple[object, ...]] = []
+        consumed: list[tuple[str]] = [(i,) for i in batch.outbox_done]
+        commands: list[CommandResult] = list(batch.commands)
+        now = self._clock()
+        with _transaction(conn):
+            for t in batch.transitions:
+                ok = self._write_instance(conn, t)
+                results.append(ok)
+                if not ok:
+                    continue
+                history.extend(_history_row(t.saga_id, e) for e in t.history)
+                for m in t.outbox:
+                    self._seq += 1
+                    outbox.append((m.id, m.source, m.destination, m.saga_id, m.body, self._seq))
+                self._timer_ops(conn, t)
+                consumed.extend((i,) for i in t.consumed)
+                commands.extend(t.commands)
+            if consumed:
+                conn.executemany("DELETE FROM sagakit_outbox WHERE id = ?", consumed)
+            if history:
+                conn.executemany(
+                    "INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    history,
+                )
+            if outbox:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body,"
+                    " seq) VALUES (?, ?, ?, ?, ?, ?)",
+                    outbox,
+                )
+            if commands:
+                conn.executemany(
+                    "UPDATE sagakit_commands SET state = ?, error = ?, applied_at = ? WHERE id = ?",
+                    [(c.state.value, c.error, now, c.id) for c in commands],
+                )
+            if batch.dead_letters:
+                conn.executemany(
+                    "INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES (?,?,?,?)",
+                    [(now, d.source, d.reason, d.body) for d in batch.dead_letters],
+                )
+        return results
+
+    @staticmethod
+    def _write_instance(conn: sqlite3.Connection, t: Transition) -> bool:
+        inst = t.instance
+        if inst is None:
+            return True
+        state = dumps(_state_json(inst))
+        if t.expected_revision is None:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO sagakit_instances (saga_id, saga_type, version,"
+                " fingerprint, status, correlation_id, idempotency_key, created_at, updated_at,"
+                " revision, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (inst.saga_id, inst.saga_type, inst.version, inst.fingerprint, inst.status.value,
+                 inst.correlation_id, inst.idempotency_key, inst.created_at, inst.updated_at,
+                 inst.revision, state),
+            )
+        else:
+            cur = conn.execute(
+                "UPDATE sagakit_instances SET status = ?, updated_at = ?, revision = ?, state = ?"
+                " WHERE saga_id = ? AND revision = ?",
+                (inst.status.value, inst.updated_at, inst.revision, state, inst.saga_id,
+                 t.expected_revision),
+            )
+        return cur.rowcount == 1
+
+    @staticmethod
+    def _timer_ops(conn: sqlite3.Connection, t: Transition) -> None:
+        for op in t.timer_ops:
+            if op.kind is TimerOpKind.SET and op.timer is not None:
+                tm = op.timer
+                conn.execute(
+                    "INSERT OR REPLACE INTO sagakit_timers (saga_id, name, kind, step, phase,"
+                    " attempt, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (tm.saga_id, tm.name, tm.kind.value, tm.step, tm.phase.value, tm.attempt,
+                     tm.due_at),
+                )
+            elif op.kind is TimerOpKind.CANCEL:
+                if op.names is None:
+                    conn.execute("DELETE FROM sagakit_timers WHERE saga_id = ?", (t.saga_id,))
+                else:
+                    conn.executemany(
+                        "DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ?",
+                        [(t.saga_id, n) for n in op.names],
+                    )
+            elif op.kind is TimerOpKind.FIRED and op.timer is not None:
+                tm = op.timer
+                conn.execute(
+                    "DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ? AND due_at = ?"
+                    " AND attempt = ?",
+                    (tm.saga_id, tm.name, tm.due_at, tm.attempt),
+                )
+
+    # -- InstanceQueries ------------------------------------------------------------------
+
+    _COLUMNS = (
+        "saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,"
+        " created_at, updated_at, revision, state"
+    )
+
+    async def get(self, saga_id: str) -> SagaInstance | None:
+        rows = await self._query(
+            f"SELECT {self._COLUMNS} FROM sagakit_instances WHERE saga_id = ?", (saga_id,)
+        )
+        return _instance(rows[0]) if rows else None
+
+    async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None:
+        rows = await self._query(
+            f"SELECT {self._COLUMNS} FROM sagakit_instances"
+            " WHERE saga_type = ? AND idempotency_key = ?",
+            (saga_type, key),
+        )
+        return _instance(rows[0]) if rows else None
+
+    async def list(self, filter: InstanceFilter) -> list[SagaInstance]:
+        where: list[str] = []
+        params: list[object] = []
+        if filter.status is not None:
+            where.append("status = ?")
+            params.append(filter.status.value)
+        if filter.saga_type is not None:
+            where.append("saga_type = ?")
+            params.append(filter.saga_type)
+        if filter.correlation_id is not None:
+            where.append("correlation_id = ?")
+            params.append(filter.correlation_id)
+        if filter.created_after is not None:
+            where.append("created_at >= ?")
+            params.append(filter.created_after)
+        if filter.created_before is not None:
+            where.append("created_at < ?")
+            params.append(filter.created_before)
+        sql = f"SELECT {self._COLUMNS} FROM sagakit_instances"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY updated_at DESC LIMIT ?"
+        params.append(filter.limit)
+        return [_instance(r) for r in await self._query(sql, params)]
+
+    async def history(self, saga_id: str) -> list[HistoryEntry]:
+        rows = await self._query(
+            "SELECT at, kind, step, phase, attempt, detail FROM sagakit_history"
+            " WHERE saga_id = ? ORDER BY id",
+            (saga_id,),
+        )
+        return [
+            HistoryEntry(
+                cast(float, r[0]), HistoryKind(r[1]), cast("str | None", r[2]),
+                cast("str | None", r[3]), cast("int | None", r[4]),
+                cast(dict[str, JSON], loads(cast(str, r[5]))),
+            )
+            for r in rows
+        ]
+
+    async def unsettled(self, limit: int) -> list[SagaInstance]:
+        marks = ",".join("?" * len(_SETTLED))
+        rows = await self._query(
+            f"SELECT {self._COLUMNS} FROM sagakit_instances WHERE status NOT IN ({marks})"
+            " ORDER BY created_at LIMIT ?",
+            (*_SETTLED, limit),
+        )
+        return [_instance(r) for r in rows]
+
+    async def count_by_status(self) -> dict[SagaStatus, int]:
+        rows = await self._query("SELECT status, count(*) FROM sagakit_instances GROUP BY status")
+        return {SagaStatus(cast(str, r[0])): cast(int, r[1]) for r in rows}
+
+    # -- TimerQueue -----------------------------------------------------------------------
+
+    async def now(self) -> float:
+        return self._clock()
+
+    async def due(self, limit: int) -> list[Timer]:
+        rows = await self._query(
+            "SELECT saga_id, name, kind, step, phase, attempt, due_at FROM sagakit_timers"
+            " WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            (self._clock(), limit),
+        )
+        return [
+            Timer(
+                saga_id=cast(str, r[0]), name=cast(str, r[1]), kind=TimerKind(r[2]),
+                step=cast("str | None", r[3]), phase=Phase(r[4]), attempt=cast(int, r[5]),
+                due_at=cast(float, r[6]),
+            )
+            for r in rows
+        ]
+
+    async def next_due(self) -> float | None:
+        rows = await self._query("SELECT min(due_at) FROM sagakit_timers")
+        return cast("float | None", rows[0][0]) if rows else None
+
+    # -- Outbox ---------------------------------------------------------------------------
+
+    async def pending(self, source: str, limit: int) -> list[OutboxMessage]:
+        rows = await self._query(
+            "SELECT id, source, destination, body, saga_id FROM sagakit_outbox"
+            " WHERE source = ? ORDER BY seq LIMIT ?",
+            (source, limit),
+        )
+        return [
+            OutboxMessage(cast(str, r[0]), cast(str, r[1]), cast(str, r[2]), bytes(cast(bytes, r[3])),
+                          cast(str, r[4]))
+            for r in rows
+        ]
+
+    # -- CommandQueue ---------------------------------------------------------------------
+
+    async def enqueue(self, saga_id: str, kind: str, body: dict[str, JSON]) -> int:
+        def write() -> int:
+            with _transaction(self._conn):
+                cur = self._conn.execute(
+                    "INSERT INTO sagakit_commands (saga_id, kind, body, state, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (saga_id, kind, dumps(body), CommandState.PENDING.value, self._clock()),
+                )
+                return cast(int, cur.lastrowid)
+
+        return await self._run(write)
+
+    async def pending_commands(self, limit: int) -> list[QueuedCommand]:
+        rows = await self._query(
+            "SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands"
+            " WHERE state = ? ORDER BY id LIMIT ?",
+            (CommandState.PENDING.value, limit),
+        )
+        return [_command(r) for r in rows]
+
+    async def command(self, command_id: int) -> QueuedCommand | None:
+        rows = await self._query(
+            "SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands"
+            " WHERE id = ?",
+            (command_id,),
+        )
+        return _command(rows[0]) if rows else None
+
+    # -- DeadLetters ----------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        rows = await self._query(
+            "SELECT id, at, source, reason, body FROM sagakit_dead_letters ORDER BY id DESC"
+            " LIMIT ?",
+            (limit,),
+        )
+        return [
+            DeadLetter(cast(str, r[2]), cast(str, r[3]), bytes(cast(bytes, r[4])),
+                       cast(float, r[1]), cast(int, r[0]))
+            for r in rows
+        ]
+
+    # -- ParticipantStore -----------------------------------------------------------------
+
+    async def transaction(self, fn: Callable[[ParticipantTx], T]) -> T:
+        def run() -> T:
+            with _transaction(self._conn):
+                return fn(_SqliteTx(self._conn, self))
+
+        return await self._run(run)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _query(
+        self, sql: str, params: Sequence[object] = ()
+    ) -> list[tuple[object, ...]]:
+        return await self._run(lambda: self._conn.execute(sql, params).fetchall())
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
+        self._conn = conn
+        self._store = store
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def inbox_get(self, participant: str, key: str) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?", (participant, key)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def inbox_put(self, participant: str, key: str, reply: bytes) -> None:
+        self._conn.execute(
+            "INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?)",
+            (participant, key, reply, time.time()),
+        )
+
+    def outbox_put(self, message: OutboxMessage) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (message.id, message.source, message.destination, message.saga_id, message.body,
+             self._store._next_seq()),
+        )
+
+    def outbox_done(self, message_ids: Sequence[str]) -> None:
+        self._conn.executemany(
+            "DELETE FROM sagakit_outbox WHERE id = ?", [(i,) for i in message_ids]
+        )
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self._conn.execute(
+            "INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES (?, ?, ?, ?)",
+            (letter.at, letter.source, letter.reason, letter.body),
+        )
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _take_lock(path: str) -> IO[str]:
+    lock_path = f"{path}-sagakit.lock"
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the store's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreLocked(
+            f"{path} is owned by a running worker (pid {holder}); one worker per SQLite file "
+            "(use PostgreSQL for several workers)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _state_json(inst: SagaInstance) -> JSON:
+    return {
+        "data": inst.data,
+        "steps": inst.steps_to_json(),
+        "reason": inst.reason,
+        "stuck_reason": inst.stuck_reason,
+        "stuck_step": inst.stuck_step,
+        "deadline_at": inst.deadline_at,
+        "deadline_passed": inst.deadline_passed,
+        "point_of_no_return": inst.point_of_no_return,
+        "input_digest": inst.input_digest,
+    }
+
+
+def _instance(row: tuple[object, ...]) -> SagaInstance:
+    state = cast(dict[str, JSON], loads(cast(str, row[10])))
+    return SagaInstance(
+        saga_id=cast(str, row[0]),
+        saga_type=cast(str, row[1]),
+        version=cast(int, row[2]),
+        fingerprint=cast(str, row[3]),
+        status=SagaStatus(row[4]),
+        correlation_id=cast(str, row[5]),
+        idempotency_key=cast("str | None", row[6]),
+        created_at=cast(float, row[7]),
+        updated_at=cast(float, row[8]),
+        revision=cast(int, row[9]),
+        data=state["data"],
+        steps=SagaInstance.steps_from_json(state["steps"]),
+        reason=cast("str | None", state["reason"]),
+        stuck_reason=cast("str | None", state["stuck_reason"]),
+        stuck_step=cast("str | None", state["stuck_step"]),
+        deadline_at=cast("float | None", state["deadline_at"]),
+        deadline_passed=bool(state["deadline_passed"]),
+        point_of_no_return=cast("str | None", state["point_of_no_return"]),
+        input_digest=cast(str, state["input_digest"]),
+    )
+
+
+def _history_row(saga_id: str, e: HistoryEntry) -> tuple[object, ...]:
+    return (saga_id, e.at, e.kind.value, e.step, e.phase, e.attempt, dumps(e.detail))
+
+
+def _command(row: tuple[object, ...]) -> QueuedCommand:
+    return QueuedCommand(
+        id=cast(int, row[0]),
+        saga_id=cast(str, row[1]),
+        kind=cast(str, row[2]),
+        body=cast(dict[str, JSON], loads(cast(str, row[3]))),
+        state=CommandState(row[4]),
+        error=cast("str | None", row[5]),
+        created_at=cast(float, row[6]),
+    )

@@ -1,0 +1,737 @@
+"""decide(): the pure state machine of an orchestrated saga.
+
+``decide(instance, event, definition, now)`` returns the next instance, the effects to carry
+out (dispatch a step, set or cancel a timer) and the history entries to record. It does no
+I/O, reads no clock and draws no random number: everything it needs is in its arguments, so
+tests drive it exhaustively. The worker commits the new instance, its history, the messages
+its dispatches produce and its timers in one transaction, and only then carries the effects
+out.
+
+The rules are those of the Semantics in PRODUCT.md; the answer table (step state × incoming
+answer → action) is written out in docs/concepts.md and pinned row by row by tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from sagakit.definition import Phase, SagaDefinition, StepKind
+from sagakit.encoding import JSON
+from sagakit.state import (
+    CompensationState,
+    CompensationStatus,
+    HistoryEntry,
+    HistoryKind,
+    SagaInstance,
+    SagaStatus,
+    StepState,
+    StepStatus,
+)
+
+# -- events -------------------------------------------------------------------------------
+
+
+class Outcome(str, enum.Enum):
+    """What a reply says (Semantics 5)."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"  # definite: the participant promises it did nothing
+    ERROR = "error"  # no definite answer; retryable unless the reply says otherwise
+
+
+class TimerKind(str, enum.Enum):
+    TIMEOUT = "timeout"
+    RETRY = "retry"
+    DEADLINE = "deadline"
+
+
+@dataclass(frozen=True)
+class Begin:
+    """Start moving a freshly created instance."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer of a step's action or compensation, remote or local."""
+
+    step: str
+    phase: Phase
+    attempt: int
+    outcome: Outcome
+    result: JSON = None
+    error: str | None = None
+    retryable: bool = True
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: TimerKind
+    step: str | None = None
+    phase: Phase = Phase.ACTION
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Abort:
+    reason: str
+    by: str = "operator"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Give the step the instance is stuck on a fresh attempt budget."""
+
+    reason: str
+    by: str = "operator"
+
+
+@dataclass(frozen=True)
+class Resolve:
+    """Declare by hand that what the instance is stuck on is settled."""
+
+    step: str
+    reason: str
+    by: str = "operator"
+
+
+Event = Begin | Reply | TimerFired | Abort | Retry | Resolve
+OperatorCommand = Abort | Retry | Resolve
+
+# -- effects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Send a step's action or compensation: a command message, or a local run."""
+
+    step: str
+    phase: Phase
+    attempt: int
+    idempotency_key: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    name: str
+    kind: TimerKind
+    due_at: float
+    step: str | None = None
+    phase: Phase = Phase.ACTION
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class CancelTimers:
+    """Cancel the named timers; ``names=None`` cancels every timer of the instance."""
+
+    names: tuple[str, ...] | None
+
+
+Effect = Dispatch | SetTimer | CancelTimers
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one event.
+
+    ``rejected`` is set when the event cannot apply to this instance at all (a reply for a
+    step that does not exist or was never dispatched): the message goes to the dead-letter
+    place and nothing is written. ``refused`` is set when an operator command is invalid in
+    the instance's state: it is recorded in the history and the instance is unchanged.
+    """
+
+    instance: SagaInstance
+    effects: tuple[Effect, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+    refused: str | None = None
+    rejected: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.history) or bool(self.effects)
+
+
+def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
+    """The key of a step's action or compensation: the same across every retry (Semantics 2)."""
+    return f"{saga_id}:{step}:{phase.value}"
+
+
+def timer_name(kind: TimerKind, step: str | None = None, phase: Phase = Phase.ACTION) -> str:
+    if kind is TimerKind.DEADLINE:
+        return "deadline"
+    return f"{kind.value}:{step}:{phase.value}"
+
+
+def new_instance(
+    definition: SagaDefinition,
+    *,
+    saga_id: str,
+    data: JSON,
+    correlation_id: str | None,
+    idempotency_key: str | None,
+    input_digest: str,
+    now: float,
+) -> SagaInstance:
+    """A fresh instance in ``started``; apply :class:`Begin` to set it moving."""
+    return SagaInstance(
+        saga_id=saga_id,
+        saga_type=definition.name,
+        version=definition.version,
+        fingerprint=definition.fingerprint,
+        status=SagaStatus.STARTED,
+        data=data,
+        steps=tuple(StepState(step.name) for step in definition.steps),
+        correlation_id=correlation_id or saga_id,
+        created_at=now,
+        updated_at=now,
+        idempotency_key=idempotency_key,
+        input_digest=input_digest,
+        deadline_at=now + definition.deadline if definition.deadline else None,
+    )
+
+
+def decide(
+    instance: SagaInstance, event: Event, definition: SagaDefinition, now: float
+) -> Decision:
+    """Apply ``event`` to ``instance`` under ``definition`` at time ``now``."""
+    if instance.fingerprint != definition.fingerprint:
+        return Decision(
+            instance,
+            rejected=(
+                f"instance {instance.saga_id} runs definition {instance.saga_type} "
+                f"v{instance.version} ({instance.fingerprint}); this worker has "
+                f"v{definition.version} ({definition.fingerprint})"
+            ),
+        )
+    return _Transition(instance, definition, now).apply(event)
+
+
+def check_command(instance: SagaInstance, command: OperatorCommand) -> str | None:
+    """Why ``command`` would be refused in ``instance``'s state, or None if it is valid.
+
+    Clients use this to refuse a command up front; the worker applies the same rules.
+    """
+    status = instance.status
+    if isinstance(command, Abort):
+        if status is SagaStatus.COMPENSATING:
+            return "the saga is already compensating"
+        if status.terminal:
+            return f"the saga is already {status.value}"
+        if _stuck_compensation(instance) is not None:
+            return "the saga is stuck compensating; retry or resolve the compensation instead"
+        point = instance.point_of_no_return
+        if point is not None:
+            return (
+                f"step {point!r} is past the point of no return; the saga can only go forward "
+                "(retry or resolve instead)"
+            )
+        return None
+    if status is not SagaStatus.STUCK:
+        return f"the saga is {status.value}, not stuck"
+    if isinstance(command, Resolve) and command.step != instance.stuck_step:
+        return f"the saga is stuck on step {instance.stuck_step!r}, not {command.step!r}"
+    return None
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+def _stuck_compensation(instance: SagaInstance) -> str | None:
+    for s in instance.steps:
+        if s.compensation is not None and s.compensation.status is CompensationStatus.FAILED:
+            return s.name
+    return None
+
+
+@dataclass
+class _Transition:
+    inst: SagaInstance
+    definition: SagaDefinition
+    now: float
+    effects: list[Effect] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    # -- entry point ----------------------------------------------------------------------
+
+    def apply(self, event: Event) -> Decision:
+        if isinstance(event, Begin):
+            self._begin()
+        elif isinstance(event, Reply):
+            rejected = self._reply(event)
+            if rejected:
+                return Decision(self.inst, rejected=rejected)
+        elif isinstance(event, TimerFired):
+            rejected = self._timer(event)
+            if rejected:
+                return Decision(self.inst, rejected=rejected)
+        else:
+            refused = self._operator(event)
+            if refused:
+                return Decision(
+                    replace(self.inst, updated_at=self.now),
+                    history=(
+                        self._entry(
+                            HistoryKind.REFUSED,
+                            detail={"command": _command_name(event), "reason": event.reason,
+                                    "by": event.by, "error": refused},
+                        ),
+                    ),
+                    refused=refused,
+                )
+        if self.history or self.effects:
+            self.inst = replace(self.inst, updated_at=self.now)
+            if self.inst.point_of_no_return is None:
+                self.inst = replace(self.inst, point_of_no_return=self._past_no_return())
+        return Decision(self.inst, tuple(self.effects), tuple(self.history))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _entry(
+        self,
+        kind: HistoryKind,
+        step: str | None = None,
+        phase: Phase | None = None,
+        attempt: int | None = None,
+        detail: dict[str, JSON] | None = None,
+    ) -> HistoryEntry:
+        return HistoryEntry(
+            self.now, kind, step, phase.value if phase else None, attempt, detail or {}
+        )
+
+    def _record(self, *args: object, **kwargs: object) -> None:
+        self.history.append(self._entry(*args, **kwargs))  # type: ignore[arg-type]
+
+    def _status(
+        self, status: SagaStatus, *, reason: str | None = None, stuck_step: str | None = None
+    ) -> None:
+        old = self.inst.status
+        changes: dict[str, object] = {"status": status, "stuck_step": stuck_step}
+        if status is SagaStatus.STUCK:
+            changes["stuck_reason"] = reason
+        else:
+            changes["stuck_reason"] = None
+            if reason is not None:
+                changes["reason"] = reason
+        self.inst = replace(self.inst, **changes)  # type: ignore[arg-type]
+        if old is not status or reason is not None:
+            detail: dict[str, JSON] = {"from": old.value, "to": status.value}
+            if reason is not None:
+                detail["reason"] = reason
+            if stuck_step is not None:
+                detail["step"] = stuck_step
+            self._record(HistoryKind.STATUS, detail=detail)
+        if status.terminal:
+            self.effects.append(CancelTimers(None))
+
+    def _kind(self, index: int) -> StepKind:
+        return self.definition.steps[index].kind
+
+    def _cancel(self, step: str, phase: Phase) -> None:
+        self.effects.append(
+            CancelTimers(
+                (timer_name(TimerKind.TIMEOUT, step, phase), timer_name(TimerKind.RETRY, step, phase))
+            )
+        )
+
+    def _past_no_return(self) -> str | None:
+        for i, s in enumerate(self.inst.steps):
+            kind = self._kind(i)
+            if kind is StepKind.PIVOT and s.status in (StepStatus.DONE, StepStatus.RESOLVED):
+                return s.name
+            if kind is StepKind.RETRIABLE and s.status is not StepStatus.PENDING:
+                return s.name
+        return None
+
+    # -- forward --------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if self.inst.status is not SagaStatus.STARTED:
+            return  # a duplicate Begin changes nothing
+        self._status(SagaStatus.PENDING)
+        if self.inst.deadline_at is not None:
+            self.effects.append(
+                SetTimer(timer_name(TimerKind.DEADLINE), TimerKind.DEADLINE, self.inst.deadline_at)
+            )
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.inst.status is not SagaStatus.PENDING:
+            return
+        for i, s in enumerate(self.inst.steps):
+            if s.status in (StepStatus.RUNNING, StepStatus.RETRYING):
+                return
+            if s.status is StepStatus.PENDING:
+                self._dispatch(i, Phase.ACTION, s.attempts + 1)
+                return
+        self._status(SagaStatus.COMPLETED)
+
+    def _dispatch(self, index: int, phase: Phase, attempt: int) -> None:
+        step = self.definition.steps[index]
+        state = self.inst.steps[index]
+        timeout = step.timeout_for(phase)
+        if phase is Phase.ACTION:
+            self.inst = self.inst.with_step(
+                index, status=StepStatus.RUNNING, attempts=attempt, error=None
+            )
+        else:
+            previous = state.compensation
+            self.inst = self.inst.with_step(
+                index,
+                status=StepStatus.COMPENSATING,
+                compensation=CompensationState(
+                    CompensationStatus.RUNNING,
+                    attempts=attempt,
+                    budget_from=previous.budget_from if previous else 0,
+                    error=previous.error if previous else None,
+                ),
+            )
+        key = idempotency_key(self.inst.saga_id, step.name, phase)
+        deadline = self.now + timeout
+        self.effects.append(Dispatch(step.name, phase, attempt, key, deadline))
+        if step.is_remote:
+            # A local run is bounded by the worker itself; a remote one needs a durable timer.
+            self.effects.append(
+                SetTimer(
+                    timer_name(TimerKind.TIMEOUT, step.name, phase),
+                    TimerKind.TIMEOUT,
+                    deadline,
+                    step.name,
+                    phase,
+                    attempt,
+                )
+            )
+        self._record(HistoryKind.DISPATCHED, step.name, phase, attempt)
+
+    # -- replies --------------------------------------------------------------------------
+
+    def _reply(self, reply: Reply) -> str | None:
+        try:
+            index = self.inst.index(reply.step)
+        except KeyError:
+            return f"reply for unknown step {reply.step!r} of saga {self.inst.saga_type!r}"
+        state = self.inst.steps[index]
+        if reply.phase is Phase.ACTION:
+            if state.status is StepStatus.PENDING or reply.attempt > state.attempts:
+                return f"reply for attempt {reply.attempt} of step {reply.step!r}, never sent"
+            return self._action_reply(index, state, reply)
+        comp = state.compensation
+        if comp is None or reply.attempt > comp.attempts:
+            return (
+                f"reply for compensation attempt {reply.attempt} of step {reply.step!r}, "
+                "never sent"
+            )
+        return self._compensation_reply(index, comp, reply)
+
+    def _note_reply(self, kind: HistoryKind, reply: Reply) -> None:
+        detail: dict[str, JSON] = {"outcome": reply.outcome.value}
+        if reply.error is not None:
+            detail["error"] = reply.error
+        if reply.outcome is Outcome.SUCCESS and reply.result is not None:
+            detail["result"] = reply.result
+        self._record(kind, reply.step, reply.phase, reply.attempt, detail)
+
+    def _action_reply(self, index: int, state: StepState, reply: Reply) -> None:
+        in_flight = state.status in (StepStatus.RUNNING, StepStatus.RETRYING)
+        if not in_flight:
+            duplicate = state.status is StepStatus.DONE and reply.outcome is Outcome.SUCCESS
+            self._note_reply(
+                HistoryKind.DUPLICATE_REPLY if duplicate else HistoryKind.LATE_REPLY, reply
+            )
+            return
+        if reply.outcome is Outcome.ERROR and (
+            state.status is StepStatus.RETRYING or reply.attempt != state.attempts
+        ):
+            # An error from an attempt that is no longer current says nothing new.
+            self._note_reply(HistoryKind.LATE_REPLY, reply)
+            return
+        self._note_reply(HistoryKind.REPLY, reply)
+        name = state.name
+        if reply.outcome is Outcome.SUCCESS:
+            self._cancel(name, Phase.ACTION)
+            self.inst = self.inst.with_step(
+                index, status=StepStatus.DONE, result=reply.result, error=None
+            )
+            self._after_step_settled()
+        elif reply.outcome is Outcome.FAILURE:
+            self._cancel(name, Phase.ACTION)
+            error = reply.error or "failed"
+            self.inst = self.inst.with_step(index, status=StepStatus.FAILED, error=error)
+            if self._kind(index) is StepKind.RETRIABLE:
+                self._status(
+                    SagaStatus.STUCK,
+                    reason=f"step {name!r} failed past the point of no return: {error}",
+                    stuck_step=name,
+                )
+            elif self.inst.status is SagaStatus.PENDING:
+                self._start_compensation(f"step {name!r} failed: {error}")
+            else:
+                self._compensate_next()
+        else:
+            self._action_error(index, reply.error or "error", reply.retryable, reply.retry_after)
+
+    def _action_error(
+        self, index: int, error: str, retryable: bool, retry_after: float | None
+    ) -> None:
+        state = self.inst.steps[index]
+        step = self.definition.steps[index]
+        used = state.attempts - state.budget_from
+        self._cancel(step.name, Phase.ACTION)
+        if retryable and used < step.retry.max_attempts and self.inst.status is SagaStatus.PENDING:
+            self.inst = self.inst.with_step(index, status=StepStatus.RETRYING, error=error)
+            self._schedule_retry(index, Phase.ACTION, state.attempts, used, retry_after)
+            return
+        kind = step.kind
+        if kind is StepKind.RETRIABLE:
+            self.inst = self.inst.with_step(index, status=StepStatus.FAILED, error=error)
+            self._status(
+                SagaStatus.STUCK,
+                reason=f"step {step.name!r} exhausted its retry policy: {error}",
+                stuck_step=step.name,
+            )
+            return
+        self.inst = self.inst.with_step(
+            index, status=StepStatus.UNKNOWN, error=error, outcome_known=False
+        )
+        if kind is StepKind.PIVOT:
+            self._status(
+                SagaStatus.STUCK,
+                reason=f"the outcome of pivot {step.name!r} is unknown: {error}",
+                stuck_step=step.name,
+            )
+        elif self.inst.status is SagaStatus.PENDING:
+            self._start_compensation(f"step {step.name!r} failed: {error}")
+        else:
+            self._compensate_next()
+
+    def _schedule_retry(
+        self, index: int, phase: Phase, attempt: int, used: int, retry_after: float | None
+    ) -> None:
+        step = self.definition.steps[index]
+        policy = step.policy_for(phase)
+        seed = f"{self.inst.saga_id}:{step.name}:{phase.value}"
+        delay = retry_after if retry_after is not None else policy.delay(used, seed=seed)
+        due = self.now + delay
+        self.effects.append(
+            SetTimer(
+                timer_name(TimerKind.RETRY, step.name, phase),
+                TimerKind.RETRY,
+                due,
+                step.name,
+                phase,
+                attempt + 1,
+            )
+        )
+        self._record(
+            HistoryKind.RETRY_SCHEDULED, step.name, phase, attempt + 1, {"delay": round(delay, 6)}
+        )
+
+    def _after_step_settled(self) -> None:
+        if self.inst.status is SagaStatus.PENDING:
+            self._advance()
+        elif self.inst.status is SagaStatus.COMPENSATING:
+            self._compensate_next()
+
+    # -- backward -------------------------------------------------------------------------
+
+    def _start_compensation(self, reason: str) -> None:
+        self.effects.append(CancelTimers((timer_name(TimerKind.DEADLINE),)))
+        self._status(SagaStatus.COMPENSATING, reason=reason)
+        self._compensate_next()
+
+    def _compensate_next(self) -> None:
+        target = None
+        for i in range(len(self.inst.steps) - 1, -1, -1):
+            s = self.inst.steps[i]
+            if s.status is StepStatus.RUNNING:
+                return  # an in-flight step is answered (or times out) before anything is undone
+            if s.status is StepStatus.COMPENSATING:
+                return
+            if (
+                target is None
+                and s.status in (StepStatus.DONE, StepStatus.UNKNOWN)
+                and self._kind(i) is StepKind.COMPENSATABLE
+            ):
+                target = i
+        if target is None:
+            self._status(SagaStatus.FAILED)
+            return
+        comp = self.inst.steps[target].compensation
+        self._dispatch(target, Phase.COMPENSATION, (comp.attempts if comp else 0) + 1)
+
+    def _compensation_reply(self, index: int, comp: CompensationState, reply: Reply) -> None:
+        in_flight = comp.status in (CompensationStatus.RUNNING, CompensationStatus.RETRYING)
+        if not in_flight:
+            duplicate = comp.status is CompensationStatus.DONE and reply.outcome is Outcome.SUCCESS
+            self._note_reply(
+                HistoryKind.DUPLICATE_REPLY if duplicate else HistoryKind.LATE_REPLY, reply
+            )
+            return
+        if reply.outcome is Outcome.ERROR and (
+            comp.status is CompensationStatus.RETRYING or reply.attempt != comp.attempts
+        ):
+            self._note_reply(HistoryKind.LATE_REPLY, reply)
+            return
+        self._note_reply(HistoryKind.REPLY, reply)
+        name = reply.step
+        self._cancel(name, Phase.COMPENSATION)
+        if reply.outcome is Outcome.SUCCESS:
+            self.inst = self.inst.with_step(
+                index,
+                status=StepStatus.COMPENSATED,
+                compensation=replace(comp, status=CompensationStatus.DONE, error=None),
+            )
+            self._compensate_next()
+        elif reply.outcome is Outcome.FAILURE:
+            self._compensation_stuck(index, comp, reply.error or "failed", "failed definitely")
+        else:
+            self._compensation_error(index, reply.error or "error", reply.retryable, reply.retry_after)
+
+    def _compensation_error(
+        self, index: int, error: str, retryable: bool, retry_after: float | None
+    ) -> None:
+        step = self.definition.steps[index]
+        comp = self.inst.steps[index].compensation
+        assert comp is not None
+        used = comp.attempts - comp.budget_from
+        self._cancel(step.name, Phase.COMPENSATION)
+        if retryable and used < step.compensation_retry.max_attempts:
+            self.inst = self.inst.with_step(
+                index,
+                compensation=replace(comp, status=CompensationStatus.RETRYING, error=error),
+            )
+            self._schedule_retry(index, Phase.COMPENSATION, comp.attempts, used, retry_after)
+            return
+        self._compensation_stuck(index, comp, error, "exhausted its retry policy")
+
+    def _compensation_stuck(
+        self, index: int, comp: CompensationState, error: str, how: str
+    ) -> None:
+        name = self.inst.steps[index].name
+        self.inst = self.inst.with_step(
+            index, compensation=replace(comp, status=CompensationStatus.FAILED, error=error)
+        )
+        self._status(
+            SagaStatus.STUCK,
+            reason=f"compensation of step {name!r} {how}: {error}",
+            stuck_step=name,
+        )
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _timer(self, fired: TimerFired) -> str | None:
+        if fired.kind is TimerKind.DEADLINE:
+            self._deadline()
+            return None
+        try:
+            index = self.inst.index(fired.step or "")
+        except KeyError:
+            return f"timer for unknown step {fired.step!r}"
+        state = self.inst.steps[index]
+        if fired.phase is Phase.ACTION:
+            if fired.kind is TimerKind.TIMEOUT:
+                if state.status is StepStatus.RUNNING and state.attempts == fired.attempt:
+                    self._record(HistoryKind.TIMED_OUT, state.name, Phase.ACTION, fired.attempt)
+                    self._action_error(index, "timed out", True, None)
+            elif (
+                state.status is StepStatus.RETRYING
+                and fired.attempt == state.attempts + 1
+                and self.inst.status is SagaStatus.PENDING
+            ):
+                self._dispatch(index, Phase.ACTION, fired.attempt)
+            return None
+        comp = state.compensation
+        if comp is None:
+            return None
+        if fired.kind is TimerKind.TIMEOUT:
+            if comp.status is CompensationStatus.RUNNING and comp.attempts == fired.attempt:
+                self._record(
+                    HistoryKind.TIMED_OUT, state.name, Phase.COMPENSATION, fired.attempt
+                )
+                self._compensation_error(index, "timed out", True, None)
+        elif comp.status is CompensationStatus.RETRYING and fired.attempt == comp.attempts + 1:
+            self._dispatch(index, Phase.COMPENSATION, fired.attempt)
+        return None
+
+    def _deadline(self) -> None:
+        status = self.inst.status
+        if status not in (SagaStatus.STARTED, SagaStatus.PENDING, SagaStatus.STUCK):
+            return
+        if self.inst.deadline_passed:
+            return
+        point = self._past_no_return()
+        if point is not None or status is SagaStatus.STUCK:
+            # Past the pivot the saga only goes forward; a stuck instance waits for its
+            # operator. Either way the deadline is flagged, nothing is compensated.
+            self.inst = replace(self.inst, deadline_passed=True)
+            self._record(HistoryKind.DEADLINE, detail={"action": "flagged"})
+            return
+        self.inst = replace(self.inst, deadline_passed=True)
+        self._record(HistoryKind.DEADLINE, detail={"action": "compensate"})
+        self._stop("deadline passed")
+
+    # -- operator commands ----------------------------------------------------------------
+
+    def _operator(self, command: OperatorCommand) -> str | None:
+        refused = check_command(self.inst, command)
+        if refused:
+            return refused
+        detail: dict[str, JSON] = {
+            "command": _command_name(command),
+            "reason": command.reason,
+            "by": command.by,
+        }
+        if isinstance(command, Abort):
+            self._record(HistoryKind.OPERATOR, detail=detail)
+            self._stop(f"aborted: {command.reason}")
+            return None
+        step_name = self.inst.stuck_step
+        assert step_name is not None
+        index = self.inst.index(step_name)
+        state = self.inst.steps[index]
+        comp = state.compensation
+        self._record(HistoryKind.OPERATOR, step_name, detail=detail)
+        compensating = comp is not None and comp.status is CompensationStatus.FAILED
+        if isinstance(command, Retry):
+            if compensating and comp is not None:
+                self.inst = self.inst.with_step(
+                    index, compensation=replace(comp, budget_from=comp.attempts)
+                )
+                self._status(SagaStatus.COMPENSATING)
+                self._dispatch(index, Phase.COMPENSATION, comp.attempts + 1)
+            else:
+                self.inst = self.inst.with_step(index, budget_from=state.attempts)
+                self._status(SagaStatus.PENDING)
+                self._dispatch(index, Phase.ACTION, state.attempts + 1)
+            return None
+        # Resolve by hand.
+        if compensating and comp is not None:
+            self.inst = self.inst.with_step(
+                index,
+                status=StepStatus.RESOLVED,
+                compensation=replace(comp, status=CompensationStatus.RESOLVED),
+            )
+            self._status(SagaStatus.COMPENSATING)
+            self._compensate_next()
+        else:
+            self.inst = self.inst.with_step(index, status=StepStatus.RESOLVED, result=None)
+            self._status(SagaStatus.PENDING)
+            self._advance()
+        return None
+
+    def _stop(self, reason: str) -> None:
+        """Abort or deadline before the point of no return (Semantics 9)."""
+        for i, s in enumerate(self.inst.steps):
+            if s.status is StepStatus.RETRYING:
+                # Its retry timer is cancelled; its last attempt had no definite answer.
+                self._cancel(s.name, Phase.ACTION)
+                self.inst = self.inst.with_step(
+                    i, status=StepStatus.UNKNOWN, outcome_known=False
+                )
+        self._start_compensation(reason)
+
+
+def _command_name(command: OperatorCommand) -> str:
+    return type(command).__name__.lower()

@@ -1,0 +1,758 @@
+"""The worker: inbound message, timer or command -> decide() -> one commit -> effects.
+
+One committer task owns every state change. It takes all the events that are waiting (up to
+``max_batch``), applies decide() to each against the instances it holds, and commits the whole
+batch in one transaction: new states, history, outbox messages, timers, consumed messages and
+command results together (group commit: at low load a batch is one event and commits at once;
+under load batches grow while the previous commit is in flight). Only after the commit does it
+act: the relay publishes the new messages, local steps run, timers are armed. A crash anywhere
+loses nothing: what was committed is recovered from the outbox, the timers and the command
+queue on restart; what was not committed is redone by its source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from sagakit.app import App
+from sagakit.client import Client
+from sagakit.definition import Local, Phase, Remote, SagaDefinition, StepContext
+from sagakit.encoding import JSON, dumps, from_json, to_json
+from sagakit.errors import (
+    ConcurrencyConflict,
+    EncodingError,
+    IdempotencyConflict,
+    MessageRejected,
+    SagaNotFound,
+    StepError,
+    StepFailed,
+    StorageError,
+)
+from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode, encode
+from sagakit.participant import ParticipantRunner
+from sagakit.ports import (
+    LOCAL_DESTINATION,
+    ORCHESTRATOR,
+    Batch,
+    CommandResult,
+    CommandState,
+    DeadLetter,
+    OutboxMessage,
+    QueuedCommand,
+    Store,
+    Timer,
+    TimerOp,
+    TimerOpKind,
+    Transition,
+    Transport,
+)
+from sagakit.relay import Relay
+from sagakit.state import HistoryEntry, HistoryKind, SagaInstance
+from sagakit.transitions import (
+    Abort,
+    Begin,
+    CancelTimers,
+    Decision,
+    Dispatch,
+    Event,
+    Outcome,
+    Reply,
+    Resolve,
+    Retry,
+    SetTimer,
+    TimerFired,
+    decide,
+    new_instance,
+)
+from sagakit.transport.memory import MemoryTransport
+
+log = logging.getLogger("sagakit.worker")
+
+
+class DefinitionMissing(StorageError):
+    """The instance runs a definition (type, version, fingerprint) this worker does not have."""
+
+
+@dataclass(frozen=True)
+class _Start:
+    definition: SagaDefinition
+    data: JSON
+    key: str | None
+    correlation_id: str | None
+    digest: str
+
+
+@dataclass
+class _Item:
+    saga_id: str
+    event: Event | None = None
+    start: _Start | None = None
+    consumed: str | None = None
+    timer: Timer | None = None
+    command_id: int | None = None
+    body: bytes | None = None
+    source: str = ""
+    dead_letter: DeadLetter | None = None
+    future: asyncio.Future[object] | None = None
+
+
+@dataclass
+class _Work:
+    """One instance's share of a batch."""
+
+    saga_id: str
+    instance: SagaInstance | None
+    expected: int | None
+    changed: bool = False
+    transition: Transition = field(init=False)
+    items: list[_Item] = field(default_factory=list)
+    results: dict[int, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.transition = Transition(self.saga_id)
+
+
+_FLUSH = _Item("")  # wakes the committer to write pending "outbox done" marks
+
+
+class Worker:
+    """Runs an app's sagas and participants on a store and a transport.
+
+    ::
+
+        async with Worker(app, store) as worker:
+            handle = await worker.client.start(order_saga, {"order_id": "o-1"})
+            instance = await handle.result(timeout=10)
+    """
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        transport: Transport | None = None,
+        *,
+        reply_queue: str = "sagakit.replies",
+        max_batch: int = 1000,
+        poll_interval: float = 0.2,
+        rescan_interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.transport: Transport = transport or MemoryTransport()
+        self.reply_queue = reply_queue
+        self._max_batch = max_batch
+        self._poll_interval = poll_interval
+        self._clock = clock
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._cache: dict[str, SagaInstance] = {}
+        self._watchers: dict[str, list[asyncio.Future[SagaInstance]]] = {}
+        self._done_pending: list[tuple[str, asyncio.Future[object]]] = []
+        self._timers_in_flight: set[tuple[str, str, float]] = set()
+        self._commands_in_flight: set[int] = set()
+        self._orphans: set[str] = set()
+        self._timer_wake = asyncio.Event()
+        self._command_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._relay = Relay(
+            store, ORCHESTRATOR, self._deliver, self._mark_done, rescan_interval=rescan_interval
+        )
+        self._participants = [
+            ParticipantRunner(p, store, self.transport, rescan_interval=rescan_interval)
+            for p in app.participants.values()
+        ]
+        self._stopped = asyncio.Event()
+        self._running = False
+        self.client = Client(store, worker=self)
+        self.commits = 0
+        self.transitions_committed = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._committer = asyncio.create_task(self._commit_loop(), name="sagakit-committer")
+        await self.transport.subscribe(self.reply_queue, self._on_reply)
+        for runner in self._participants:
+            await runner.start()
+        self._relay.start()
+        self._tasks = [
+            asyncio.create_task(self._timer_loop(), name="sagakit-timers"),
+            asyncio.create_task(self._command_loop(), name="sagakit-commands"),
+        ]
+        log.info("worker started with %d saga definition(s)", len(self.app.definitions))
+
+    async def stop(self) -> None:
+        """Stop after the commit in progress; what is not committed is redone on restart."""
+        if not self._running:
+            return
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await self._relay.stop()
+        for runner in self._participants:
+            await runner.stop()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._committer is not None:
+            self._queue.put_nowait(_Item("", source="stop"))
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        self._stopped.set()
+        log.info("worker stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- submitting work ------------------------------------------------------------------
+
+    def _submit(self, item: _Item) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        item.future = future
+        self._queue.put_nowait(item)
+        return future
+
+    async def start_saga(
+        self,
+        definition: SagaDefinition,
+        data: object,
+        *,
+        key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Create and begin an instance; returns its id once that is committed.
+
+        With ``key`` the start is idempotent: the same key and input return the existing
+        instance's id, the same key with other input raises IdempotencyConflict (Semantics 15).
+        """
+        if self.app.definition(definition.name, definition.version) is None:
+            raise SagaNotFound(
+                f"saga {definition.name!r} v{definition.version} is not registered with this worker"
+            )
+        payload = to_json(data, path="saga data")
+        digest = hashlib.sha256(dumps(payload).encode()).hexdigest()
+        start = _Start(definition, payload, key, correlation_id, digest)
+        return str(await self._submit(_Item(uuid.uuid4().hex, start=start)))
+
+    async def wait_settled(self, saga_id: str, timeout: float | None = None) -> SagaInstance:
+        """Wait until the instance is completed, failed or stuck."""
+        future: asyncio.Future[SagaInstance] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(saga_id, []).append(future)
+        try:
+            instance = self._cache.get(saga_id) or await self.store.get(saga_id)
+            if instance is None:
+                raise SagaNotFound(f"no saga instance {saga_id}")
+            if instance.status.settled:
+                return instance
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            watchers = self._watchers.get(saga_id, [])
+            if future in watchers:
+                watchers.remove(future)
+            if not watchers:
+                self._watchers.pop(saga_id, None)
+
+    def poke(self) -> None:
+        """Look at the command queue now (used by an in-process client)."""
+        self._command_wake.set()
+
+    # -- the committer --------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            items = [item]
+            while len(items) < self._max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            stop = any(i.source == "stop" for i in items)
+            items = [i for i in items if i.source != "stop"]
+            try:
+                await self._process(items)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a store failure: sources retry, nothing is lost
+                log.error("commit of %d event(s) failed: %s", len(items), exc)
+                for i in items:
+                    if i.future is not None and not i.future.done():
+                        i.future.set_exception(exc)
+                    self._cache.pop(i.saga_id, None)
+                await asyncio.sleep(0.05)
+            if stop:
+                return
+
+    async def _process(self, items: list[_Item]) -> None:
+        now = self._clock()
+        works: dict[str, _Work] = {}
+        batch = Batch()
+        keys_in_batch: dict[tuple[str, str], _Work] = {}
+        for item in items:
+            if item.dead_letter is not None:
+                batch.dead_letters.append(item.dead_letter)
+                continue
+            if not item.saga_id:
+                continue  # a flush
+            work = works.get(item.saga_id)
+            if work is None:
+                instance = self._cache.get(item.saga_id)
+                if instance is None and item.start is None:
+                    instance = await self.store.get(item.saga_id)
+                work = _Work(item.saga_id, instance, instance.revision if instance else None)
+                works[item.saga_id] = work
+            work.items.append(item)
+            if item.event is None and item.start is None:
+                if item.command_id is not None:
+                    batch.commands.append(CommandResult(
+                        item.command_id, CommandState.REFUSED, "unknown command kind"))
+            elif item.start is not None:
+                await self._apply_start(work, item, now, keys_in_batch, works)
+            else:
+                self._apply_event(work, item, now, batch)
+        done = self._done_pending
+        self._done_pending = []
+        batch.outbox_done = [message_id for message_id, _ in done]
+        order: list[_Work] = []
+        for work in works.values():
+            if work.changed and work.instance is not None:
+                revision = (work.expected or 0) + 1
+                work.instance = replace(work.instance, revision=revision)
+                work.transition.instance = work.instance
+                work.transition.expected_revision = work.expected
+            order.append(work)
+            batch.transitions.append(work.transition)
+        try:
+            results = await self.store.commit(batch)
+        except BaseException as exc:
+            for _, future in done:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else StorageError("stopped"))
+            raise
+        self.commits += 1
+        for _, future in done:
+            if not future.done():
+                future.set_result(None)
+        self._after_commit(order, results)
+
+    def _after_commit(self, order: list[_Work], results: list[bool]) -> None:
+        earliest: float | None = None
+        messages: list[OutboxMessage] = []
+        for work, ok in zip(order, results, strict=True):
+            if not ok:
+                self._cache.pop(work.saga_id, None)
+                conflict = ConcurrencyConflict(f"instance {work.saga_id} changed under this worker")
+                for item in work.items:
+                    if item.future is not None and not item.future.done():
+                        item.future.set_exception(conflict)
+                continue
+            self.transitions_committed += 1
+            instance = work.instance
+            if instance is not None and work.changed:
+                if instance.status.settled:
+                    self._cache.pop(work.saga_id, None)
+                    for watcher in self._watchers.pop(work.saga_id, []):
+                        if not watcher.done():
+                            watcher.set_result(instance)
+                else:
+                    self._cache[work.saga_id] = instance
+            messages.extend(work.transition.outbox)
+            for op in work.transition.timer_ops:
+                if op.kind is TimerOpKind.SET and op.timer is not None:
+                    due = op.timer.due_at
+                    earliest = due if earliest is None else min(earliest, due)
+            for item in work.items:
+                if item.future is not None and not item.future.done():
+                    item.future.set_result(work.results.get(id(item)))
+        if messages:
+            self._relay.send(messages)
+        if earliest is not None:
+            self._timer_wake.set()
+
+    async def _apply_start(
+        self,
+        work: _Work,
+        item: _Item,
+        now: float,
+        keys_in_batch: dict[tuple[str, str], _Work],
+        works: dict[str, _Work],
+    ) -> None:
+        start = item.start
+        assert start is not None
+        definition = start.definition
+        if start.key is not None:
+            existing: SagaInstance | None = None
+            other = keys_in_batch.get((definition.name, start.key))
+            if other is not None:
+                existing = other.instance
+            else:
+                existing = await self.store.find_by_key(definition.name, start.key)
+            if existing is not None:
+                if existing.input_digest != start.digest:
+                    self._fail(item, IdempotencyConflict(
+                        f"idempotency key {start.key!r} was used by saga {existing.saga_id} "
+                        "with different input"
+                    ))
+                else:
+                    work.results[id(item)] = existing.saga_id
+                return
+            keys_in_batch[(definition.name, start.key)] = work
+        instance = new_instance(
+            definition,
+            saga_id=work.saga_id,
+            data=start.data,
+            correlation_id=start.correlation_id,
+            idempotency_key=start.key,
+            input_digest=start.digest,
+            now=now,
+        )
+        work.instance = instance
+        work.expected = None
+        work.changed = True
+        work.transition.history.append(
+            HistoryEntry(now, HistoryKind.CREATED, detail={"correlation_id": instance.correlation_id})
+        )
+        self._apply_decision(work, decide(instance, Begin(), definition, now), definition, now, None)
+        work.results[id(item)] = work.saga_id
+        if item.command_id is not None:
+            work.transition.commands.append(CommandResult(item.command_id, CommandState.APPLIED))
+
+    def _apply_event(self, work: _Work, item: _Item, now: float, batch: Batch) -> None:
+        event = item.event
+        assert event is not None
+        if item.consumed is not None:
+            work.transition.consumed.append(item.consumed)
+        if item.timer is not None:
+            work.transition.timer_ops.append(TimerOp(TimerOpKind.FIRED, item.timer))
+        instance = work.instance
+        if instance is None:
+            reason = f"unknown saga instance {work.saga_id}"
+            self._reject(item, reason, batch)
+            return
+        definition = self.app.definition(instance.saga_type, instance.version)
+        if definition is None or definition.fingerprint != instance.fingerprint:
+            self._orphan(work, item, instance)
+            return
+        decision = decide(instance, event, definition, now)
+        if decision.rejected is not None:
+            self._reject(item, decision.rejected, batch)
+            return
+        if decision.refused is not None:
+            work.transition.history.extend(decision.history)
+            if item.command_id is not None:
+                work.transition.commands.append(
+                    CommandResult(item.command_id, CommandState.REFUSED, decision.refused)
+                )
+            return
+        self._apply_decision(work, decision, definition, now, _message_id(item))
+        if item.command_id is not None:
+            work.transition.commands.append(CommandResult(item.command_id, CommandState.APPLIED))
+
+    def _apply_decision(
+        self,
+        work: _Work,
+        decision: Decision,
+        definition: SagaDefinition,
+        now: float,
+        causation: str | None,
+    ) -> None:
+        if not decision.changed:
+            return
+        work.instance = decision.instance
+        work.changed = True
+        work.transition.history.extend(decision.history)
+        for effect in decision.effects:
+            if isinstance(effect, SetTimer):
+                work.transition.timer_ops.append(TimerOp(TimerOpKind.SET, Timer(
+                    work.saga_id, effect.name, effect.kind, effect.due_at, effect.step,
+                    effect.phase, effect.attempt,
+                )))
+            elif isinstance(effect, CancelTimers):
+                work.transition.timer_ops.append(TimerOp(TimerOpKind.CANCEL, names=effect.names))
+            elif isinstance(effect, Dispatch):
+                try:
+                    message = self._command_message(decision.instance, definition, effect, now,
+                                                    causation)
+                except Exception as exc:  # the step's input cannot be built or encoded
+                    failure = Reply(effect.step, effect.phase, effect.attempt, Outcome.ERROR,
+                                    error=f"cannot build the command: {exc}", retryable=False)
+                    self._apply_decision(work, decide(work.instance, failure, definition, now),
+                                         definition, now, causation)
+                    continue
+                work.transition.outbox.append(message)
+
+    def _command_message(
+        self,
+        instance: SagaInstance,
+        definition: SagaDefinition,
+        dispatch: Dispatch,
+        now: float,
+        causation: str | None,
+    ) -> OutboxMessage:
+        step = definition.step(dispatch.step)
+        handler = step.handler(dispatch.phase)
+        state = instance.step(step.name)
+        step_input: JSON = instance.data
+        if step.input is not None:
+            context = _context(instance, definition, step.name, Phase.ACTION, 0, "", now, None)
+            step_input = to_json(step.input(context), path=f"input of step {step.name!r}")
+        payload: JSON = step_input
+        if dispatch.phase is Phase.COMPENSATION:
+            payload = {
+                "input": step_input,
+                "result": state.result if state.outcome_known else None,
+            }
+        remote = isinstance(handler, Remote)
+        env = Envelope(
+            id=uuid.uuid4().hex,
+            kind=MessageKind.COMMAND,
+            type=handler.command if isinstance(handler, Remote) else f"local:{step.name}",
+            saga_id=instance.saga_id,
+            saga_type=instance.saga_type,
+            definition_version=instance.version,
+            step=step.name,
+            phase=dispatch.phase,
+            attempt=dispatch.attempt,
+            idempotency_key=dispatch.idempotency_key,
+            correlation_id=instance.correlation_id,
+            timestamp=now,
+            payload=payload,
+            causation_id=causation,
+            reply_to=self.reply_queue if remote else None,
+            deadline=dispatch.deadline,
+            traceparent=_traceparent(instance.saga_id),
+        )
+        body = encode(env)
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise EncodingError(f"command of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        destination = handler.participant if isinstance(handler, Remote) else LOCAL_DESTINATION
+        return OutboxMessage(env.id, ORCHESTRATOR, destination, body, instance.saga_id)
+
+    def _reject(self, item: _Item, reason: str, batch: Batch) -> None:
+        if item.body is not None:
+            batch.dead_letters.append(DeadLetter(item.source or "worker", reason, item.body,
+                                                 at=self._clock()))
+            log.warning("dead-lettered a message: %s", reason, extra={"saga_id": item.saga_id})
+        elif item.command_id is not None:
+            batch.commands.append(CommandResult(item.command_id, CommandState.REFUSED, reason))
+        elif item.consumed is None and item.timer is None:
+            self._fail(item, SagaNotFound(reason))
+
+    def _orphan(self, work: _Work, item: _Item, instance: SagaInstance) -> None:
+        # Never advance an instance with the wrong steps (Semantics 1): leave its message,
+        # timer or command where it is, for a worker that has the definition.
+        work.transition.consumed.clear()
+        work.transition.timer_ops = [
+            op for op in work.transition.timer_ops if op.kind is not TimerOpKind.FIRED
+        ]
+        if instance.saga_id not in self._orphans:
+            self._orphans.add(instance.saga_id)
+            log.error(
+                "saga %s runs %s v%d (fingerprint %s), which this worker does not have; "
+                "it is left untouched",
+                instance.saga_id, instance.saga_type, instance.version, instance.fingerprint,
+            )
+        self._fail(item, DefinitionMissing(
+            f"no definition {instance.saga_type} v{instance.version} ({instance.fingerprint})"
+        ))
+
+    @staticmethod
+    def _fail(item: _Item, exc: Exception) -> None:
+        if item.future is not None and not item.future.done():
+            item.future.set_exception(exc)
+
+    # -- delivery of committed messages ---------------------------------------------------
+
+    async def _deliver(self, message: OutboxMessage) -> bool:
+        if message.destination == LOCAL_DESTINATION:
+            await self._run_local(message)
+            return False
+        await self.transport.publish(message.destination, message.body)
+        return True
+
+    async def _mark_done(self, message_id: str) -> None:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._done_pending.append((message_id, future))
+        self._queue.put_nowait(_FLUSH)
+        await future
+
+    async def _run_local(self, message: OutboxMessage) -> None:
+        env = decode(message.body)
+        definition = self.app.definition(env.saga_type, env.definition_version)
+        instance = self._cache.get(env.saga_id) or await self.store.get(env.saga_id)
+        if definition is None or instance is None or definition.fingerprint != instance.fingerprint:
+            raise DefinitionMissing(f"cannot run {env.step} of {env.saga_id} here")
+        step = definition.step(env.step)
+        handler = step.handler(env.phase)
+        assert isinstance(handler, Local)
+        timeout = step.timeout_for(env.phase)
+        reply = await self._call_local(handler, instance, definition, env, timeout)
+        await self._submit(_Item(env.saga_id, event=reply, consumed=message.id))
+
+    async def _call_local(
+        self,
+        handler: Local,
+        instance: SagaInstance,
+        definition: SagaDefinition,
+        env: Envelope,
+        timeout: float,
+    ) -> Reply:
+        def answer(outcome: Outcome, **kw: object) -> Reply:
+            return Reply(env.step, env.phase, env.attempt, outcome, **kw)  # type: ignore[arg-type]
+
+        try:
+            context = _context(instance, definition, env.step, env.phase, env.attempt,
+                               env.idempotency_key, self._clock(), timeout)
+            result = await asyncio.wait_for(handler.fn(context), timeout)
+            return answer(Outcome.SUCCESS, result=to_json(result, path=f"result of {env.step}"))
+        except StepFailed as exc:
+            return answer(Outcome.FAILURE, error=str(exc) or "failed")
+        except StepError as exc:
+            return answer(Outcome.ERROR, error=str(exc) or "error", retryable=exc.retryable,
+                          retry_after=exc.retry_after)
+        except TimeoutError:
+            return answer(Outcome.ERROR, error=f"timed out after {timeout:g}s")
+        except EncodingError as exc:
+            return answer(Outcome.ERROR, error=str(exc), retryable=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return answer(Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    async def _on_reply(self, body: bytes) -> None:
+        try:
+            env = decode(body)
+            if env.kind is not MessageKind.REPLY or env.outcome is None:
+                raise MessageRejected(f"expected a reply on {self.reply_queue}, got a {env.kind.value}")
+        except MessageRejected as exc:
+            letter = DeadLetter(self.reply_queue, str(exc), body, at=self._clock())
+            await self._submit(_Item("", dead_letter=letter))
+            return
+        reply = Reply(env.step, env.phase, env.attempt, env.outcome, env.payload, env.error,
+                      env.retryable, env.retry_after)
+        await self._submit(_Item(env.saga_id, event=reply, body=body, source=self.reply_queue))
+
+    # -- timers and operator commands -----------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            try:
+                waiting = await self._fire_due_timers()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("timer scan failed: %s", exc)
+                waiting = self._poll_interval
+            self._timer_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_wake.wait(), waiting)
+
+    async def _fire_due_timers(self) -> float:
+        for timer in await self.store.due(1000):
+            key = (timer.saga_id, timer.name, timer.due_at)
+            if key in self._timers_in_flight or timer.saga_id in self._orphans:
+                continue
+            self._timers_in_flight.add(key)
+            event = TimerFired(timer.kind, timer.step, timer.phase, timer.attempt)
+            future = self._submit(_Item(timer.saga_id, event=event, timer=timer))
+            future.add_done_callback(lambda f, k=key: self._timers_in_flight.discard(k))
+            future.add_done_callback(_consume_exception)
+        next_due = await self.store.next_due()
+        if next_due is None:
+            return self._poll_interval
+        return min(self._poll_interval, max(0.005, next_due - await self.store.now()))
+
+    async def _command_loop(self) -> None:
+        while True:
+            try:
+                for command in await self.store.pending_commands(100):
+                    self._submit_command(command)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("command scan failed: %s", exc)
+            self._command_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._command_wake.wait(), self._poll_interval)
+
+    def _submit_command(self, command: QueuedCommand) -> None:
+        if command.id in self._commands_in_flight or command.saga_id in self._orphans:
+            return
+        body = command.body
+        reason = str(body.get("reason", ""))
+        by = str(body.get("by", "operator"))
+        event: Event | None
+        if command.kind == "abort":
+            event = Abort(reason, by)
+        elif command.kind == "retry":
+            event = Retry(reason, by)
+        elif command.kind == "resolve":
+            event = Resolve(str(body.get("step", "")), reason, by)
+        else:
+            event = None  # refused by the committer: unknown command kind
+        self._commands_in_flight.add(command.id)
+        future = self._submit(_Item(command.saga_id, event=event, command_id=command.id))
+        future.add_done_callback(lambda f, c=command.id: self._commands_in_flight.discard(c))
+        future.add_done_callback(_consume_exception)
+
+
+def _consume_exception(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _message_id(item: _Item) -> str | None:
+    if item.body is None:
+        return None
+    with contextlib.suppress(MessageRejected):
+        return decode(item.body).id
+    return None
+
+
+def _traceparent(saga_id: str) -> str:
+    # One trace per saga: the trace id is derived from the saga id, each command is a span.
+    trace_id = hashlib.sha256(saga_id.encode()).hexdigest()[:32]
+    return f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+
+
+def _context(
+    instance: SagaInstance,
+    definition: SagaDefinition,
+    step: str,
+    phase: Phase,
+    attempt: int,
+    key: str,
+    now: float,
+    timeout: float | None,
+) -> StepContext[object]:
+    state = instance.step(step)
+    return StepContext(
+        saga_id=instance.saga_id,
+        saga_type=instance.saga_type,
+        step=step,
+        phase=phase,
+        attempt=attempt,
+        idempotency_key=key,
+        correlation_id=instance.correlation_id,
+        deadline=now + timeout if timeout is not None else None,
+        data=from_json(instance.data, definition.data_type),
+        results=instance.results(),
+        input=instance.data,
+        result=state.result if phase is Phase.COMPENSATION and state.outcome_known else None,
+        outcome_known=state.outcome_known,
+    )

@@ -20,6 +20,14 @@ from sagakit.participant import Participant
 
 
 class App:
+    """The sagas and participants a worker runs, validated when they are registered.
+
+    Several versions of one saga may be registered side by side: an instance runs the version
+    (and fingerprint) it started with, so a new version can be deployed while old instances
+    finish. A remote step that targets a participant registered here must name a command that
+    participant handles.
+    """
+
     def __init__(
         self,
         *,

@@ -10,6 +10,7 @@ waits in the queue.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -75,6 +76,12 @@ class CommandHandle:
 
 
 class Client:
+    """Start, query and operate sagas over a store.
+
+    ``worker.client`` is a client bound to a worker in the same process; it can start sagas.
+    ``Client(store)`` alone (the CLI, another process) queries and enqueues operator commands.
+    """
+
     def __init__(
         self, store: ClientStore, *, worker: Runner | None = None, poll_interval: float = 0.05
     ) -> None:
@@ -131,7 +138,7 @@ class Client:
         created_after: float | None = None,
         created_before: float | None = None,
         limit: int = 100,
-    ) -> list[SagaInstance]:
+    ) -> builtins.list[SagaInstance]:
         return await self.store.list(
             InstanceFilter(
                 status=SagaStatus(status) if status is not None else None,
@@ -143,11 +150,11 @@ class Client:
             )
         )
 
-    async def history(self, saga_id: str) -> list[HistoryEntry]:
+    async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         await self.get(saga_id)
         return await self.store.history(saga_id)
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, limit: int = 100) -> builtins.list[DeadLetter]:
         return await self.store.dead_letters(limit)
 
     async def wait(self, saga_id: str, *, timeout: float | None = None) -> SagaInstance:

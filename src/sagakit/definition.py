@@ -43,7 +43,7 @@ from sagakit.errors import DefinitionError
 D = TypeVar("D")
 
 
-class StepKind(str, enum.Enum):
+class StepKind(enum.StrEnum):
     """Where a step sits relative to the point of no return."""
 
     COMPENSATABLE = "compensatable"
@@ -51,7 +51,7 @@ class StepKind(str, enum.Enum):
     RETRIABLE = "retriable"
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """Which half of a step a message or an attempt belongs to."""
 
     ACTION = "action"
@@ -278,12 +278,13 @@ def validate(definition: SagaDefinition) -> None:
             if pivot_seen or retriable_seen:
                 after = pivot_seen or retriable_seen
                 raise DefinitionError(
-                    f"{at}: steps after the pivot or a retriable step ({after!r}) must be "
-                    "retriable"
+                    f"{at}: steps after the pivot or a retriable step ({after!r}) must be retriable"
                 )
         elif step.kind is StepKind.PIVOT:
             if step.compensation is not None:
-                raise DefinitionError(f"{at}: a pivot is never compensated; remove its compensation")
+                raise DefinitionError(
+                    f"{at}: a pivot is never compensated; remove its compensation"
+                )
             if pivot_seen:
                 raise DefinitionError(f"{at}: a saga has at most one pivot ({pivot_seen!r})")
             if retriable_seen:

@@ -13,12 +13,12 @@ import json
 import math
 import types
 import typing
-from typing import Any, TypeVar, Union, cast
+from typing import Any, TypeAlias, TypeVar, Union, cast
 
 from sagakit.errors import EncodingError
 
 #: A JSON value as Python holds it.
-JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]
+JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
 
 T = TypeVar("T")
 

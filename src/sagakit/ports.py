@@ -7,6 +7,7 @@ ports on one database; the worker and the client depend only on the ports.
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class Timer:
     attempt: int = 0
 
 
-class TimerOpKind(str, enum.Enum):
+class TimerOpKind(enum.StrEnum):
     SET = "set"
     CANCEL = "cancel"
     FIRED = "fired"
@@ -66,7 +67,7 @@ class TimerOp:
     names: tuple[str, ...] | None = None
 
 
-class CommandState(str, enum.Enum):
+class CommandState(enum.StrEnum):
     PENDING = "pending"
     APPLIED = "applied"
     REFUSED = "refused"
@@ -159,11 +160,11 @@ class InstanceQueries(Protocol):
 
     async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None: ...
 
-    async def list(self, filter: InstanceFilter) -> list[SagaInstance]: ...
+    async def list(self, filter: InstanceFilter) -> builtins.list[SagaInstance]: ...
 
-    async def history(self, saga_id: str) -> list[HistoryEntry]: ...
+    async def history(self, saga_id: str) -> builtins.list[HistoryEntry]: ...
 
-    async def unsettled(self, limit: int) -> list[SagaInstance]:
+    async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
         """Instances that are neither completed, failed nor stuck."""
         ...
 
@@ -222,8 +223,15 @@ class ParticipantStore(Outbox, Protocol):
         ...
 
 
-class Store(TransitionStore, InstanceQueries, TimerQueue, CommandQueue, DeadLetters,
-            ParticipantStore, Protocol):
+class Store(
+    TransitionStore,
+    InstanceQueries,
+    TimerQueue,
+    CommandQueue,
+    DeadLetters,
+    ParticipantStore,
+    Protocol,
+):
     """What a worker needs: every store port on one database."""
 
     async def close(self) -> None: ...

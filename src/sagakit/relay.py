@@ -89,7 +89,9 @@ class Relay:
         except Exception as exc:
             log.warning(
                 "delivery of %s to %s failed, will retry: %s",
-                message.id, message.destination, exc,
+                message.id,
+                message.destination,
+                exc,
                 extra={"saga_id": message.saga_id},
             )
             await asyncio.sleep(self._retry_delay)

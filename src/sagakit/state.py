@@ -22,7 +22,9 @@ from typing import cast
 from sagakit.encoding import JSON
 
 
-class SagaStatus(str, enum.Enum):
+class SagaStatus(enum.StrEnum):
+    """The status of a saga instance (Semantics 12)."""
+
     STARTED = "started"
     PENDING = "pending"
     COMPENSATING = "compensating"
@@ -41,7 +43,9 @@ class SagaStatus(str, enum.Enum):
         return self in (SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.STUCK)
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
+    """The status of one step of an instance."""
+
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
@@ -53,7 +57,9 @@ class StepStatus(str, enum.Enum):
     RESOLVED = "resolved"
 
 
-class CompensationStatus(str, enum.Enum):
+class CompensationStatus(enum.StrEnum):
+    """The status of a step's compensation, once it has begun."""
+
     RUNNING = "running"
     RETRYING = "retrying"
     DONE = "done"
@@ -88,7 +94,7 @@ class StepState:
     compensation: CompensationState | None = None
 
 
-class HistoryKind(str, enum.Enum):
+class HistoryKind(enum.StrEnum):
     CREATED = "created"
     STATUS = "status"
     DISPATCHED = "dispatched"
@@ -186,8 +192,16 @@ class SagaInstance:
                 c = s.compensation
                 comp = [c.status.value, c.attempts, c.budget_from, c.error]
             out.append(
-                [s.name, s.status.value, s.attempts, s.budget_from, s.result, s.error,
-                 s.outcome_known, comp]
+                [
+                    s.name,
+                    s.status.value,
+                    s.attempts,
+                    s.budget_from,
+                    s.result,
+                    s.error,
+                    s.outcome_known,
+                    comp,
+                ]
             )
         return out
 
@@ -200,7 +214,9 @@ class SagaInstance:
             if comp is not None:
                 cs, ca, cb, ce = cast(list[JSON], comp)
                 compensation = CompensationState(
-                    CompensationStatus(cast(str, cs)), cast(int, ca), cast(int, cb),
+                    CompensationStatus(cast(str, cs)),
+                    cast(int, ca),
+                    cast(int, cb),
                     cast("str | None", ce),
                 )
             steps.append(

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sagakit.app import App
 from sagakit.client import Client
@@ -303,12 +305,13 @@ class Worker:
         works: dict[str, _Work] = {}
         batch = Batch()
         keys_in_batch: dict[tuple[str, str], _Work] = {}
+        loose: list[_Item] = []  # items that belong to no instance: dead letters, flushes
         for item in items:
-            if item.dead_letter is not None:
-                batch.dead_letters.append(item.dead_letter)
+            if item.dead_letter is not None or not item.saga_id:
+                if item.dead_letter is not None:
+                    batch.dead_letters.append(item.dead_letter)
+                loose.append(item)
                 continue
-            if not item.saga_id:
-                continue  # a flush
             work = works.get(item.saga_id)
             if work is None:
                 instance = self._cache.get(item.saga_id)
@@ -319,8 +322,9 @@ class Worker:
             work.items.append(item)
             if item.event is None and item.start is None:
                 if item.command_id is not None:
-                    batch.commands.append(CommandResult(
-                        item.command_id, CommandState.REFUSED, "unknown command kind"))
+                    batch.commands.append(
+                        CommandResult(item.command_id, CommandState.REFUSED, "unknown command kind")
+                    )
             elif item.start is not None:
                 await self._apply_start(work, item, now, keys_in_batch, works)
             else:
@@ -342,12 +346,17 @@ class Worker:
         except BaseException as exc:
             for _, future in done:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else StorageError("stopped"))
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else StorageError("stopped")
+                    )
             raise
         self.commits += 1
         for _, future in done:
             if not future.done():
                 future.set_result(None)
+        for item in loose:
+            if item.future is not None and not item.future.done():
+                item.future.set_result(None)
         self._after_commit(order, results)
 
     def _after_commit(self, order: list[_Work], results: list[bool]) -> None:
@@ -404,10 +413,13 @@ class Worker:
                 existing = await self.store.find_by_key(definition.name, start.key)
             if existing is not None:
                 if existing.input_digest != start.digest:
-                    self._fail(item, IdempotencyConflict(
-                        f"idempotency key {start.key!r} was used by saga {existing.saga_id} "
-                        "with different input"
-                    ))
+                    self._fail(
+                        item,
+                        IdempotencyConflict(
+                            f"idempotency key {start.key!r} was used by saga {existing.saga_id} "
+                            "with different input"
+                        ),
+                    )
                 else:
                     work.results[id(item)] = existing.saga_id
                 return
@@ -425,9 +437,13 @@ class Worker:
         work.expected = None
         work.changed = True
         work.transition.history.append(
-            HistoryEntry(now, HistoryKind.CREATED, detail={"correlation_id": instance.correlation_id})
+            HistoryEntry(
+                now, HistoryKind.CREATED, detail={"correlation_id": instance.correlation_id}
+            )
         )
-        self._apply_decision(work, decide(instance, Begin(), definition, now), definition, now, None)
+        self._apply_decision(
+            work, decide(instance, Begin(), definition, now), definition, now, None
+        )
         work.results[id(item)] = work.saga_id
         if item.command_id is not None:
             work.transition.commands.append(CommandResult(item.command_id, CommandState.APPLIED))
@@ -478,21 +494,43 @@ class Worker:
         work.transition.history.extend(decision.history)
         for effect in decision.effects:
             if isinstance(effect, SetTimer):
-                work.transition.timer_ops.append(TimerOp(TimerOpKind.SET, Timer(
-                    work.saga_id, effect.name, effect.kind, effect.due_at, effect.step,
-                    effect.phase, effect.attempt,
-                )))
+                work.transition.timer_ops.append(
+                    TimerOp(
+                        TimerOpKind.SET,
+                        Timer(
+                            work.saga_id,
+                            effect.name,
+                            effect.kind,
+                            effect.due_at,
+                            effect.step,
+                            effect.phase,
+                            effect.attempt,
+                        ),
+                    )
+                )
             elif isinstance(effect, CancelTimers):
                 work.transition.timer_ops.append(TimerOp(TimerOpKind.CANCEL, names=effect.names))
             elif isinstance(effect, Dispatch):
                 try:
-                    message = self._command_message(decision.instance, definition, effect, now,
-                                                    causation)
+                    message = self._command_message(
+                        decision.instance, definition, effect, now, causation
+                    )
                 except Exception as exc:  # the step's input cannot be built or encoded
-                    failure = Reply(effect.step, effect.phase, effect.attempt, Outcome.ERROR,
-                                    error=f"cannot build the command: {exc}", retryable=False)
-                    self._apply_decision(work, decide(work.instance, failure, definition, now),
-                                         definition, now, causation)
+                    failure = Reply(
+                        effect.step,
+                        effect.phase,
+                        effect.attempt,
+                        Outcome.ERROR,
+                        error=f"cannot build the command: {exc}",
+                        retryable=False,
+                    )
+                    self._apply_decision(
+                        work,
+                        decide(work.instance, failure, definition, now),
+                        definition,
+                        now,
+                        causation,
+                    )
                     continue
                 work.transition.outbox.append(message)
 
@@ -545,8 +583,9 @@ class Worker:
 
     def _reject(self, item: _Item, reason: str, batch: Batch) -> None:
         if item.body is not None:
-            batch.dead_letters.append(DeadLetter(item.source or "worker", reason, item.body,
-                                                 at=self._clock()))
+            batch.dead_letters.append(
+                DeadLetter(item.source or "worker", reason, item.body, at=self._clock())
+            )
             log.warning("dead-lettered a message: %s", reason, extra={"saga_id": item.saga_id})
         elif item.command_id is not None:
             batch.commands.append(CommandResult(item.command_id, CommandState.REFUSED, reason))
@@ -565,11 +604,17 @@ class Worker:
             log.error(
                 "saga %s runs %s v%d (fingerprint %s), which this worker does not have; "
                 "it is left untouched",
-                instance.saga_id, instance.saga_type, instance.version, instance.fingerprint,
+                instance.saga_id,
+                instance.saga_type,
+                instance.version,
+                instance.fingerprint,
             )
-        self._fail(item, DefinitionMissing(
-            f"no definition {instance.saga_type} v{instance.version} ({instance.fingerprint})"
-        ))
+        self._fail(
+            item,
+            DefinitionMissing(
+                f"no definition {instance.saga_type} v{instance.version} ({instance.fingerprint})"
+            ),
+        )
 
     @staticmethod
     def _fail(item: _Item, exc: Exception) -> None:
@@ -616,15 +661,27 @@ class Worker:
             return Reply(env.step, env.phase, env.attempt, outcome, **kw)  # type: ignore[arg-type]
 
         try:
-            context = _context(instance, definition, env.step, env.phase, env.attempt,
-                               env.idempotency_key, self._clock(), timeout)
+            context = _context(
+                instance,
+                definition,
+                env.step,
+                env.phase,
+                env.attempt,
+                env.idempotency_key,
+                self._clock(),
+                timeout,
+            )
             result = await asyncio.wait_for(handler.fn(context), timeout)
             return answer(Outcome.SUCCESS, result=to_json(result, path=f"result of {env.step}"))
         except StepFailed as exc:
             return answer(Outcome.FAILURE, error=str(exc) or "failed")
         except StepError as exc:
-            return answer(Outcome.ERROR, error=str(exc) or "error", retryable=exc.retryable,
-                          retry_after=exc.retry_after)
+            return answer(
+                Outcome.ERROR,
+                error=str(exc) or "error",
+                retryable=exc.retryable,
+                retry_after=exc.retry_after,
+            )
         except TimeoutError:
             return answer(Outcome.ERROR, error=f"timed out after {timeout:g}s")
         except EncodingError as exc:
@@ -638,13 +695,23 @@ class Worker:
         try:
             env = decode(body)
             if env.kind is not MessageKind.REPLY or env.outcome is None:
-                raise MessageRejected(f"expected a reply on {self.reply_queue}, got a {env.kind.value}")
+                raise MessageRejected(
+                    f"expected a reply on {self.reply_queue}, got a {env.kind.value}"
+                )
         except MessageRejected as exc:
             letter = DeadLetter(self.reply_queue, str(exc), body, at=self._clock())
             await self._submit(_Item("", dead_letter=letter))
             return
-        reply = Reply(env.step, env.phase, env.attempt, env.outcome, env.payload, env.error,
-                      env.retryable, env.retry_after)
+        reply = Reply(
+            env.step,
+            env.phase,
+            env.attempt,
+            env.outcome,
+            env.payload,
+            env.error,
+            env.retryable,
+            env.retry_after,
+        )
         await self._submit(_Item(env.saga_id, event=reply, body=body, source=self.reply_queue))
 
     # -- timers and operator commands -----------------------------------------------------
@@ -670,7 +737,7 @@ class Worker:
             self._timers_in_flight.add(key)
             event = TimerFired(timer.kind, timer.step, timer.phase, timer.attempt)
             future = self._submit(_Item(timer.saga_id, event=event, timer=timer))
-            future.add_done_callback(lambda f, k=key: self._timers_in_flight.discard(k))
+            future.add_done_callback(functools.partial(_discard, self._timers_in_flight, key))
             future.add_done_callback(_consume_exception)
         next_due = await self.store.next_due()
         if next_due is None:
@@ -707,8 +774,12 @@ class Worker:
             event = None  # refused by the committer: unknown command kind
         self._commands_in_flight.add(command.id)
         future = self._submit(_Item(command.saga_id, event=event, command_id=command.id))
-        future.add_done_callback(lambda f, c=command.id: self._commands_in_flight.discard(c))
+        future.add_done_callback(functools.partial(_discard, self._commands_in_flight, command.id))
         future.add_done_callback(_consume_exception)
+
+
+def _discard(in_flight: set[Any], key: object, _: asyncio.Future[object]) -> None:
+    in_flight.discard(key)
 
 
 def _consume_exception(future: asyncio.Future[object]) -> None:

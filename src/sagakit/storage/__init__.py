@@ -15,7 +15,9 @@ def open_store(url: str, **options: Any) -> SqliteStore:
     if url.startswith("sqlite:"):
         return SqliteStore.from_url(url, **options)
     scheme = url.split(":", 1)[0] if ":" in url else url
-    raise StorageError(f"unsupported database URL {url!r} (scheme {scheme!r}); use sqlite:///path.db")
+    raise StorageError(
+        f"unsupported database URL {url!r} (scheme {scheme!r}); use sqlite:///path.db"
+    )
 
 
 __all__ = ["DEFAULT_URL", "SqliteStore", "open_store"]

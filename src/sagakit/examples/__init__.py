@@ -1,0 +1,1 @@
+"""Example sagas that ship with sagakit (the order-fulfillment demo)."""

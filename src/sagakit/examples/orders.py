@@ -1,0 +1,191 @@
+"""Order fulfillment: the example saga that ``sagakit demo`` runs (I1, in one process).
+
+Four participants reached over the in-process bus, each keeping its ledger in its own tables
+(prefix ``demo_``) in the same database as the store, so one run exercises commands, replies,
+the outbox and the inbox:
+
+1. reserve inventory   (compensation: release)
+2. process payment     (compensation: refund)    — a declined card fails here
+3. create shipment     (compensation: cancel)
+4. send confirmation   (retriable: after the shipment the order only goes forward)
+
+The ledger rule, per order: completed ⇒ exactly one reservation, one charge and one shipment;
+failed ⇒ every effect undone (net zero); stuck ⇒ reported apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sagakit.app import App
+from sagakit.definition import RetryPolicy, Saga
+from sagakit.encoding import JSON
+from sagakit.errors import StepFailed
+from sagakit.participant import Command, Participant
+from sagakit.ports import ParticipantTx
+
+DECLINED_CARD = "tok_declined"
+
+LEDGER_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS demo_reservations (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,"
+    " sku TEXT NOT NULL, quantity INTEGER NOT NULL, status TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_payments (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,"
+    " amount INTEGER NOT NULL, status TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_shipments (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,"
+    " status TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_notifications (id INTEGER PRIMARY KEY,"
+    " order_id TEXT NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    sku: str
+    quantity: int
+    amount_cents: int
+    card: str
+
+
+def _order(cmd: Command) -> dict[str, JSON]:
+    value = cmd.input
+    assert isinstance(value, dict)
+    return value
+
+
+inventory = Participant("inventory")
+payments = Participant("payments")
+shipping = Participant("shipping")
+notifications = Participant("notifications")
+
+
+@inventory.command("inventory.reserve")
+def reserve(tx: ParticipantTx, cmd: Command) -> JSON:
+    order = _order(cmd)
+    tx.execute(
+        "INSERT INTO demo_reservations (order_id, sku, quantity, status) VALUES (?, ?, ?, ?)",
+        (order["order_id"], order["sku"], order["quantity"], "reserved"),
+    )
+    return {"reserved": order["quantity"]}
+
+
+@inventory.command("inventory.release")
+def release(tx: ParticipantTx, cmd: Command) -> JSON:
+    tx.execute(
+        "UPDATE demo_reservations SET status = 'released'"
+        " WHERE order_id = ? AND status = 'reserved'",
+        (_order(cmd)["order_id"],),
+    )
+    return None
+
+
+@payments.command("payment.charge")
+def charge(tx: ParticipantTx, cmd: Command) -> JSON:
+    order = _order(cmd)
+    if order["card"] == DECLINED_CARD:
+        raise StepFailed("card declined")
+    tx.execute(
+        "INSERT INTO demo_payments (order_id, amount, status) VALUES (?, ?, 'charged')",
+        (order["order_id"], order["amount_cents"]),
+    )
+    return {"charged": order["amount_cents"]}
+
+
+@payments.command("payment.refund")
+def refund(tx: ParticipantTx, cmd: Command) -> JSON:
+    tx.execute(
+        "UPDATE demo_payments SET status = 'refunded' WHERE order_id = ? AND status = 'charged'",
+        (_order(cmd)["order_id"],),
+    )
+    return None
+
+
+@shipping.command("shipment.create")
+def create_shipment(tx: ParticipantTx, cmd: Command) -> JSON:
+    order_id = _order(cmd)["order_id"]
+    tx.execute("INSERT INTO demo_shipments (order_id, status) VALUES (?, 'created')", (order_id,))
+    return {"tracking": f"TRK-{order_id}"}
+
+
+@shipping.command("shipment.cancel")
+def cancel_shipment(tx: ParticipantTx, cmd: Command) -> JSON:
+    tx.execute(
+        "UPDATE demo_shipments SET status = 'cancelled' WHERE order_id = ? AND status = 'created'",
+        (_order(cmd)["order_id"],),
+    )
+    return None
+
+
+@notifications.command("notification.send")
+def send_confirmation(tx: ParticipantTx, cmd: Command) -> JSON:
+    tx.execute("INSERT INTO demo_notifications (order_id) VALUES (?)", (_order(cmd)["order_id"],))
+    return None
+
+
+order_saga = (
+    Saga("order_fulfillment", version=1, data_type=Order)
+    .remote(
+        "reserve_inventory",
+        participant="inventory",
+        command="inventory.reserve",
+        compensation="inventory.release",
+    )
+    .remote(
+        "process_payment",
+        participant="payments",
+        command="payment.charge",
+        compensation="payment.refund",
+    )
+    .remote(
+        "create_shipment",
+        participant="shipping",
+        command="shipment.create",
+        compensation="shipment.cancel",
+    )
+    .remote(
+        "send_confirmation",
+        participant="notifications",
+        command="notification.send",
+        kind="retriable",
+        retry=RetryPolicy(max_attempts=10, initial_delay=0.2),
+    )
+    .build()
+)
+
+app = App(sagas=[order_saga], participants=[inventory, payments, shipping, notifications])
+
+
+def create_ledgers(tx: ParticipantTx) -> None:
+    for statement in LEDGER_SCHEMA:
+        tx.execute(statement)
+
+
+def check_ledgers(tx: ParticipantTx) -> list[str]:
+    """Violations of the ledger rule over every order in the database (empty: all good)."""
+    problems: list[str] = []
+    rows = tx.execute(
+        "SELECT i.status, i.correlation_id,"
+        " (SELECT count(*) FROM demo_reservations r WHERE r.order_id = i.correlation_id),"
+        " (SELECT count(*) FROM demo_reservations r WHERE r.order_id = i.correlation_id"
+        "   AND r.status = 'reserved'),"
+        " (SELECT count(*) FROM demo_payments p WHERE p.order_id = i.correlation_id),"
+        " (SELECT count(*) FROM demo_payments p WHERE p.order_id = i.correlation_id"
+        "   AND p.status = 'charged'),"
+        " (SELECT count(*) FROM demo_shipments s WHERE s.order_id = i.correlation_id),"
+        " (SELECT count(*) FROM demo_shipments s WHERE s.order_id = i.correlation_id"
+        "   AND s.status = 'created')"
+        " FROM sagakit_instances i WHERE i.saga_type = ?",
+        (order_saga.name,),
+    )
+    for status, order_id, res, res_live, pay, pay_live, ship, ship_live in rows:
+        if max(int(str(res)), int(str(pay)), int(str(ship))) > 1:
+            problems.append(f"{order_id}: an effect was applied twice ({res}/{pay}/{ship})")
+        if status == "completed" and (res_live, pay_live, ship_live) != (1, 1, 1):
+            problems.append(
+                f"{order_id}: completed but ledgers hold {res_live}/{pay_live}/{ship_live}"
+            )
+        if status == "failed" and (res_live, pay_live, ship_live) != (0, 0, 0):
+            problems.append(
+                f"{order_id}: failed but ledgers still hold {res_live}/{pay_live}/{ship_live}"
+            )
+    return problems

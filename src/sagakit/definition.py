@@ -343,11 +343,13 @@ class Saga(Generic[D]):
         self.data_type = data_type
         self.deadline = deadline
         self._steps: list[dict[str, Any]] = []
+        self._built: SagaDefinition | None = None
 
     def _add(self, name: str, options: dict[str, Any]) -> None:
         if any(s["name"] == name for s in self._steps):
             raise DefinitionError(f"saga {self.name!r}, step {name!r}: duplicate step name")
         self._steps.append({"name": name, **options})
+        self._built = None
 
     def local(
         self,
@@ -439,6 +441,7 @@ class Saga(Generic[D]):
             for options in self._steps:
                 if options["name"] == name:
                     options["compensation"] = Local(fn)
+                    self._built = None
                     options["compensation_retry"] = retry
                     options["compensation_timeout"] = timeout
                     return fn
@@ -451,10 +454,12 @@ class Saga(Generic[D]):
 
     def build(self) -> SagaDefinition:
         """Validate and freeze the definition."""
-        return SagaDefinition(
-            name=self.name,
-            version=self.version,
-            steps=tuple(Step(**options) for options in self._steps),
-            deadline=self.deadline,
-            data_type=self.data_type,
-        )
+        if self._built is None:
+            self._built = SagaDefinition(
+                name=self.name,
+                version=self.version,
+                steps=tuple(Step(**options) for options in self._steps),
+                deadline=self.deadline,
+                data_type=self.data_type,
+            )
+        return self._built

@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sagakit.app import App
@@ -40,7 +41,6 @@ from sagakit.errors import (
 from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode, encode
 from sagakit.participant import ParticipantRunner
 from sagakit.ports import (
-    LOCAL_DESTINATION,
     ORCHESTRATOR,
     Batch,
     CommandResult,
@@ -56,7 +56,14 @@ from sagakit.ports import (
     Transport,
 )
 from sagakit.relay import Relay
-from sagakit.state import HistoryEntry, HistoryKind, SagaInstance
+from sagakit.state import (
+    CompensationStatus,
+    HistoryEntry,
+    HistoryKind,
+    SagaInstance,
+    StepStatus,
+    evolve,
+)
 from sagakit.transitions import (
     Abort,
     Begin,
@@ -71,6 +78,7 @@ from sagakit.transitions import (
     SetTimer,
     TimerFired,
     decide,
+    idempotency_key,
     new_instance,
 )
 from sagakit.transport.memory import MemoryTransport
@@ -116,6 +124,7 @@ class _Work:
     transition: Transition = field(init=False)
     items: list[_Item] = field(default_factory=list)
     results: dict[int, object] = field(default_factory=dict)
+    local_runs: list[Dispatch] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.transition = Transition(self.saga_id)
@@ -164,6 +173,10 @@ class Worker:
         self._command_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._committer: asyncio.Task[None] | None = None
+        self._local_tasks: set[asyncio.Task[None]] = set()
+        self._local_in_flight: set[tuple[str, str, Phase, int]] = set()
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
         self._relay = Relay(
             store, ORCHESTRATOR, self._deliver, self._mark_done, rescan_interval=rescan_interval
         )
@@ -195,6 +208,7 @@ class Worker:
         for runner in self._participants:
             await runner.start()
         self._relay.start()
+        await self._recover_local_runs()
         self._tasks = [
             asyncio.create_task(self._timer_loop(), name="sagakit-timers"),
             asyncio.create_task(self._command_loop(), name="sagakit-commands"),
@@ -206,12 +220,12 @@ class Worker:
         if not self._running:
             return
         self._running = False
-        for task in self._tasks:
+        for task in [*self._tasks, *self._local_tasks]:
             task.cancel()
         await self._relay.stop()
         for runner in self._participants:
             await runner.stop()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._local_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._committer is not None:
@@ -271,6 +285,9 @@ class Worker:
                 watchers.remove(future)
             if not watchers:
                 self._watchers.pop(saga_id, None)
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
 
     def poke(self) -> None:
         """Look at the command queue now (used by an in-process client)."""
@@ -336,7 +353,7 @@ class Worker:
         for work in works.values():
             if work.changed and work.instance is not None:
                 revision = (work.expected or 0) + 1
-                work.instance = replace(work.instance, revision=revision)
+                work.instance = evolve(work.instance, revision=revision)
                 work.transition.instance = work.instance
                 work.transition.expected_revision = work.expected
             order.append(work)
@@ -381,6 +398,8 @@ class Worker:
                 else:
                     self._cache[work.saga_id] = instance
             messages.extend(work.transition.outbox)
+            for dispatch in work.local_runs:
+                self._spawn_local(work.saga_id, dispatch)
             for op in work.transition.timer_ops:
                 if op.kind is TimerOpKind.SET and op.timer is not None:
                     due = op.timer.due_at
@@ -511,6 +530,11 @@ class Worker:
             elif isinstance(effect, CancelTimers):
                 work.transition.timer_ops.append(TimerOp(TimerOpKind.CANCEL, names=effect.names))
             elif isinstance(effect, Dispatch):
+                if isinstance(definition.step(effect.step).handler(effect.phase), Local):
+                    # A local run needs no message: the committed state says "running", and
+                    # a restart (or a takeover) runs it again from there (Semantics 4).
+                    work.local_runs.append(effect)
+                    continue
                 try:
                     message = self._command_message(
                         decision.instance, definition, effect, now, causation
@@ -555,11 +579,11 @@ class Worker:
                 "input": step_input,
                 "result": state.result if state.outcome_known else None,
             }
-        remote = isinstance(handler, Remote)
+        assert isinstance(handler, Remote)
         env = Envelope(
-            id=uuid.uuid4().hex,
+            id=self._next_id(),
             kind=MessageKind.COMMAND,
-            type=handler.command if isinstance(handler, Remote) else f"local:{step.name}",
+            type=handler.command,
             saga_id=instance.saga_id,
             saga_type=instance.saga_type,
             definition_version=instance.version,
@@ -571,15 +595,14 @@ class Worker:
             timestamp=now,
             payload=payload,
             causation_id=causation,
-            reply_to=self.reply_queue if remote else None,
+            reply_to=self.reply_queue,
             deadline=dispatch.deadline,
-            traceparent=_traceparent(instance.saga_id),
+            traceparent=_traceparent(instance.saga_id, self._next_id()),
         )
         body = encode(env)
         if len(body) > MAX_MESSAGE_BYTES:
             raise EncodingError(f"command of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
-        destination = handler.participant if isinstance(handler, Remote) else LOCAL_DESTINATION
-        return OutboxMessage(env.id, ORCHESTRATOR, destination, body, instance.saga_id)
+        return OutboxMessage(env.id, ORCHESTRATOR, handler.participant, body, instance.saga_id)
 
     def _reject(self, item: _Item, reason: str, batch: Batch) -> None:
         if item.body is not None:
@@ -624,9 +647,6 @@ class Worker:
     # -- delivery of committed messages ---------------------------------------------------
 
     async def _deliver(self, message: OutboxMessage) -> bool:
-        if message.destination == LOCAL_DESTINATION:
-            await self._run_local(message)
-            return False
         await self.transport.publish(message.destination, message.body)
         return True
 
@@ -636,43 +656,89 @@ class Worker:
         self._queue.put_nowait(_FLUSH)
         await future
 
-    async def _run_local(self, message: OutboxMessage) -> None:
-        env = decode(message.body)
-        definition = self.app.definition(env.saga_type, env.definition_version)
-        instance = self._cache.get(env.saga_id) or await self.store.get(env.saga_id)
-        if definition is None or instance is None or definition.fingerprint != instance.fingerprint:
-            raise DefinitionMissing(f"cannot run {env.step} of {env.saga_id} here")
-        step = definition.step(env.step)
-        handler = step.handler(env.phase)
-        assert isinstance(handler, Local)
-        timeout = step.timeout_for(env.phase)
-        reply = await self._call_local(handler, instance, definition, env, timeout)
-        await self._submit(_Item(env.saga_id, event=reply, consumed=message.id))
+    def _spawn_local(self, saga_id: str, dispatch: Dispatch) -> None:
+        key = (saga_id, dispatch.step, dispatch.phase, dispatch.attempt)
+        if key in self._local_in_flight or not self._running:
+            return
+        self._local_in_flight.add(key)
+        task = asyncio.create_task(self._run_local(saga_id, dispatch))
+        self._local_tasks.add(task)
+        task.add_done_callback(self._local_tasks.discard)
+        task.add_done_callback(functools.partial(_discard, self._local_in_flight, key))
+
+    async def _run_local(self, saga_id: str, dispatch: Dispatch) -> None:
+        try:
+            instance = self._cache.get(saga_id) or await self.store.get(saga_id)
+            if instance is None:
+                return
+            definition = self.app.definition(instance.saga_type, instance.version)
+            if definition is None or definition.fingerprint != instance.fingerprint:
+                return
+            step = definition.step(dispatch.step)
+            handler = step.handler(dispatch.phase)
+            assert isinstance(handler, Local)
+            reply = await self._call_local(
+                handler, instance, definition, dispatch, step.timeout_for(dispatch.phase)
+            )
+            await self._submit(_Item(saga_id, event=reply))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the reply could not be committed: run again later
+            log.warning(
+                "local step %s of %s: %s", dispatch.step, saga_id, exc, extra={"saga_id": saga_id}
+            )
+
+    async def _recover_local_runs(self) -> None:
+        """Run again every local step the store says is running (after a crash or stop)."""
+        for instance in await self.store.unsettled(1_000_000):
+            definition = self.app.definition(instance.saga_type, instance.version)
+            if definition is None or definition.fingerprint != instance.fingerprint:
+                continue
+            self._cache.setdefault(instance.saga_id, instance)
+            for step, state in zip(definition.steps, instance.steps, strict=True):
+                if state.status is StepStatus.RUNNING and isinstance(step.action, Local):
+                    phase, attempt = Phase.ACTION, state.attempts
+                elif (
+                    state.compensation is not None
+                    and state.compensation.status is CompensationStatus.RUNNING
+                    and isinstance(step.compensation, Local)
+                ):
+                    phase, attempt = Phase.COMPENSATION, state.compensation.attempts
+                else:
+                    continue
+                key = idempotency_key(instance.saga_id, step.name, phase)
+                deadline = self._clock() + step.timeout_for(phase)
+                self._spawn_local(
+                    instance.saga_id, Dispatch(step.name, phase, attempt, key, deadline)
+                )
 
     async def _call_local(
         self,
         handler: Local,
         instance: SagaInstance,
         definition: SagaDefinition,
-        env: Envelope,
+        dispatch: Dispatch,
         timeout: float,
     ) -> Reply:
-        def answer(outcome: Outcome, **kw: object) -> Reply:
-            return Reply(env.step, env.phase, env.attempt, outcome, **kw)  # type: ignore[arg-type]
+        def answer(outcome: Outcome, **kw: Any) -> Reply:
+            return Reply(dispatch.step, dispatch.phase, dispatch.attempt, outcome, **kw)
 
         try:
             context = _context(
                 instance,
                 definition,
-                env.step,
-                env.phase,
-                env.attempt,
-                env.idempotency_key,
+                dispatch.step,
+                dispatch.phase,
+                dispatch.attempt,
+                dispatch.idempotency_key,
                 self._clock(),
                 timeout,
             )
-            result = await asyncio.wait_for(handler.fn(context), timeout)
-            return answer(Outcome.SUCCESS, result=to_json(result, path=f"result of {env.step}"))
+            async with asyncio.timeout(timeout):
+                result = await handler.fn(context)
+            return answer(
+                Outcome.SUCCESS, result=to_json(result, path=f"result of {dispatch.step}")
+            )
         except StepFailed as exc:
             return answer(Outcome.FAILURE, error=str(exc) or "failed")
         except StepError as exc:
@@ -795,10 +861,11 @@ def _message_id(item: _Item) -> str | None:
     return None
 
 
-def _traceparent(saga_id: str) -> str:
+def _traceparent(saga_id: str, span_seed: str) -> str:
     # One trace per saga: the trace id is derived from the saga id, each command is a span.
     trace_id = hashlib.sha256(saga_id.encode()).hexdigest()[:32]
-    return f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    span_id = hashlib.blake2b(span_seed.encode(), digest_size=8).hexdigest()
+    return f"00-{trace_id}-{span_id}-01"
 
 
 def _context(

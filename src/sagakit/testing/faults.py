@@ -40,11 +40,17 @@ class CrashPlan:
         if self.when not in ("before", "after"):
             raise ValueError("when must be 'before' or 'after'")
 
-    def tick(self, label: str, moment: str) -> None:
-        if moment == "before":
-            self.writes += 1
-            self.log.append(label)
-        if self.crash_at is not None and self.writes == self.crash_at and moment == self.when:
+    def begin(self, label: str) -> int:
+        """Count a durable write about to happen; returns its number."""
+        self.writes += 1
+        self.log.append(label)
+        if self.writes == self.crash_at and self.when == "before":
+            os._exit(CRASH_EXIT_CODE)
+        return self.writes
+
+    def end(self, number: int) -> None:
+        """Write ``number`` is durable; nothing has acted on it yet."""
+        if number == self.crash_at and self.when == "after":
             os._exit(CRASH_EXIT_CODE)
 
 
@@ -67,15 +73,15 @@ class FaultyStore:
         return getattr(self._inner, name)
 
     async def commit(self, batch: Batch) -> list[bool]:
-        self._plan.tick("commit", "before")
+        number = self._plan.begin("commit")
         result = await self._inner.commit(batch)
-        self._plan.tick("commit", "after")
+        self._plan.end(number)
         return result
 
     async def transaction(self, fn: Callable[[ParticipantTx], T]) -> T:
-        self._plan.tick("participant", "before")
+        number = self._plan.begin("participant")
         result = await self._inner.transaction(fn)
-        self._plan.tick("participant", "after")
+        self._plan.end(number)
         return result
 
 
@@ -87,9 +93,9 @@ class FaultyTransport:
         self._plan = plan
 
     async def publish(self, destination: str, body: bytes) -> None:
-        self._plan.tick(f"publish:{destination}", "before")
+        number = self._plan.begin(f"publish:{destination}")
         await self._inner.publish(destination, body)
-        self._plan.tick(f"publish:{destination}", "after")
+        self._plan.end(number)
 
     async def subscribe(self, destination: str, handler: MessageHandler) -> None:
         await self._inner.subscribe(destination, handler)

@@ -31,7 +31,7 @@ PROTOCOL_VERSION: Final = "1.0"
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 
 
-class MessageKind(str, enum.Enum):
+class MessageKind(enum.StrEnum):
     COMMAND = "command"
     REPLY = "reply"
     EVENT = "event"
@@ -70,8 +70,19 @@ class Envelope:
 
 
 _REQUIRED: Final = (
-    "protocol", "id", "kind", "type", "saga_id", "saga_type", "definition_version", "step",
-    "phase", "attempt", "idempotency_key", "correlation_id", "timestamp",
+    "protocol",
+    "id",
+    "kind",
+    "type",
+    "saga_id",
+    "saga_type",
+    "definition_version",
+    "step",
+    "phase",
+    "attempt",
+    "idempotency_key",
+    "correlation_id",
+    "timestamp",
 )
 
 
@@ -152,7 +163,7 @@ def decode(body: bytes) -> Envelope:
             deadline=_opt_number(raw, "deadline"),
             outcome=outcome,
             error=_opt_text(raw, "error"),
-            retryable=bool(raw.get("retryable", True)),
+            retryable=_opt_bool(raw, "retryable", default=True),
             retry_after=_opt_number(raw, "retry_after"),
             traceparent=_opt_text(raw, "traceparent"),
             protocol=protocol,
@@ -193,9 +204,18 @@ def _opt_number(raw: dict[str, object], name: str) -> float | None:
     return None if raw.get(name) is None else _number(raw, name)
 
 
-_STRING = {"type": "string", "minLength": 1}
-_NULLABLE_STRING = {"type": ["string", "null"]}
-_NULLABLE_NUMBER = {"type": ["number", "null"]}
+def _opt_bool(raw: dict[str, object], name: str, *, default: bool) -> bool:
+    value = raw.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise TypeError(f"field {name!r} must be a boolean")
+    return value
+
+
+_STRING: dict[str, JSON] = {"type": "string", "minLength": 1}
+_NULLABLE_STRING: dict[str, JSON] = {"type": ["string", "null"]}
+_NULLABLE_NUMBER: dict[str, JSON] = {"type": ["number", "null"]}
 
 #: JSON Schema (draft 2020-12) of the envelope, protocol 1.x.
 ENVELOPE_SCHEMA: Final[dict[str, JSON]] = {
@@ -230,5 +250,8 @@ ENVELOPE_SCHEMA: Final[dict[str, JSON]] = {
     },
     "additionalProperties": True,
     "if": {"properties": {"kind": {"const": "reply"}}},
-    "then": {"required": ["outcome"], "properties": {"outcome": {"enum": ["success", "failure", "error"]}}},
+    "then": {
+        "required": ["outcome"],
+        "properties": {"outcome": {"enum": ["success", "failure", "error"]}},
+    },
 }

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, to_json
 from sagakit.errors import DefinitionError, EncodingError, MessageRejected, StepError, StepFailed
-from sagakit.messages import Envelope, MessageKind, decode, encode
+from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode, encode
 from sagakit.ports import DeadLetter, OutboxMessage, ParticipantStore, ParticipantTx, Transport
 from sagakit.relay import Relay
 from sagakit.transitions import Outcome, idempotency_key
@@ -109,7 +109,10 @@ class ParticipantRunner:
         self._store = store
         self._transport = transport
         self._relay = Relay(
-            store, participant.name, self._publish, self._mark_done,
+            store,
+            participant.name,
+            self._publish,
+            self._mark_done,
             rescan_interval=rescan_interval,
         )
 
@@ -133,9 +136,11 @@ class ParticipantRunner:
             if not env.reply_to:
                 raise MessageRejected("a command needs reply_to")
         except MessageRejected as exc:
-            await self._store.transaction(lambda tx: _dead_letter(tx, self.participant.name,
-                                                                   str(exc), body))
-            log.warning("dead-lettered a message for %s: %s", self.participant.name, exc)
+            reason = str(exc)
+            await self._store.transaction(
+                lambda tx: _dead_letter(tx, self.participant.name, reason, body)
+            )
+            log.warning("dead-lettered a message for %s: %s", self.participant.name, reason)
             return
         replies = await self._store.transaction(lambda tx: self._serve(tx, env))
         self._relay.send(replies)
@@ -150,31 +155,57 @@ class ParticipantRunner:
         if env.phase is Phase.ACTION:
             undo = tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.COMPENSATION))
             if undo is not None:
-                return [self._record(tx, env, Outcome.FAILURE, None,
-                                     "refused: the action arrived after its compensation")]
+                return [
+                    self._record(
+                        tx,
+                        env,
+                        Outcome.FAILURE,
+                        None,
+                        "refused: the action arrived after its compensation",
+                    )
+                ]
         else:
             done = tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.ACTION))
             if done is None or decode(done).outcome is not Outcome.SUCCESS:
                 return [self._record(tx, env, Outcome.SUCCESS, {"noop": True}, None)]
         handler = self.participant.handlers[env.type]
         command = Command(
-            env.saga_id, env.saga_type, env.step, env.phase, env.attempt, key,
-            env.correlation_id, env.deadline, env.payload,
+            env.saga_id,
+            env.saga_type,
+            env.step,
+            env.phase,
+            env.attempt,
+            key,
+            env.correlation_id,
+            env.deadline,
+            env.payload,
         )
         tx.execute("SAVEPOINT sagakit_handler")
         try:
             result = to_json(handler(tx, command), path=f"result of {env.type}")
+            size = len(encode(self._reply(env, Outcome.SUCCESS, result, None)))
+            if size > MAX_MESSAGE_BYTES:
+                # Recorded, it would be re-sent on every retry and rejected every time.
+                raise EncodingError(
+                    f"result of {env.type}: the reply of {size} bytes exceeds {MAX_MESSAGE_BYTES}"
+                )
         except StepFailed as exc:
             tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
             return [self._record(tx, env, Outcome.FAILURE, None, str(exc) or "failed")]
         except (StepError, EncodingError, Exception) as exc:
             tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
-            retryable = exc.retryable if isinstance(exc, StepError) else not isinstance(
-                exc, EncodingError
+            retryable = (
+                exc.retryable if isinstance(exc, StepError) else not isinstance(exc, EncodingError)
             )
             retry_after = exc.retry_after if isinstance(exc, StepError) else None
-            reply = self._reply(env, Outcome.ERROR, None, f"{type(exc).__name__}: {exc}",
-                                retryable=retryable, retry_after=retry_after)
+            reply = self._reply(
+                env,
+                Outcome.ERROR,
+                None,
+                f"{type(exc).__name__}: {exc}",
+                retryable=retryable,
+                retry_after=retry_after,
+            )
             return [self._put(tx, reply)]
         tx.execute("RELEASE SAVEPOINT sagakit_handler")
         return [self._record(tx, env, Outcome.SUCCESS, result, None)]
@@ -189,7 +220,10 @@ class ParticipantRunner:
     def _reply_from(self, tx: ParticipantTx, env: Envelope, stored: Envelope) -> OutboxMessage:
         # The same answer, as a new message caused by the duplicate command.
         reply = replace(
-            stored, id=uuid.uuid4().hex, causation_id=env.id, attempt=env.attempt,
+            stored,
+            id=uuid.uuid4().hex,
+            causation_id=env.id,
+            attempt=env.attempt,
             timestamp=time.time(),
         )
         return self._put(tx, reply, destination=env.reply_to)
@@ -222,8 +256,9 @@ class ParticipantRunner:
     ) -> OutboxMessage:
         target = destination or reply.reply_to
         assert target is not None
-        message = OutboxMessage(reply.id, self.participant.name, target, encode(reply),
-                                reply.saga_id)
+        message = OutboxMessage(
+            reply.id, self.participant.name, target, encode(reply), reply.saga_id
+        )
         tx.outbox_put(message)
         return message
 

@@ -21,7 +21,6 @@ from typing import TypeVar, cast
 
 from sagakit.encoding import JSON
 
-
 _V = TypeVar("_V")
 
 

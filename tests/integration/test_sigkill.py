@@ -19,8 +19,21 @@ pytestmark = pytest.mark.slow
 
 def demo(url: str, sagas: int, seed: int) -> list[str]:
     return [
-        sys.executable, "-m", "sagakit", "demo", "--sagas", str(sagas), "--fail-rate", "0.2",
-        "--concurrency", "32", "--db", url, "--json", "--seed", str(seed),
+        sys.executable,
+        "-m",
+        "sagakit",
+        "demo",
+        "--sagas",
+        str(sagas),
+        "--fail-rate",
+        "0.2",
+        "--concurrency",
+        "32",
+        "--db",
+        url,
+        "--json",
+        "--seed",
+        str(seed),
     ]
 
 

@@ -64,7 +64,9 @@ def calls() -> Calls:
     return Calls([])
 
 
-def two_steps(calls: Calls, *, fail: Exception | None = None, policy: RetryPolicy = FAST) -> Saga[Any]:
+def two_steps(
+    calls: Calls, *, fail: Exception | None = None, policy: RetryPolicy = FAST
+) -> Saga[Any]:
     saga: Saga[Any] = Saga("two")
 
     async def first(ctx: StepContext[Any]) -> dict[str, int]:
@@ -137,7 +139,9 @@ async def test_non_retryable_error_is_not_retried(store: SqliteStore, calls: Cal
     assert calls.names().count("second") == 1
 
 
-async def test_local_step_timeout_is_an_error_then_unknown(store: SqliteStore, calls: Calls) -> None:
+async def test_local_step_timeout_is_an_error_then_unknown(
+    store: SqliteStore, calls: Calls
+) -> None:
     saga: Saga[Any] = Saga("slow")
 
     async def slow(ctx: StepContext[Any]) -> None:
@@ -147,8 +151,13 @@ async def test_local_step_timeout_is_an_error_then_unknown(store: SqliteStore, c
     async def undo(ctx: StepContext[Any]) -> None:
         calls.log.append(("undo", ctx.outcome_known))
 
-    saga.local("slow", slow, compensation=undo, timeout=0.05,
-               retry=RetryPolicy(max_attempts=2, initial_delay=0.01, jitter=0))
+    saga.local(
+        "slow",
+        slow,
+        compensation=undo,
+        timeout=0.05,
+        retry=RetryPolicy(max_attempts=2, initial_delay=0.01, jitter=0),
+    )
     async with Worker(App(sagas=[saga]), store) as worker:
         inst = await worker.client.run(saga, {}, timeout=5)
     assert inst.status is SagaStatus.FAILED
@@ -266,8 +275,9 @@ async def test_stuck_compensation_then_operator_retry_and_resolve(
         raise StepFailed("nope")
 
     saga.local("first", step("first"), compensation=undo("undo_first"), compensation_retry=policy)
-    saga.local("second", step("second"), compensation=undo("undo_second"),
-               compensation_retry=policy)
+    saga.local(
+        "second", step("second"), compensation=undo("undo_second"), compensation_retry=policy
+    )
     saga.local("third", third, compensation=undo("undo_third"))
     broken["undo_third"] = False
     async with Worker(App(sagas=[saga]), store) as worker:
@@ -284,9 +294,7 @@ async def test_stuck_compensation_then_operator_retry_and_resolve(
         await (await worker.client.retry(inst.saga_id, "service back")).wait(timeout=5)
         inst = await worker.client.wait(inst.saga_id, timeout=5)
         assert inst.status is SagaStatus.STUCK and inst.stuck_step == "first"
-        await (await worker.client.resolve(inst.saga_id, "first", "undone by hand")).wait(
-            timeout=5
-        )
+        await (await worker.client.resolve(inst.saga_id, "first", "undone by hand")).wait(timeout=5)
         inst = await worker.client.wait(inst.saga_id, timeout=5)
     assert inst.status is SagaStatus.FAILED
     assert inst.step("first").status is StepStatus.RESOLVED
@@ -312,11 +320,25 @@ def remote_app(behaviour: dict[str, Any]) -> tuple[App, Saga[Any], Participant]:
         behaviour.setdefault("credits", []).append(cmd.payload)
         return None
 
-    saga: Saga[Any] = Saga("pay").remote(
-        "debit", participant="bank", command="debit", compensation="credit", timeout=0.2,
-        retry=FAST,
-    ).remote("notify", participant="mailer", command="mail", kind="retriable", timeout=0.2,
-             retry=FAST)
+    saga: Saga[Any] = (
+        Saga("pay")
+        .remote(
+            "debit",
+            participant="bank",
+            command="debit",
+            compensation="credit",
+            timeout=0.2,
+            retry=FAST,
+        )
+        .remote(
+            "notify",
+            participant="mailer",
+            command="mail",
+            kind="retriable",
+            timeout=0.2,
+            retry=FAST,
+        )
+    )
     return App(sagas=[saga], participants=[bank]), saga, bank
 
 
@@ -367,10 +389,17 @@ async def test_late_duplicate_unknown_and_malformed_replies(store: SqliteStore) 
         command = mail[0]
 
         def reply(outcome: Outcome, **kw: Any) -> bytes:
-            return encode(Envelope(**{
-                **command.__dict__, "id": f"r-{len(kw)}-{outcome.value}", "kind": MessageKind.REPLY,
-                "outcome": outcome, **kw,
-            }))
+            return encode(
+                Envelope(
+                    **{
+                        **command.__dict__,
+                        "id": f"r-{len(kw)}-{outcome.value}",
+                        "kind": MessageKind.REPLY,
+                        "outcome": outcome,
+                        **kw,
+                    }
+                )
+            )
 
         await transport.publish("sagakit.replies", reply(Outcome.SUCCESS, payload={"sent": 1}))
         inst = await handle.result(timeout=5)
@@ -399,7 +428,11 @@ async def test_late_duplicate_unknown_and_malformed_replies(store: SqliteStore) 
 
 async def test_timer_survives_a_restart(db: str, calls: Calls) -> None:
     saga: Saga[Any] = Saga("patient").remote(
-        "ask", participant="nobody", command="ask", compensation="unask", timeout=0.3,
+        "ask",
+        participant="nobody",
+        command="ask",
+        compensation="unask",
+        timeout=0.3,
         retry=RetryPolicy(max_attempts=1),
     )
 

@@ -9,6 +9,7 @@ released the moment the owning process dies); readers and the CLI open the file 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import os
@@ -49,7 +50,7 @@ def sqlite_path(url: str) -> str:
     prefix = "sqlite:///"
     if not url.startswith(prefix):
         raise StorageError(f"not a SQLite URL: {url!r} (expected sqlite:///path.db)")
-    path = url[len(prefix):]
+    path = url[len(prefix) :]
     if not path:
         raise StorageError(f"SQLite URL without a file path: {url!r}")
     return path
@@ -74,7 +75,6 @@ class SqliteStore:
         self.path = path
         self._clock = clock
         self._lock_file: IO[str] | None = None
-        self._seq = 0
         memory = path == ":memory:"
         if not memory and not create and not os.path.exists(path):
             raise StorageError(f"database file not found: {path}")
@@ -101,7 +101,6 @@ class SqliteStore:
             for statement in schema.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-        self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM sagakit_outbox").fetchone()[0]
         return conn
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -124,10 +123,10 @@ class SqliteStore:
 
     # -- TransitionStore ------------------------------------------------------------------
 
-    async def commit(self, batch: Batch) -> list[bool]:
+    async def commit(self, batch: Batch) -> builtins.list[bool]:
         return await self._run(lambda: self._commit(batch))
 
-    def _commit(self, batch: Batch) -> list[bool]:
+    def _commit(self, batch: Batch) -> builtins.list[bool]:
         conn = self._conn
         results: list[bool] = []
         history: list[tuple[object, ...]] = []
@@ -142,9 +141,7 @@ class SqliteStore:
                 if not ok:
                     continue
                 history.extend(_history_row(t.saga_id, e) for e in t.history)
-                for m in t.outbox:
-                    self._seq += 1
-                    outbox.append((m.id, m.source, m.destination, m.saga_id, m.body, self._seq))
+                outbox.extend((m.id, m.source, m.destination, m.saga_id, m.body) for m in t.outbox)
                 self._timer_ops(conn, t)
                 consumed.extend((i,) for i in t.consumed)
                 commands.extend(t.commands)
@@ -158,8 +155,8 @@ class SqliteStore:
                 )
             if outbox:
                 conn.executemany(
-                    "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body,"
-                    " seq) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
                     outbox,
                 )
             if commands:
@@ -185,16 +182,32 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO sagakit_instances (saga_id, saga_type, version,"
                 " fingerprint, status, correlation_id, idempotency_key, created_at, updated_at,"
                 " revision, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (inst.saga_id, inst.saga_type, inst.version, inst.fingerprint, inst.status.value,
-                 inst.correlation_id, inst.idempotency_key, inst.created_at, inst.updated_at,
-                 inst.revision, state),
+                (
+                    inst.saga_id,
+                    inst.saga_type,
+                    inst.version,
+                    inst.fingerprint,
+                    inst.status.value,
+                    inst.correlation_id,
+                    inst.idempotency_key,
+                    inst.created_at,
+                    inst.updated_at,
+                    inst.revision,
+                    state,
+                ),
             )
         else:
             cur = conn.execute(
                 "UPDATE sagakit_instances SET status = ?, updated_at = ?, revision = ?, state = ?"
                 " WHERE saga_id = ? AND revision = ?",
-                (inst.status.value, inst.updated_at, inst.revision, state, inst.saga_id,
-                 t.expected_revision),
+                (
+                    inst.status.value,
+                    inst.updated_at,
+                    inst.revision,
+                    state,
+                    inst.saga_id,
+                    t.expected_revision,
+                ),
             )
         return cur.rowcount == 1
 
@@ -206,8 +219,15 @@ class SqliteStore:
                 conn.execute(
                     "INSERT OR REPLACE INTO sagakit_timers (saga_id, name, kind, step, phase,"
                     " attempt, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (tm.saga_id, tm.name, tm.kind.value, tm.step, tm.phase.value, tm.attempt,
-                     tm.due_at),
+                    (
+                        tm.saga_id,
+                        tm.name,
+                        tm.kind.value,
+                        tm.step,
+                        tm.phase.value,
+                        tm.attempt,
+                        tm.due_at,
+                    ),
                 )
             elif op.kind is TimerOpKind.CANCEL:
                 if op.names is None:
@@ -246,7 +266,7 @@ class SqliteStore:
         )
         return _instance(rows[0]) if rows else None
 
-    async def list(self, filter: InstanceFilter) -> list[SagaInstance]:
+    async def list(self, filter: InstanceFilter) -> builtins.list[SagaInstance]:
         where: list[str] = []
         params: list[object] = []
         if filter.status is not None:
@@ -271,7 +291,7 @@ class SqliteStore:
         params.append(filter.limit)
         return [_instance(r) for r in await self._query(sql, params)]
 
-    async def history(self, saga_id: str) -> list[HistoryEntry]:
+    async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         rows = await self._query(
             "SELECT at, kind, step, phase, attempt, detail FROM sagakit_history"
             " WHERE saga_id = ? ORDER BY id",
@@ -279,14 +299,17 @@ class SqliteStore:
         )
         return [
             HistoryEntry(
-                cast(float, r[0]), HistoryKind(r[1]), cast("str | None", r[2]),
-                cast("str | None", r[3]), cast("int | None", r[4]),
+                cast(float, r[0]),
+                HistoryKind(cast(str, r[1])),
+                cast("str | None", r[2]),
+                cast("str | None", r[3]),
+                cast("int | None", r[4]),
                 cast(dict[str, JSON], loads(cast(str, r[5]))),
             )
             for r in rows
         ]
 
-    async def unsettled(self, limit: int) -> list[SagaInstance]:
+    async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
         marks = ",".join("?" * len(_SETTLED))
         rows = await self._query(
             f"SELECT {self._COLUMNS} FROM sagakit_instances WHERE status NOT IN ({marks})"
@@ -304,7 +327,7 @@ class SqliteStore:
     async def now(self) -> float:
         return self._clock()
 
-    async def due(self, limit: int) -> list[Timer]:
+    async def due(self, limit: int) -> builtins.list[Timer]:
         rows = await self._query(
             "SELECT saga_id, name, kind, step, phase, attempt, due_at FROM sagakit_timers"
             " WHERE due_at <= ? ORDER BY due_at LIMIT ?",
@@ -312,8 +335,12 @@ class SqliteStore:
         )
         return [
             Timer(
-                saga_id=cast(str, r[0]), name=cast(str, r[1]), kind=TimerKind(r[2]),
-                step=cast("str | None", r[3]), phase=Phase(r[4]), attempt=cast(int, r[5]),
+                saga_id=cast(str, r[0]),
+                name=cast(str, r[1]),
+                kind=TimerKind(cast(str, r[2])),
+                step=cast("str | None", r[3]),
+                phase=Phase(cast(str, r[4])),
+                attempt=cast(int, r[5]),
                 due_at=cast(float, r[6]),
             )
             for r in rows
@@ -325,15 +352,20 @@ class SqliteStore:
 
     # -- Outbox ---------------------------------------------------------------------------
 
-    async def pending(self, source: str, limit: int) -> list[OutboxMessage]:
+    async def pending(self, source: str, limit: int) -> builtins.list[OutboxMessage]:
         rows = await self._query(
             "SELECT id, source, destination, body, saga_id FROM sagakit_outbox"
             " WHERE source = ? ORDER BY seq LIMIT ?",
             (source, limit),
         )
         return [
-            OutboxMessage(cast(str, r[0]), cast(str, r[1]), cast(str, r[2]), bytes(cast(bytes, r[3])),
-                          cast(str, r[4]))
+            OutboxMessage(
+                cast(str, r[0]),
+                cast(str, r[1]),
+                cast(str, r[2]),
+                bytes(cast(bytes, r[3])),
+                cast(str, r[4]),
+            )
             for r in rows
         ]
 
@@ -351,7 +383,7 @@ class SqliteStore:
 
         return await self._run(write)
 
-    async def pending_commands(self, limit: int) -> list[QueuedCommand]:
+    async def pending_commands(self, limit: int) -> builtins.list[QueuedCommand]:
         rows = await self._query(
             "SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands"
             " WHERE state = ? ORDER BY id LIMIT ?",
@@ -369,15 +401,20 @@ class SqliteStore:
 
     # -- DeadLetters ----------------------------------------------------------------------
 
-    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+    async def dead_letters(self, limit: int) -> builtins.list[DeadLetter]:
         rows = await self._query(
             "SELECT id, at, source, reason, body FROM sagakit_dead_letters ORDER BY id DESC"
             " LIMIT ?",
             (limit,),
         )
         return [
-            DeadLetter(cast(str, r[2]), cast(str, r[3]), bytes(cast(bytes, r[4])),
-                       cast(float, r[1]), cast(int, r[0]))
+            DeadLetter(
+                cast(str, r[2]),
+                cast(str, r[3]),
+                bytes(cast(bytes, r[4])),
+                cast(float, r[1]),
+                cast(int, r[0]),
+            )
             for r in rows
         ]
 
@@ -390,15 +427,11 @@ class SqliteStore:
 
         return await self._run(run)
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     # -- helpers --------------------------------------------------------------------------
 
     async def _query(
         self, sql: str, params: Sequence[object] = ()
-    ) -> list[tuple[object, ...]]:
+    ) -> builtins.list[tuple[object, ...]]:
         return await self._run(lambda: self._conn.execute(sql, params).fetchall())
 
 
@@ -407,7 +440,7 @@ class _SqliteTx:
         self._conn = conn
         self._store = store
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    def execute(self, sql: str, params: Sequence[object] = ()) -> builtins.list[tuple[object, ...]]:
         return self._conn.execute(sql, params).fetchall()
 
     def inbox_get(self, participant: str, key: str) -> bytes | None:
@@ -424,10 +457,9 @@ class _SqliteTx:
 
     def outbox_put(self, message: OutboxMessage) -> None:
         self._conn.execute(
-            "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (message.id, message.source, message.destination, message.saga_id, message.body,
-             self._store._next_seq()),
+            "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (message.id, message.source, message.destination, message.saga_id, message.body),
         )
 
     def outbox_done(self, message_ids: Sequence[str]) -> None:
@@ -495,7 +527,7 @@ def _instance(row: tuple[object, ...]) -> SagaInstance:
         saga_type=cast(str, row[1]),
         version=cast(int, row[2]),
         fingerprint=cast(str, row[3]),
-        status=SagaStatus(row[4]),
+        status=SagaStatus(cast(str, row[4])),
         correlation_id=cast(str, row[5]),
         idempotency_key=cast("str | None", row[6]),
         created_at=cast(float, row[7]),
@@ -523,7 +555,7 @@ def _command(row: tuple[object, ...]) -> QueuedCommand:
         saga_id=cast(str, row[1]),
         kind=cast(str, row[2]),
         body=cast(dict[str, JSON], loads(cast(str, row[3]))),
-        state=CommandState(row[4]),
+        state=CommandState(cast(str, row[4])),
         error=cast("str | None", row[5]),
         created_at=cast(float, row[6]),
     )

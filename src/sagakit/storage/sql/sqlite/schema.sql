@@ -38,12 +38,12 @@ CREATE INDEX IF NOT EXISTS sagakit_history_saga ON sagakit_history (saga_id, id)
 
 -- Pending messages only: a row is deleted once its consumer has committed.
 CREATE TABLE IF NOT EXISTS sagakit_outbox (
-    id          TEXT PRIMARY KEY,
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
     source      TEXT NOT NULL,
     destination TEXT NOT NULL,
     saga_id     TEXT NOT NULL,
-    body        BLOB NOT NULL,
-    seq         INTEGER NOT NULL
+    body        BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sagakit_outbox_source ON sagakit_outbox (source, seq);
 

@@ -1,0 +1,1083 @@
+"""Contract tests for the store ports, run against every store adapter.
+
+One test class per port (TransitionStore, InstanceQueries, TimerQueue, Outbox, CommandQueue,
+DeadLetters, ParticipantStore). Every class runs against every entry of ``ADAPTERS``: adding a
+backend (PostgreSQL) is one more line there, and a fake can never drift from the real thing.
+
+Times that the store judges (due timers) are taken relative to ``await store.now()``, so the
+tests hold for a backend whose clock is the database's and cannot be replaced.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from sagakit.definition import Phase
+from sagakit.encoding import JSON
+from sagakit.errors import StorageError, StoreLocked
+from sagakit.ports import (
+    ORCHESTRATOR,
+    Batch,
+    CommandResult,
+    CommandState,
+    DeadLetter,
+    InstanceFilter,
+    OutboxMessage,
+    ParticipantTx,
+    Store,
+    Timer,
+    TimerOp,
+    TimerOpKind,
+    Transition,
+)
+from sagakit.state import (
+    CompensationState,
+    CompensationStatus,
+    HistoryEntry,
+    HistoryKind,
+    SagaInstance,
+    SagaStatus,
+    StepState,
+    StepStatus,
+)
+from sagakit.storage import SqliteStore, open_store
+from sagakit.transitions import TimerKind
+
+# -- adapters -----------------------------------------------------------------------------
+
+
+def sqlite_file(tmp_path: Path) -> Store:
+    return SqliteStore(str(tmp_path / "contract.db"), owner=True)
+
+
+def sqlite_memory(tmp_path: Path) -> Store:
+    return SqliteStore(":memory:")
+
+
+def same_sql(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class StoreAdapter:
+    """How the contract tests open one backend.
+
+    ``factory(tmp_path)`` opens a fresh database for a test; when the backend is
+    ``persistent``, calling it again with the same ``tmp_path`` reopens that database (the
+    durability tests do). ``sql`` turns the tests' business SQL (``?`` placeholders) into the
+    backend's dialect.
+    """
+
+    name: str
+    factory: Callable[[Path], Store]
+    persistent: bool
+    sql: Callable[[str], str] = same_sql
+
+    async def open(self, tmp_path: Path) -> Store:
+        return self.factory(tmp_path)
+
+
+# One line per backend. PostgreSQL, for example:
+#   pytest.param(StoreAdapter("postgresql", postgres_store, persistent=True),
+#                id="postgresql", marks=pytest.mark.postgresql),
+ADAPTERS = [
+    pytest.param(StoreAdapter("sqlite", sqlite_file, persistent=True), id="sqlite"),
+    pytest.param(
+        StoreAdapter("sqlite-memory", sqlite_memory, persistent=False), id="sqlite-memory"
+    ),
+]
+PERSISTENT_ADAPTERS = [p for p in ADAPTERS if p.values[0].persistent]
+
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest) -> StoreAdapter:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def store(adapter: StoreAdapter, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await adapter.open(tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+# -- builders -----------------------------------------------------------------------------
+
+
+def make_instance(
+    saga_id: str,
+    *,
+    saga_type: str = "order",
+    status: SagaStatus = SagaStatus.PENDING,
+    key: str | None = None,
+    correlation_id: str | None = None,
+    created_at: float = 1000.0,
+    updated_at: float | None = None,
+    revision: int = 1,
+    data: JSON = None,
+) -> SagaInstance:
+    """An instance that uses every field, so a lossy encoding shows."""
+    return SagaInstance(
+        saga_id=saga_id,
+        saga_type=saga_type,
+        version=3,
+        fingerprint="fp-3",
+        status=status,
+        data=data if data is not None else {"order_id": saga_id, "lines": [1, 2.5, "x", None]},
+        steps=(
+            StepState(
+                "reserve", StepStatus.DONE, attempts=2, budget_from=1, result={"hold": "h-1"}
+            ),
+            StepState(
+                "charge",
+                StepStatus.COMPENSATING,
+                attempts=1,
+                result=None,
+                error="timed out",
+                outcome_known=False,
+                compensation=CompensationState(CompensationStatus.RETRYING, 2, 1, "busy"),
+            ),
+            StepState("ship"),
+        ),
+        correlation_id=correlation_id or f"corr-{saga_id}",
+        created_at=created_at,
+        updated_at=updated_at if updated_at is not None else created_at,
+        idempotency_key=key,
+        input_digest="sha256:abc",
+        deadline_at=5000.5,
+        deadline_passed=True,
+        reason="step 'charge' failed",
+        stuck_reason=None,
+        stuck_step=None,
+        point_of_no_return="ship",
+        revision=revision,
+    )
+
+
+def created(saga_id: str, at: float = 1000.0) -> HistoryEntry:
+    return HistoryEntry(at, HistoryKind.CREATED, detail={"by": "test"})
+
+
+def message(
+    id: str, *, source: str = ORCHESTRATOR, destination: str = "inventory", saga_id: str = "s1"
+) -> OutboxMessage:
+    return OutboxMessage(id, source, destination, f"body of {id}".encode() + b"\x00\xff", saga_id)
+
+
+def timer(
+    saga_id: str, name: str, due_at: float, *, attempt: int = 1, kind: TimerKind = TimerKind.TIMEOUT
+) -> Timer:
+    return Timer(
+        saga_id, name, kind, due_at, step="reserve", phase=Phase.COMPENSATION, attempt=attempt
+    )
+
+
+def set_timer(t: Timer) -> TimerOp:
+    return TimerOp(TimerOpKind.SET, timer=t)
+
+
+def insert(inst: SagaInstance, **records: object) -> Transition:
+    return Transition(
+        inst.saga_id,
+        instance=inst,
+        expected_revision=None,
+        history=[created(inst.saga_id)],
+        **records,
+    )  # type: ignore[arg-type]
+
+
+def update(inst: SagaInstance, expected: int, **records: object) -> Transition:
+    return Transition(inst.saga_id, instance=inst, expected_revision=expected, **records)  # type: ignore[arg-type]
+
+
+async def timers_of(store: Store) -> set[tuple[str, str, float, int]]:
+    """Every timer, as (saga, name, due_at, attempt): the tests set them all in the past."""
+    return {(t.saga_id, t.name, t.due_at, t.attempt) for t in await store.due(10_000)}
+
+
+async def pending_ids(store: Store, source: str = ORCHESTRATOR) -> list[str]:
+    return [m.id for m in await store.pending(source, 10_000)]
+
+
+# -- TransitionStore ----------------------------------------------------------------------
+
+
+class TestTransitionStore:
+    async def test_insert_then_update_with_the_current_revision(self, store: Store) -> None:
+        inst = make_instance("s1")
+        assert await store.commit(Batch([insert(inst)])) == [True]
+        moved = replace(inst, status=SagaStatus.COMPENSATING, updated_at=1001.0, revision=2)
+        assert await store.commit(Batch([update(moved, expected=1)])) == [True]
+        assert await store.get("s1") == moved
+
+    async def test_a_stale_transition_writes_none_of_its_records_and_the_rest_commit(
+        self, store: Store
+    ) -> None:
+        past = await store.now() - 100
+        ids = ["a", "stale", "c"]
+        # Each instance exists with revision 1, one timer, one inbound message to consume.
+        await store.commit(
+            Batch(
+                [
+                    insert(
+                        make_instance(s),
+                        outbox=[message(f"in-{s}", source="inbound", saga_id=s)],
+                        timer_ops=[set_timer(timer(s, "t", past))],
+                    )
+                    for s in ids
+                ]
+            )
+        )
+        cmds = {s: await store.enqueue(s, "abort", {"reason": s}) for s in ids}
+        before = await store.get("stale")
+
+        def moved(s: str, expected: int) -> Transition:
+            return update(
+                replace(make_instance(s), status=SagaStatus.COMPENSATING, revision=2),
+                expected,
+                history=[HistoryEntry(1001.0, HistoryKind.OPERATOR, detail={"who": s})],
+                outbox=[message(f"out-{s}", saga_id=s)],
+                timer_ops=[
+                    TimerOp(TimerOpKind.CANCEL, names=("t",)),
+                    set_timer(timer(s, "t2", past + 1)),
+                ],
+                consumed=[f"in-{s}"],
+                commands=[CommandResult(cmds[s], CommandState.APPLIED)],
+            )
+
+        batch = Batch(
+            [moved("a", 1), moved("stale", 0), moved("c", 1)],
+            dead_letters=[DeadLetter("sagakit.replies", "bad", b"{")],
+        )
+        assert await store.commit(batch) == [True, False, True]
+
+        # The stale transition left everything as it was ...
+        assert await store.get("stale") == before
+        assert await store.history("stale") == [created("stale")]
+        assert await pending_ids(store) == ["out-a", "out-c"]
+        assert await pending_ids(store, "inbound") == ["in-stale"]
+        assert await timers_of(store) == {
+            ("stale", "t", past, 1),
+            ("a", "t2", past + 1, 1),
+            ("c", "t2", past + 1, 1),
+        }
+        stale_cmd = await store.command(cmds["stale"])
+        assert stale_cmd is not None and stale_cmd.state is CommandState.PENDING
+        # ... while the others and the batch's own records committed.
+        for s in ("a", "c"):
+            got = await store.get(s)
+            assert got is not None and got.revision == 2
+            assert got.status is SagaStatus.COMPENSATING
+            assert [e.kind for e in await store.history(s)] == [
+                HistoryKind.CREATED,
+                HistoryKind.OPERATOR,
+            ]
+            cmd = await store.command(cmds[s])
+            assert cmd is not None and cmd.state is CommandState.APPLIED
+        assert [d.reason for d in await store.dead_letters(10)] == ["bad"]
+
+    async def test_a_revision_checked_twice_in_one_batch_lets_only_the_first_through(
+        self, store: Store
+    ) -> None:
+        inst = make_instance("s1")
+        await store.commit(Batch([insert(inst)]))
+        first = replace(inst, status=SagaStatus.COMPLETED, revision=2)
+        second = replace(inst, status=SagaStatus.FAILED, revision=2)
+        following = replace(first, updated_at=2000.0, revision=3)
+        result = await store.commit(
+            Batch([update(first, 1), update(second, 1), update(following, 2)])
+        )
+        assert result == [True, False, True]
+        assert await store.get("s1") == following
+
+    async def test_an_update_of_a_missing_instance_is_rejected(self, store: Store) -> None:
+        ghost = make_instance("ghost", revision=2)
+        assert await store.commit(
+            Batch([update(ghost, 1, outbox=[message("m1", saga_id="ghost")])])
+        ) == [False]
+        assert await store.get("ghost") is None
+        assert await pending_ids(store) == []
+
+    async def test_a_duplicate_idempotency_key_is_rejected_like_a_stale_transition(
+        self, store: Store
+    ) -> None:
+        past = await store.now() - 100
+        first = make_instance("s1", key="k1")
+        assert await store.commit(Batch([insert(first)])) == [True]
+        cmd = await store.enqueue("s2", "start", {})
+
+        twin = insert(
+            make_instance("s2", key="k1"),
+            outbox=[message("m-s2", saga_id="s2")],
+            timer_ops=[set_timer(timer("s2", "t", past))],
+            consumed=["m-start"],
+            commands=[CommandResult(cmd, CommandState.APPLIED)],
+        )
+        await store.commit(Batch([Transition("s0", outbox=[message("m-start", source="inbound")])]))
+        result = await store.commit(
+            Batch(
+                [
+                    twin,
+                    insert(make_instance("s3", key="k1", saga_type="refund")),  # other type: fine
+                    insert(make_instance("s4")),  # no key: never a duplicate
+                    insert(make_instance("s5")),
+                ]
+            )
+        )
+        assert result == [False, True, True, True]
+        assert await store.get("s2") is None
+        assert await store.history("s2") == []
+        assert await pending_ids(store) == []
+        assert await pending_ids(store, "inbound") == ["m-start"]
+        assert await timers_of(store) == set()
+        queued = await store.command(cmd)
+        assert queued is not None and queued.state is CommandState.PENDING
+        assert await store.find_by_key("order", "k1") == first
+
+    async def test_a_duplicate_key_within_one_batch_lets_the_first_win(self, store: Store) -> None:
+        result = await store.commit(
+            Batch(
+                [
+                    insert(make_instance("s1", key="k")),
+                    insert(make_instance("s2", key="k")),
+                ]
+            )
+        )
+        assert result == [True, False]
+        assert await store.find_by_key("order", "k") == make_instance("s1", key="k")
+        assert await store.get("s2") is None
+
+    async def test_inserting_an_existing_saga_id_is_rejected_and_overwrites_nothing(
+        self, store: Store
+    ) -> None:
+        original = make_instance("s1")
+        await store.commit(Batch([insert(original)]))
+        again = insert(replace(original, status=SagaStatus.FAILED, data={"other": True}))
+        assert await store.commit(Batch([again])) == [False]
+        assert await store.get("s1") == original
+        assert await store.history("s1") == [created("s1")]
+
+    async def test_a_transition_without_instance_writes_its_side_records(
+        self, store: Store
+    ) -> None:
+        await store.commit(Batch([insert(make_instance("s1"))]))
+        side = Transition(
+            "s1",
+            history=[HistoryEntry(1002.0, HistoryKind.LATE_REPLY, "reserve", "action", 1)],
+            outbox=[message("m1")],
+        )
+        assert await store.commit(Batch([side])) == [True]
+        assert (await store.get("s1")) == make_instance("s1")
+        assert [e.kind for e in await store.history("s1")] == [
+            HistoryKind.CREATED,
+            HistoryKind.LATE_REPLY,
+        ]
+        assert await pending_ids(store) == ["m1"]
+
+    async def test_an_empty_batch_commits_nothing_and_returns_no_flags(self, store: Store) -> None:
+        assert await store.commit(Batch()) == []
+
+
+# -- InstanceQueries ----------------------------------------------------------------------
+
+
+class TestInstanceQueries:
+    async def test_get_round_trips_every_field(self, store: Store) -> None:
+        inst = make_instance("s1", key="k1", data={"nested": {"a": [1, {"b": None}]}, "u": "é"})
+        await store.commit(Batch([insert(inst)]))
+        assert await store.get("s1") == inst
+        assert await store.get("nope") is None
+
+    async def test_find_by_key(self, store: Store) -> None:
+        inst = make_instance("s1", key="k1")
+        await store.commit(Batch([insert(inst), insert(make_instance("s2"))]))
+        assert await store.find_by_key("order", "k1") == inst
+        assert await store.find_by_key("refund", "k1") is None
+        assert await store.find_by_key("order", "k2") is None
+
+    async def _population(self, store: Store) -> None:
+        await store.commit(
+            Batch(
+                [
+                    insert(
+                        make_instance(
+                            "a",
+                            saga_type="order",
+                            status=SagaStatus.PENDING,
+                            correlation_id="c1",
+                            created_at=100.0,
+                            updated_at=500.0,
+                        )
+                    ),
+                    insert(
+                        make_instance(
+                            "b",
+                            saga_type="order",
+                            status=SagaStatus.COMPLETED,
+                            correlation_id="c2",
+                            created_at=200.0,
+                            updated_at=400.0,
+                        )
+                    ),
+                    insert(
+                        make_instance(
+                            "c",
+                            saga_type="refund",
+                            status=SagaStatus.PENDING,
+                            correlation_id="c1",
+                            created_at=300.0,
+                            updated_at=300.0,
+                        )
+                    ),
+                    insert(
+                        make_instance(
+                            "d",
+                            saga_type="refund",
+                            status=SagaStatus.STUCK,
+                            correlation_id="c3",
+                            created_at=400.0,
+                            updated_at=600.0,
+                        )
+                    ),
+                    insert(
+                        make_instance(
+                            "e",
+                            saga_type="order",
+                            status=SagaStatus.COMPENSATING,
+                            correlation_id="c3",
+                            created_at=500.0,
+                            updated_at=200.0,
+                        )
+                    ),
+                ]
+            )
+        )
+
+    @pytest.mark.parametrize(
+        ("flt", "expected"),
+        [
+            (InstanceFilter(), ["d", "a", "b", "c", "e"]),
+            (InstanceFilter(limit=2), ["d", "a"]),
+            (InstanceFilter(status=SagaStatus.PENDING), ["a", "c"]),
+            (InstanceFilter(saga_type="refund"), ["d", "c"]),
+            (InstanceFilter(correlation_id="c3"), ["d", "e"]),
+            (InstanceFilter(created_after=300.0), ["d", "c", "e"]),  # inclusive
+            (InstanceFilter(created_before=300.0), ["a", "b"]),  # exclusive
+            (InstanceFilter(created_after=200.0, created_before=500.0), ["d", "b", "c"]),
+            (InstanceFilter(status=SagaStatus.PENDING, saga_type="order"), ["a"]),
+            (InstanceFilter(status=SagaStatus.FAILED), []),
+        ],
+        ids=[
+            "all",
+            "limit",
+            "status",
+            "type",
+            "correlation",
+            "after",
+            "before",
+            "window",
+            "status+type",
+            "none",
+        ],
+    )
+    async def test_list_filters_most_recently_updated_first(
+        self, store: Store, flt: InstanceFilter, expected: list[str]
+    ) -> None:
+        await self._population(store)
+        assert [i.saga_id for i in await store.list(flt)] == expected
+
+    async def test_list_returns_whole_instances(self, store: Store) -> None:
+        inst = make_instance("s1", key="k")
+        await store.commit(Batch([insert(inst)]))
+        assert await store.list(InstanceFilter()) == [inst]
+
+    async def test_history_in_commit_order_per_instance(self, store: Store) -> None:
+        await store.commit(Batch([insert(make_instance("s1")), insert(make_instance("s2"))]))
+        later = [
+            HistoryEntry(
+                1001.0,
+                HistoryKind.DISPATCHED,
+                "reserve",
+                "action",
+                1,
+                {"command": "inventory.reserve"},
+            ),
+            HistoryEntry(
+                999.0,
+                HistoryKind.REPLY,
+                "reserve",
+                "action",
+                1,
+                {"outcome": "success", "result": {"hold": [1, 2]}},
+            ),
+        ]
+        await store.commit(
+            Batch(
+                [
+                    Transition("s1", history=later),
+                    Transition("s2", history=[HistoryEntry(5.0, HistoryKind.STATUS)]),
+                ]
+            )
+        )
+        last = HistoryEntry(1003.0, HistoryKind.OPERATOR, None, None, None, {"who": "ops"})
+        await store.commit(Batch([Transition("s1", history=[last])]))
+        # Commit order, not time order: a clock that steps back does not reorder history.
+        assert await store.history("s1") == [created("s1"), *later, last]
+        assert await store.history("s2") == [created("s2"), HistoryEntry(5.0, HistoryKind.STATUS)]
+        assert await store.history("nope") == []
+
+    async def test_unsettled_oldest_first(self, store: Store) -> None:
+        statuses = [
+            ("f", SagaStatus.FAILED),
+            ("p", SagaStatus.PENDING),
+            ("d", SagaStatus.COMPLETED),
+            ("s", SagaStatus.STARTED),
+            ("k", SagaStatus.STUCK),
+            ("c", SagaStatus.COMPENSATING),
+        ]
+        await store.commit(
+            Batch(
+                [
+                    insert(make_instance(sid, status=st, created_at=100.0 + n))
+                    for n, (sid, st) in enumerate(statuses)
+                ]
+            )
+        )
+        assert [i.saga_id for i in await store.unsettled(100)] == ["p", "s", "c"]
+        assert [i.saga_id for i in await store.unsettled(2)] == ["p", "s"]
+
+    async def test_count_by_status(self, store: Store) -> None:
+        assert {k: v for k, v in (await store.count_by_status()).items() if v} == {}
+        await store.commit(
+            Batch(
+                [
+                    insert(make_instance("a", status=SagaStatus.PENDING)),
+                    insert(make_instance("b", status=SagaStatus.PENDING)),
+                    insert(make_instance("c", status=SagaStatus.STUCK, saga_type="refund")),
+                ]
+            )
+        )
+        counts = await store.count_by_status()
+        assert {k: v for k, v in counts.items() if v} == {
+            SagaStatus.PENDING: 2,
+            SagaStatus.STUCK: 1,
+        }
+        assert all(isinstance(k, SagaStatus) for k in counts)
+
+
+# -- TimerQueue ---------------------------------------------------------------------------
+
+
+class TestTimerQueue:
+    async def test_due_returns_only_due_timers_earliest_first(self, store: Store) -> None:
+        now = await store.now()
+        timers = [
+            timer("s1", "late", now - 10),
+            Timer("s2", "deadline", TimerKind.DEADLINE, now - 50),  # defaults round-trip too
+            timer("s3", "future", now + 3600),
+            timer("s1", "early", now - 100, attempt=4, kind=TimerKind.RETRY),
+        ]
+        await store.commit(Batch([Transition(t.saga_id, timer_ops=[set_timer(t)]) for t in timers]))
+        assert await store.due(100) == [timers[3], timers[1], timers[0]]
+        assert await store.due(2) == [timers[3], timers[1]]
+
+    async def test_next_due_is_the_earliest_timer_due_or_not(self, store: Store) -> None:
+        assert await store.next_due() is None
+        now = await store.now()
+        await store.commit(
+            Batch(
+                [
+                    Transition(
+                        "s1",
+                        timer_ops=[
+                            set_timer(timer("s1", "b", now + 7200)),
+                            set_timer(timer("s1", "a", now + 3600)),
+                        ],
+                    )
+                ]
+            )
+        )
+        assert await store.due(10) == []
+        assert await store.next_due() == now + 3600
+
+    async def test_now_is_the_clock_that_judges_due_timers(self, store: Store) -> None:
+        first = await store.now()
+        await store.commit(
+            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", first))])])
+        )
+        assert await store.now() >= first
+        assert [t.name for t in await store.due(10)] == ["t"]
+
+    async def test_set_is_an_upsert_by_saga_and_name(self, store: Store) -> None:
+        past = await store.now() - 100
+        await store.commit(
+            Batch(
+                [
+                    Transition("s1", timer_ops=[set_timer(timer("s1", "t", past))]),
+                    Transition("s2", timer_ops=[set_timer(timer("s2", "t", past))]),
+                ]
+            )
+        )
+        await store.commit(
+            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", past + 5, attempt=2))])])
+        )
+        assert await timers_of(store) == {("s1", "t", past + 5, 2), ("s2", "t", past, 1)}
+
+    async def test_cancel_names_touches_only_those_names_of_that_saga(self, store: Store) -> None:
+        past = await store.now() - 100
+        await store.commit(
+            Batch(
+                [
+                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "abc"]),
+                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                ]
+            )
+        )
+        await store.commit(
+            Batch(
+                [
+                    Transition(
+                        "s1",
+                        timer_ops=[
+                            TimerOp(TimerOpKind.CANCEL, names=("a", "b", "missing")),
+                        ],
+                    )
+                ]
+            )
+        )
+        assert await timers_of(store) == {("s1", "c", past, 1), ("s2", "a", past, 1)}
+
+    async def test_cancel_all_touches_only_that_saga(self, store: Store) -> None:
+        past = await store.now() - 100
+        await store.commit(
+            Batch(
+                [
+                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                ]
+            )
+        )
+        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.CANCEL)])]))
+        assert await timers_of(store) == {("s2", "a", past, 1)}
+        assert await store.next_due() == past
+
+    async def test_fired_deletes_exactly_the_timer_that_fired(self, store: Store) -> None:
+        past = await store.now() - 100
+        t = timer("s1", "t", past)
+        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(t)])]))
+        [fired] = await store.due(10)
+        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, fired)])]))
+        assert await store.due(10) == []
+        assert await store.next_due() is None
+
+    async def test_fired_keeps_a_timer_set_again_with_a_new_due_time(self, store: Store) -> None:
+        past = await store.now() - 100
+        old = timer("s1", "t", past)
+        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        renewed = replace(old, due_at=past + 1)
+        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
+        # The old firing is applied after the timer was set again: it must not delete it.
+        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        assert await store.due(10) == [renewed]
+
+    async def test_fired_keeps_a_timer_set_again_with_a_new_attempt(self, store: Store) -> None:
+        past = await store.now() - 100
+        old = timer("s1", "t", past, attempt=1)
+        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        renewed = replace(old, attempt=2)
+        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
+        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        assert await store.due(10) == [renewed]
+
+    @pytest.mark.parametrize(
+        ("ops", "left"),
+        [
+            (["fired-old", "set-new"], {"new"}),
+            (["set-new", "fired-old"], {"new"}),
+            (["set-new", "cancel"], set()),
+            (["cancel", "set-new"], {"new"}),
+            (["set-new", "cancel-all", "set-other"], {"other"}),
+        ],
+    )
+    async def test_timer_ops_apply_in_order(
+        self, store: Store, ops: list[str], left: set[str]
+    ) -> None:
+        past = await store.now() - 100
+        old = timer("s1", "t", past)
+        new = replace(old, due_at=past + 1, attempt=2)
+        other = timer("s1", "u", past + 2)
+        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        by_name = {
+            "fired-old": TimerOp(TimerOpKind.FIRED, old),
+            "set-new": set_timer(new),
+            "set-other": set_timer(other),
+            "cancel": TimerOp(TimerOpKind.CANCEL, names=("t",)),
+            "cancel-all": TimerOp(TimerOpKind.CANCEL),
+        }
+        await store.commit(Batch([Transition("s1", timer_ops=[by_name[o] for o in ops])]))
+        named = {"new": new, "other": other}
+        assert await store.due(10) == sorted((named[n] for n in left), key=lambda t: t.due_at)
+
+
+# -- Outbox -------------------------------------------------------------------------------
+
+
+class TestOutbox:
+    async def test_pending_by_source_in_insertion_order(self, store: Store) -> None:
+        await store.commit(
+            Batch(
+                [
+                    Transition("s1", outbox=[message("z1"), message("a2")]),
+                    Transition("s2", outbox=[message("p1", source="payment", saga_id="s2")]),
+                    Transition("s3", outbox=[message("m3", saga_id="s3")]),
+                ]
+            )
+        )
+        await store.transaction(lambda tx: tx.outbox_put(message("b4")))
+        await store.commit(Batch([Transition("s1", outbox=[message("c5")])]))
+        assert await pending_ids(store) == ["z1", "a2", "m3", "b4", "c5"]
+        assert await pending_ids(store, "payment") == ["p1"]
+        assert await pending_ids(store, "nobody") == []
+        assert [m.id for m in await store.pending(ORCHESTRATOR, 2)] == ["z1", "a2"]
+
+    async def test_messages_round_trip(self, store: Store) -> None:
+        sent = OutboxMessage("m1", ORCHESTRATOR, "inventory", bytes(range(256)), "s1")
+        await store.commit(Batch([Transition("s1", outbox=[sent])]))
+        assert await store.pending(ORCHESTRATOR, 10) == [sent]
+
+    async def test_a_message_id_is_written_once(self, store: Store) -> None:
+        first = message("m1")
+        await store.commit(Batch([Transition("s1", outbox=[first])]))
+        await store.commit(Batch([Transition("s1", outbox=[replace(first, body=b"again")])]))
+        assert await store.pending(ORCHESTRATOR, 10) == [first]
+
+    async def test_consumed_and_outbox_done_delete_only_their_messages(self, store: Store) -> None:
+        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abcde"])]))
+        await store.commit(
+            Batch(
+                [Transition("s1", consumed=["b"])],
+                outbox_done=["d", "never-written"],
+            )
+        )
+        assert await pending_ids(store) == ["a", "c", "e"]
+        await store.transaction(lambda tx: tx.outbox_done(["a", "e"]))
+        assert await pending_ids(store) == ["c"]
+
+    async def test_a_consumed_message_does_not_come_back_after_new_writes(
+        self, store: Store
+    ) -> None:
+        await store.commit(Batch([Transition("s1", outbox=[message("a")])]))
+        await store.commit(Batch([Transition("s1", consumed=["a"], outbox=[message("b")])]))
+        assert await pending_ids(store) == ["b"]
+
+
+# -- CommandQueue -------------------------------------------------------------------------
+
+
+class TestCommandQueue:
+    async def test_enqueue_and_pending_commands_in_order(self, store: Store) -> None:
+        before = await store.now()
+        first = await store.enqueue("s1", "abort", {"reason": "customer", "by": "ops"})
+        second = await store.enqueue("s2", "retry", {})
+        third = await store.enqueue("s1", "resolve", {"step": "charge", "result": [1, None]})
+        after = await store.now()
+        assert first < second < third
+        pending = await store.pending_commands(10)
+        assert [(c.id, c.saga_id, c.kind, c.body) for c in pending] == [
+            (first, "s1", "abort", {"reason": "customer", "by": "ops"}),
+            (second, "s2", "retry", {}),
+            (third, "s1", "resolve", {"step": "charge", "result": [1, None]}),
+        ]
+        assert all(c.state is CommandState.PENDING and c.error is None for c in pending)
+        assert all(before <= c.created_at <= after for c in pending)
+        assert [c.id for c in await store.pending_commands(2)] == [first, second]
+
+    async def test_command_looks_one_up(self, store: Store) -> None:
+        cid = await store.enqueue("s1", "abort", {"reason": "x"})
+        got = await store.command(cid)
+        assert got is not None
+        assert (got.id, got.saga_id, got.kind, got.body, got.state) == (
+            cid,
+            "s1",
+            "abort",
+            {"reason": "x"},
+            CommandState.PENDING,
+        )
+        assert await store.command(cid + 1000) is None
+
+    async def test_results_via_batch_and_transition_settle_commands(self, store: Store) -> None:
+        await store.commit(Batch([insert(make_instance("s1"))]))
+        applied = await store.enqueue("s1", "abort", {})
+        refused = await store.enqueue("s1", "retry", {})
+        orphan = await store.enqueue("nope", "abort", {})
+        waiting = await store.enqueue("s1", "resolve", {})
+        await store.commit(
+            Batch(
+                [
+                    Transition("s1", commands=[CommandResult(applied, CommandState.APPLIED)]),
+                    Transition(
+                        "s1",
+                        commands=[
+                            CommandResult(refused, CommandState.REFUSED, "retry: s1 is not stuck")
+                        ],
+                    ),
+                ],
+                commands=[CommandResult(orphan, CommandState.REFUSED, "no saga 'nope'")],
+            )
+        )
+        assert [c.id for c in await store.pending_commands(10)] == [waiting]
+        got = {cid: await store.command(cid) for cid in (applied, refused, orphan)}
+        assert {cid: (c.state, c.error) for cid, c in got.items() if c is not None} == {
+            applied: (CommandState.APPLIED, None),
+            refused: (CommandState.REFUSED, "retry: s1 is not stuck"),
+            orphan: (CommandState.REFUSED, "no saga 'nope'"),
+        }
+
+
+# -- DeadLetters --------------------------------------------------------------------------
+
+
+class TestDeadLetters:
+    async def test_dead_letters_from_batches_and_participants_newest_first(
+        self, store: Store
+    ) -> None:
+        assert await store.dead_letters(10) == []
+        await store.commit(
+            Batch(
+                dead_letters=[
+                    DeadLetter("sagakit.replies", "malformed JSON: x", b"\xff{", at=1.0),
+                    DeadLetter("sagakit.replies", "unknown saga 's9'", b"{}", at=2.0),
+                ]
+            )
+        )
+        await store.transaction(
+            lambda tx: tx.dead_letter(DeadLetter("inventory", "no handler", b"[]", at=3.0))
+        )
+        letters = await store.dead_letters(10)
+        assert [(d.source, d.reason, d.body) for d in letters] == [
+            ("inventory", "no handler", b"[]"),
+            ("sagakit.replies", "unknown saga 's9'", b"{}"),
+            ("sagakit.replies", "malformed JSON: x", b"\xff{"),
+        ]
+        assert len({d.id for d in letters}) == 3
+        assert all(d.at > 0 for d in letters)
+        assert [d.reason for d in await store.dead_letters(1)] == ["no handler"]
+
+
+# -- ParticipantStore ---------------------------------------------------------------------
+
+
+class TestParticipantStore:
+    @pytest.fixture(autouse=True)
+    async def _business_table(self, store: Store, adapter: StoreAdapter) -> None:
+        sql = adapter.sql("CREATE TABLE IF NOT EXISTS holds (sku TEXT PRIMARY KEY, qty INTEGER)")
+        await store.transaction(lambda tx: tx.execute(sql))
+
+    async def test_business_sql_inbox_and_outbox_commit_together(
+        self, store: Store, adapter: StoreAdapter
+    ) -> None:
+        def serve(tx: ParticipantTx) -> str:
+            assert tx.inbox_get("inventory", "s1:reserve:action") is None
+            assert (
+                tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("A", 2))
+                == []
+            )
+            tx.inbox_put("inventory", "s1:reserve:action", b'{"reply": 1}')
+            tx.outbox_put(message("r1", source="inventory", destination="sagakit.replies"))
+            return "served"
+
+        assert await store.transaction(serve) == "served"
+
+        def read(tx: ParticipantTx) -> tuple[object, ...]:
+            return (
+                tx.execute(adapter.sql("SELECT sku, qty FROM holds WHERE qty > ?"), (1,)),
+                tx.inbox_get("inventory", "s1:reserve:action"),
+                tx.inbox_get("payment", "s1:reserve:action"),
+                tx.inbox_get("inventory", "s1:reserve:compensation"),
+            )
+
+        assert await store.transaction(read) == ([("A", 2)], b'{"reply": 1}', None, None)
+        assert await pending_ids(store, "inventory") == ["r1"]
+        await store.transaction(lambda tx: tx.outbox_done(["r1"]))
+        assert await pending_ids(store, "inventory") == []
+
+    async def test_fn_raising_rolls_everything_back_and_the_error_propagates(
+        self, store: Store, adapter: StoreAdapter
+    ) -> None:
+        class Boom(Exception):
+            pass
+
+        def serve(tx: ParticipantTx) -> None:
+            tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("A", 1))
+            tx.inbox_put("inventory", "k", b"reply")
+            tx.outbox_put(message("r1", source="inventory"))
+            tx.dead_letter(DeadLetter("inventory", "why", b"x", at=1.0))
+            raise Boom("handler bug")
+
+        with pytest.raises(Boom, match="handler bug"):
+            await store.transaction(serve)
+        assert await store.transaction(
+            lambda tx: (tx.execute("SELECT count(*) FROM holds"), tx.inbox_get("inventory", "k"))
+        ) == ([(0,)], None)
+        assert await pending_ids(store, "inventory") == []
+        assert await store.dead_letters(10) == []
+
+    async def test_a_second_inbox_put_for_a_key_fails_and_writes_nothing(
+        self, store: Store, adapter: StoreAdapter
+    ) -> None:
+        await store.transaction(lambda tx: tx.inbox_put("inventory", "k", b"first"))
+
+        def again(tx: ParticipantTx) -> None:
+            tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("B", 1))
+            tx.inbox_put("inventory", "k", b"second")
+
+        with pytest.raises(StorageError):
+            await store.transaction(again)
+        assert await store.transaction(
+            lambda tx: (tx.execute("SELECT count(*) FROM holds"), tx.inbox_get("inventory", "k"))
+        ) == ([(0,)], b"first")
+
+    async def test_a_bad_business_statement_is_a_storage_error_and_rolls_back(
+        self, store: Store, adapter: StoreAdapter
+    ) -> None:
+        def bad(tx: ParticipantTx) -> None:
+            tx.inbox_put("inventory", "k", b"reply")
+            tx.execute("INSERT INTO no_such_table VALUES (1)")
+
+        with pytest.raises(StorageError):
+            await store.transaction(bad)
+        assert await store.transaction(lambda tx: tx.inbox_get("inventory", "k")) is None
+
+
+# -- durability and opening ---------------------------------------------------------------
+
+
+class TestLifecycle:
+    async def test_close_can_be_called_twice(self, adapter: StoreAdapter, tmp_path: Path) -> None:
+        opened = await adapter.open(tmp_path)
+        await opened.close()
+        await opened.close()
+
+
+class TestDurability:
+    @pytest.mark.parametrize("adapter", PERSISTENT_ADAPTERS)
+    async def test_everything_survives_close_and_reopen(
+        self, adapter: StoreAdapter, tmp_path: Path
+    ) -> None:
+        past = 1.0  # long due whatever the clock
+        inst = make_instance("s1", key="k1")
+        first = await adapter.open(tmp_path)
+        try:
+            await store_everything(first, inst, past)
+            cid = await first.enqueue("s1", "abort", {"why": "test"})
+        finally:
+            await first.close()
+
+        second = await adapter.open(tmp_path)
+        try:
+            assert await second.get("s1") == inst
+            assert await second.find_by_key("order", "k1") == inst
+            assert await second.history("s1") == [created("s1")]
+            assert await second.due(10) == [timer("s1", "t", past)]
+            assert [c.id for c in await second.pending_commands(10)] == [cid]
+            assert [d.reason for d in await second.dead_letters(10)] == ["bad"]
+            assert await second.transaction(lambda tx: tx.inbox_get("inventory", "k")) == b"r"
+            # Insertion order continues across the restart.
+            await second.commit(Batch([Transition("s1", outbox=[message("m3")])]))
+            assert await pending_ids(second) == ["m1", "m2", "m3"]
+        finally:
+            await second.close()
+
+
+async def store_everything(store: Store, inst: SagaInstance, due_at: float) -> None:
+    await store.commit(
+        Batch(
+            [
+                insert(
+                    inst,
+                    outbox=[message("m1"), message("m2")],
+                    timer_ops=[set_timer(timer("s1", "t", due_at))],
+                )
+            ],
+            dead_letters=[DeadLetter("x", "bad", b"?")],
+        )
+    )
+    await store.transaction(lambda tx: tx.inbox_put("inventory", "k", b"r"))
+
+
+class TestSqliteFile:
+    async def test_a_second_owner_is_refused_while_the_first_is_open(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "owned.db")
+        first = SqliteStore(path, owner=True)
+        try:
+            with pytest.raises(StoreLocked) as caught:
+                SqliteStore(path, owner=True)
+            text = str(caught.value)
+            assert path in text
+            assert f"pid {os.getpid()}" in text
+            assert "one worker per SQLite file" in text
+            # Readers (the CLI) open the file alongside the owner.
+            reader = SqliteStore(path)
+            await reader.close()
+        finally:
+            await first.close()
+        second = SqliteStore(path, owner=True)
+        await second.close()
+
+    async def test_open_store_by_url_takes_the_same_lock(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'url.db'}"
+        first = open_store(url, owner=True)
+        try:
+            with pytest.raises(StoreLocked):
+                open_store(url, owner=True)
+        finally:
+            await first.close()
+
+    def test_create_false_refuses_a_missing_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "missing.db"
+        with pytest.raises(StorageError, match="not found"):
+            SqliteStore(str(path), create=False)
+        with pytest.raises(StorageError, match="not found"):
+            open_store(f"sqlite:///{path}", create=False)
+        assert not path.exists()
+
+    async def test_create_false_opens_an_existing_file(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "there.db")
+        await SqliteStore(path).close()
+        reader = SqliteStore(path, create=False)
+        await reader.close()
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://localhost/db",
+            "mysql://x",
+            "sqlite://relative.db",
+            "sqlite:///",
+            "",
+            "just-a-path.db",
+        ],
+    )
+    def test_a_bad_url_is_a_storage_error(self, url: str) -> None:
+        with pytest.raises(StorageError, match="URL"):
+            open_store(url)
+
+    def test_an_unopenable_file_is_a_storage_error(self, tmp_path: Path) -> None:
+        with pytest.raises(StorageError, match="cannot open"):
+            SqliteStore(str(tmp_path / "no" / "such" / "dir.db"))
+
+    async def test_a_file_that_is_not_a_database_is_a_storage_error(self, tmp_path: Path) -> None:
+        path = tmp_path / "notes.db"
+        path.write_bytes(b"these are not the pages you are looking for " * 100)
+        with pytest.raises(StorageError, match="not a database"):
+            SqliteStore(str(path), owner=True)
+        # The failed open released its lock: the next owner gets the file.
+        path.unlink()
+        await SqliteStore(str(path), owner=True).close()

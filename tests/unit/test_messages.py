@@ -1,0 +1,404 @@
+"""The wire envelope: encode/decode, rejection reasons, and the published JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from sagakit.definition import Phase
+from sagakit.errors import MessageRejected
+from sagakit.messages import (
+    ENVELOPE_SCHEMA,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    Envelope,
+    MessageKind,
+    decode,
+    encode,
+    to_dict,
+)
+from sagakit.transitions import Outcome
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+COMMAND = Envelope(
+    id="c0ffee",
+    kind=MessageKind.COMMAND,
+    type="inventory.reserve",
+    saga_id="s-1",
+    saga_type="order",
+    definition_version=2,
+    step="reserve",
+    phase=Phase.ACTION,
+    attempt=1,
+    idempotency_key="s-1:reserve:action",
+    correlation_id="order-7",
+    timestamp=1_700_000_000.25,
+    payload={"order_id": "o-7", "lines": [{"sku": "A", "qty": 2}], "note": "ünïcode ✓"},
+    causation_id="m-0",
+    reply_to="sagakit.replies",
+    deadline=1_700_000_030.25,
+    traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+)
+
+COMPENSATION = replace(
+    COMMAND,
+    id="c0ffee-2",
+    type="inventory.release",
+    phase=Phase.COMPENSATION,
+    idempotency_key="s-1:reserve:compensation",
+    payload={"input": {"order_id": "o-7"}, "result": None},
+)
+
+REPLY = replace(
+    COMMAND,
+    id="beef",
+    kind=MessageKind.REPLY,
+    causation_id="c0ffee",
+    payload={"hold": "h-1"},
+    outcome=Outcome.SUCCESS,
+)
+
+ERROR_REPLY = replace(
+    REPLY,
+    id="beef-2",
+    payload=None,
+    outcome=Outcome.ERROR,
+    error="StepError: busy",
+    retryable=False,
+    retry_after=2.5,
+)
+
+
+def raw(env: Envelope = COMMAND, **changes: Any) -> dict[str, Any]:
+    """The envelope as a JSON object, with fields changed (a value of ``...`` removes one)."""
+    out: dict[str, Any] = dict(to_dict(env))
+    for name, value in changes.items():
+        if value is ...:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
+
+
+def body(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def rejected(data: bytes) -> str:
+    with pytest.raises(MessageRejected) as caught:
+        decode(data)
+    return str(caught.value)
+
+
+# -- round trip ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", [COMMAND, COMPENSATION, REPLY, ERROR_REPLY], ids=lambda e: e.id)
+def test_encode_decode_round_trip(env: Envelope) -> None:
+    assert decode(encode(env)) == env
+
+
+def test_an_event_round_trips() -> None:
+    event = replace(COMMAND, kind=MessageKind.EVENT, type="order.placed", reply_to=None)
+    assert decode(encode(event)) == event
+
+
+def test_encoding_is_compact_utf8_json() -> None:
+    data = encode(COMMAND)
+    assert "ünïcode ✓".encode() in data
+    assert b", " not in data and b": " not in data
+    assert json.loads(data)["protocol"] == PROTOCOL_VERSION
+
+
+def test_a_command_carries_no_reply_fields() -> None:
+    fields = set(json.loads(encode(COMMAND)))
+    assert fields.isdisjoint({"outcome", "error", "retryable", "retry_after"})
+    assert {"outcome", "error", "retryable", "retry_after"} <= set(json.loads(encode(REPLY)))
+
+
+def test_optional_fields_may_be_absent() -> None:
+    minimal = raw(
+        COMMAND, payload=..., causation_id=..., reply_to=..., deadline=..., traceparent=...
+    )
+    env = decode(body(minimal))
+    assert (env.payload, env.causation_id, env.reply_to, env.deadline, env.traceparent) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_a_reply_without_retryable_is_retryable() -> None:
+    env = decode(body(raw(ERROR_REPLY, retryable=..., retry_after=...)))
+    assert env.retryable is True
+    assert env.retry_after is None
+
+
+def test_integral_numbers_are_accepted_as_times() -> None:
+    env = decode(body(raw(timestamp=1_700_000_000, deadline=1_700_000_030)))
+    assert env.timestamp == 1_700_000_000.0
+    assert env.deadline == 1_700_000_030.0
+
+
+# -- forward compatibility ----------------------------------------------------------------
+
+
+def test_unknown_fields_are_ignored() -> None:
+    env = decode(body(raw(REPLY, priority="high", headers={"x-tenant": "t1"}, tags=[1, 2])))
+    assert env == REPLY
+
+
+def test_a_newer_minor_version_is_accepted_and_kept() -> None:
+    env = decode(body(raw(protocol="1.7", added_in_1_7={"anything": True})))
+    assert env.protocol == "1.7"
+    assert replace(env, protocol=PROTOCOL_VERSION) == COMMAND
+
+
+@pytest.mark.parametrize("protocol", ["2.0", "0.9", "10.0", 1, None, ""])
+def test_another_major_version_is_rejected(protocol: object) -> None:
+    reason = rejected(body(raw(protocol=protocol)))
+    assert "protocol" in reason
+
+
+def test_the_rejection_names_the_unsupported_version() -> None:
+    assert rejected(body(raw(protocol="2.0"))) == "unsupported protocol version '2.0'"
+
+
+# -- rejection reasons --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{not json", r"^malformed JSON: "),
+        (b"", r"^malformed JSON: "),
+        (b"\xff\xfe\x00garbage", r"^malformed JSON: "),
+        (b'{"a": 1', r"^malformed JSON: "),
+        (b"[1, 2]", r"^a message must be a JSON object$"),
+        (b'"command"', r"^a message must be a JSON object$"),
+        (b"null", r"^a message must be a JSON object$"),
+        (b"42", r"^a message must be a JSON object$"),
+    ],
+    ids=["garbage", "empty", "not-utf8", "truncated", "array", "string", "null", "number"],
+)
+def test_malformed_messages_are_rejected_with_the_reason(data: bytes, reason: str) -> None:
+    assert re.search(reason, rejected(data))
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "protocol",
+        "id",
+        "kind",
+        "type",
+        "saga_id",
+        "saga_type",
+        "definition_version",
+        "step",
+        "phase",
+        "attempt",
+        "idempotency_key",
+        "correlation_id",
+        "timestamp",
+    ],
+)
+def test_a_missing_required_field_is_named(field: str) -> None:
+    assert rejected(body(raw(**{field: ...}))) == f"missing field(s): {field}"
+    assert rejected(body(raw(**{field: None}))) == f"missing field(s): {field}"
+
+
+def test_every_missing_field_is_named_at_once() -> None:
+    assert rejected(b"{}") == (
+        "missing field(s): protocol, id, kind, type, saga_id, saga_type, definition_version, "
+        "step, phase, attempt, idempotency_key, correlation_id, timestamp"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"kind": "query"}, "'query' is not a valid MessageKind"),
+        ({"kind": ["command"]}, "is not a valid MessageKind"),
+        ({"phase": "undo"}, "'undo' is not a valid Phase"),
+        ({"outcome": "maybe"}, "'maybe' is not a valid Outcome"),
+    ],
+)
+def test_a_bad_enumerated_value_is_rejected(changes: dict[str, Any], reason: str) -> None:
+    text = rejected(body(raw(REPLY, **changes)))
+    assert text.startswith("bad field value: ")
+    assert reason in text
+
+
+@pytest.mark.parametrize("outcome", [..., None])
+def test_a_reply_without_outcome_is_rejected(outcome: object) -> None:
+    assert rejected(body(raw(REPLY, outcome=outcome))) == "a reply needs an outcome"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"id": ""}, "field 'id' must be a non-empty string"),
+        ({"saga_id": 7}, "field 'saga_id' must be a non-empty string"),
+        ({"type": {"a": 1}}, "field 'type' must be a non-empty string"),
+        ({"definition_version": "2"}, "field 'definition_version' must be a non-negative integer"),
+        ({"definition_version": 1.5}, "field 'definition_version' must be a non-negative integer"),
+        ({"attempt": -1}, "field 'attempt' must be a non-negative integer"),
+        ({"attempt": True}, "field 'attempt' must be a non-negative integer"),
+        ({"timestamp": "now"}, "field 'timestamp' must be a number"),
+        ({"timestamp": False}, "field 'timestamp' must be a number"),
+        ({"deadline": "soon"}, "field 'deadline' must be a number"),
+        ({"reply_to": 5}, "field 'reply_to' must be a string or null"),
+        ({"causation_id": ["x"]}, "field 'causation_id' must be a string or null"),
+        ({"traceparent": 1}, "field 'traceparent' must be a string or null"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_named(changes: dict[str, Any], reason: str) -> None:
+    assert rejected(body(raw(**changes))) == reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"error": 42}, "field 'error' must be a string or null"),
+        ({"retry_after": "1s"}, "field 'retry_after' must be a number"),
+        ({"retryable": "false"}, "field 'retryable' must be a boolean"),
+        ({"retryable": 0}, "field 'retryable' must be a boolean"),
+    ],
+)
+def test_a_reply_field_of_the_wrong_type_is_named(changes: dict[str, Any], reason: str) -> None:
+    assert rejected(body(raw(ERROR_REPLY, **changes))) == reason
+
+
+def test_a_null_retryable_means_the_default() -> None:
+    assert decode(body(raw(ERROR_REPLY, retryable=None))).retryable is True
+
+
+def test_an_oversized_message_is_rejected_before_parsing() -> None:
+    big = encode(replace(COMMAND, payload="x" * MAX_MESSAGE_BYTES))
+    assert len(big) > MAX_MESSAGE_BYTES
+    assert rejected(big) == f"message of {len(big)} bytes exceeds {MAX_MESSAGE_BYTES}"
+    # Size is judged on bytes, before any parsing: not even JSON needs to be valid.
+    assert "exceeds" in rejected(b"{" * (MAX_MESSAGE_BYTES + 1))
+
+
+def test_a_message_at_the_limit_is_accepted() -> None:
+    empty = len(encode(replace(COMMAND, payload="")))
+    at_limit = encode(replace(COMMAND, payload="x" * (MAX_MESSAGE_BYTES - empty)))
+    assert len(at_limit) == MAX_MESSAGE_BYTES
+    assert decode(at_limit).payload == "x" * (MAX_MESSAGE_BYTES - empty)
+
+
+# -- the JSON Schema ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    jsonschema.Draft202012Validator.check_schema(ENVELOPE_SCHEMA)
+    return jsonschema.Draft202012Validator(ENVELOPE_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        COMMAND,
+        COMPENSATION,
+        REPLY,
+        ERROR_REPLY,
+        replace(COMMAND, kind=MessageKind.EVENT, reply_to=None, payload=None),
+        replace(REPLY, outcome=Outcome.FAILURE, error="out of stock", payload=None),
+    ],
+    ids=["command", "compensation", "reply", "error-reply", "event", "failure-reply"],
+)
+def test_the_schema_accepts_encoded_messages(
+    validator: jsonschema.Draft202012Validator, env: Envelope
+) -> None:
+    validator.validate(json.loads(encode(env)))
+
+
+def test_the_schema_accepts_unknown_fields_and_newer_minor_versions(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    validator.validate(raw(protocol="1.12", something_new=[1, 2]))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"protocol": "2.0"},
+        {"id": ...},
+        {"id": ""},
+        {"kind": "query"},
+        {"phase": "undo"},
+        {"attempt": -1},
+        {"definition_version": "2"},
+        {"timestamp": "now"},
+        {"reply_to": 5},
+        {"retryable": "false"},
+    ],
+    ids=repr,
+)
+def test_the_schema_rejects_what_decode_rejects(
+    validator: jsonschema.Draft202012Validator, changes: dict[str, Any]
+) -> None:
+    obj = raw(REPLY, **changes)
+    assert not validator.is_valid(obj)
+    with pytest.raises(MessageRejected):
+        decode(body(obj))
+
+
+@pytest.mark.parametrize("outcome", [..., None])
+def test_the_schema_requires_an_outcome_on_replies(
+    validator: jsonschema.Draft202012Validator, outcome: object
+) -> None:
+    assert not validator.is_valid(raw(REPLY, outcome=outcome))
+    validator.validate(raw(COMMAND, outcome=None))
+
+
+def test_the_schema_requires_every_required_field(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    assert set(ENVELOPE_SCHEMA["required"]) == {  # type: ignore[arg-type]
+        "protocol",
+        "id",
+        "kind",
+        "type",
+        "saga_id",
+        "saga_type",
+        "definition_version",
+        "step",
+        "phase",
+        "attempt",
+        "idempotency_key",
+        "correlation_id",
+        "timestamp",
+    }
+
+
+def test_docs_protocol_md_has_the_schema_verbatim() -> None:
+    text = DOCS.read_text()
+    blocks = re.findall(r"```json\n(.*?)\n```", text, flags=re.S)
+    schemas = [json.loads(b) for b in blocks if '"$schema"' in b]
+    assert schemas == [ENVELOPE_SCHEMA], "docs/protocol.md: paste ENVELOPE_SCHEMA again"
+
+
+def test_docs_protocol_md_examples_are_valid_messages(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    blocks = re.findall(r"```json\n(.*?)\n```", DOCS.read_text(), flags=re.S)
+    examples = [json.loads(b) for b in blocks if '"$schema"' not in b]
+    kinds = sorted(e["kind"] for e in examples if isinstance(e, dict) and "kind" in e)
+    assert "command" in kinds and "reply" in kinds
+    for example in examples:
+        if isinstance(example, dict) and "kind" in example:
+            validator.validate(example)
+            decode(json.dumps(example).encode())

@@ -332,7 +332,10 @@ class _Transition:
     def _cancel(self, step: str, phase: Phase) -> None:
         self.effects.append(
             CancelTimers(
-                (timer_name(TimerKind.TIMEOUT, step, phase), timer_name(TimerKind.RETRY, step, phase))
+                (
+                    timer_name(TimerKind.TIMEOUT, step, phase),
+                    timer_name(TimerKind.RETRY, step, phase),
+                )
             )
         )
 
@@ -414,16 +417,22 @@ class _Transition:
             return f"reply for unknown step {reply.step!r} of saga {self.inst.saga_type!r}"
         state = self.inst.steps[index]
         if reply.phase is Phase.ACTION:
-            if state.status is StepStatus.PENDING or reply.attempt > state.attempts:
+            if (
+                state.status is StepStatus.PENDING
+                or reply.attempt < 1
+                or reply.attempt > state.attempts
+            ):
                 return f"reply for attempt {reply.attempt} of step {reply.step!r}, never sent"
-            return self._action_reply(index, state, reply)
+            self._action_reply(index, state, reply)
+            return None
         comp = state.compensation
-        if comp is None or reply.attempt > comp.attempts:
+        if comp is None or reply.attempt < 1 or reply.attempt > comp.attempts:
             return (
                 f"reply for compensation attempt {reply.attempt} of step {reply.step!r}, "
                 "never sent"
             )
-        return self._compensation_reply(index, comp, reply)
+        self._compensation_reply(index, comp, reply)
+        return None
 
     def _note_reply(self, kind: HistoryKind, reply: Reply) -> None:
         detail: dict[str, JSON] = {"outcome": reply.outcome.value}
@@ -452,13 +461,21 @@ class _Transition:
         if reply.outcome is Outcome.SUCCESS:
             self._cancel(name, Phase.ACTION)
             self.inst = self.inst.with_step(
-                index, status=StepStatus.DONE, result=reply.result, error=None
+                index,
+                status=StepStatus.DONE,
+                result=reply.result,
+                error=None,
+                outcome_known=True,
             )
+            if self._kind(index) is StepKind.PIVOT and self.inst.status is SagaStatus.COMPENSATING:
+                self._pivot_succeeded_while_stopping(name)
             self._after_step_settled()
         elif reply.outcome is Outcome.FAILURE:
             self._cancel(name, Phase.ACTION)
             error = reply.error or "failed"
-            self.inst = self.inst.with_step(index, status=StepStatus.FAILED, error=error)
+            self.inst = self.inst.with_step(
+                index, status=StepStatus.FAILED, error=error, outcome_known=True
+            )
             if self._kind(index) is StepKind.RETRIABLE:
                 self._status(
                     SagaStatus.STUCK,
@@ -484,17 +501,16 @@ class _Transition:
             self._schedule_retry(index, Phase.ACTION, state.attempts, used, retry_after)
             return
         kind = step.kind
+        self.inst = self.inst.with_step(
+            index, status=StepStatus.UNKNOWN, error=error, outcome_known=False
+        )
         if kind is StepKind.RETRIABLE:
-            self.inst = self.inst.with_step(index, status=StepStatus.FAILED, error=error)
             self._status(
                 SagaStatus.STUCK,
                 reason=f"step {step.name!r} exhausted its retry policy: {error}",
                 stuck_step=step.name,
             )
             return
-        self.inst = self.inst.with_step(
-            index, status=StepStatus.UNKNOWN, error=error, outcome_known=False
-        )
         if kind is StepKind.PIVOT:
             self._status(
                 SagaStatus.STUCK,
@@ -527,6 +543,23 @@ class _Transition:
         self._record(
             HistoryKind.RETRY_SCHEDULED, step.name, phase, attempt + 1, {"delay": round(delay, 6)}
         )
+
+    def _pivot_succeeded_while_stopping(self, name: str) -> None:
+        """The pivot, in flight when the saga was aborted or its deadline passed, succeeded.
+
+        Nothing has been compensated yet (compensation waits for an in-flight step), and past
+        the point of no return the saga only goes forward (Semantics 8): it resumes, and a
+        deadline that has not passed yet is armed again (it will only flag the instance).
+        """
+        self._status(
+            SagaStatus.PENDING,
+            reason=f"pivot {name!r} succeeded while the saga was stopping; past the point of "
+            "no return it only goes forward",
+        )
+        if self.inst.deadline_at is not None and not self.inst.deadline_passed:
+            self.effects.append(
+                SetTimer(timer_name(TimerKind.DEADLINE), TimerKind.DEADLINE, self.inst.deadline_at)
+            )
 
     def _after_step_settled(self) -> None:
         if self.inst.status is SagaStatus.PENDING:
@@ -587,7 +620,9 @@ class _Transition:
         elif reply.outcome is Outcome.FAILURE:
             self._compensation_stuck(index, comp, reply.error or "failed", "failed definitely")
         else:
-            self._compensation_error(index, reply.error or "error", reply.retryable, reply.retry_after)
+            self._compensation_error(
+                index, reply.error or "error", reply.retryable, reply.retry_after
+            )
 
     def _compensation_error(
         self, index: int, error: str, retryable: bool, retry_after: float | None
@@ -730,6 +765,17 @@ class _Transition:
                 self.inst = self.inst.with_step(
                     i, status=StepStatus.UNKNOWN, outcome_known=False
                 )
+                if self._kind(i) is StepKind.PIVOT:
+                    # As when an in-flight pivot times out: it may have taken effect, so the
+                    # steps before it are not undone behind its back; an operator decides.
+                    self.inst = replace(self.inst, reason=reason)
+                    self._status(
+                        SagaStatus.STUCK,
+                        reason=f"the outcome of pivot {s.name!r} is unknown ({reason}): "
+                        f"{s.error or 'no answer'}",
+                        stuck_step=s.name,
+                    )
+                    return
         self._start_compensation(reason)
 
 

@@ -40,8 +40,8 @@ async def main(url: str) -> None:
         for saga_id in ids:
             await worker.wait_settled(saga_id, timeout=30)
         # Quiescence: every outbox row delivered and marked done.
-        while any([await inner.pending(source, 1) for source in SOURCES]):
-            await asyncio.sleep(0.01)
+        while any([await inner.pending(source, 1) for source in SOURCES]):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # polling the store: there is no event to wait on
     await inner.close()
     print(json.dumps({"writes": plan.writes, "ids": ids}))
 

@@ -74,10 +74,15 @@ CommandHandler = Callable[[ParticipantTx, Command], object]
 class Participant:
     """A named participant: a queue of commands and the handlers that serve them."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, setup: Callable[[ParticipantTx], object] | None = None
+    ) -> None:
+        """``setup(tx)`` runs in a transaction when the participant starts serving: create its
+        own tables there (idempotently), so a fresh database works with any worker."""
         if not name:
             raise DefinitionError("a participant needs a name")
         self.name = name
+        self.setup = setup
         self.handlers: dict[str, CommandHandler] = {}
 
     def command(self, command_type: str) -> Callable[[CommandHandler], CommandHandler]:
@@ -117,6 +122,9 @@ class ParticipantRunner:
         )
 
     async def start(self) -> None:
+        setup = self.participant.setup
+        if setup is not None:
+            await self._store.transaction(setup)
         await self._transport.subscribe(self.participant.name, self.handle)
         self._relay.start()
 

@@ -15,6 +15,7 @@ failed ⇒ every effect undone (net zero); stuck ⇒ reported apart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sagakit.app import App
@@ -53,10 +54,18 @@ def _order(cmd: Command) -> dict[str, JSON]:
     return value
 
 
-inventory = Participant("inventory")
-payments = Participant("payments")
-shipping = Participant("shipping")
-notifications = Participant("notifications")
+def _tables(*statements: str) -> Callable[[ParticipantTx], None]:
+    def setup(tx: ParticipantTx) -> None:
+        for statement in statements:
+            tx.execute(statement)
+
+    return setup
+
+
+inventory = Participant("inventory", setup=_tables(LEDGER_SCHEMA[0]))
+payments = Participant("payments", setup=_tables(LEDGER_SCHEMA[1]))
+shipping = Participant("shipping", setup=_tables(LEDGER_SCHEMA[2]))
+notifications = Participant("notifications", setup=_tables(LEDGER_SCHEMA[3]))
 
 
 @inventory.command("inventory.reserve")

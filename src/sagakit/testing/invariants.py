@@ -286,9 +286,7 @@ def _check_steps(instance: SagaInstance, definition: SagaDefinition) -> list[str
                     f"{at} is being compensated while later step {later.name!r} "
                     f"({later.status.value}) is not"
                 )
-            elif (
-                later.compensation is not None and later.compensation.status not in _COMP_FINISHED
-            ):
+            elif later.compensation is not None and later.compensation.status not in _COMP_FINISHED:
                 out.append(
                     f"{at} is being compensated before the compensation of later step "
                     f"{later.name!r} finished"
@@ -429,14 +427,18 @@ class _HistoryCheck:
                 )
             if j <= index:
                 continue
+            kind = self.definition.steps[j].kind
             needed = (
                 bool(other.comp_dispatches)
                 or state.compensation is not None
-                or _needs_compensation(state, self.definition.steps[j].kind)
+                or _needs_compensation(state, kind)
+                # sent and not failed definitely: it completed or its outcome is unknown
+                or (
+                    kind is StepKind.COMPENSATABLE and other.action_sent and not other.action_failed
+                )
             )
             if needed and (other.comp_finished_at is None or other.comp_finished_at > p):
                 self.out.append(
-                    f"{at} dispatched before the compensation of later step {state.name!r} "
-                    "finished"
+                    f"{at} dispatched before the compensation of later step {state.name!r} finished"
                 )
         replay.comp_dispatches.append(p)

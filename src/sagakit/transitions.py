@@ -14,7 +14,7 @@ answer → action) is written out in docs/concepts.md and pinned row by row by t
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from sagakit.definition import Phase, SagaDefinition, StepKind
 from sagakit.encoding import JSON
@@ -27,12 +27,13 @@ from sagakit.state import (
     SagaStatus,
     StepState,
     StepStatus,
+    evolve,
 )
 
 # -- events -------------------------------------------------------------------------------
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What a reply says (Semantics 5)."""
 
     SUCCESS = "success"
@@ -40,7 +41,7 @@ class Outcome(str, enum.Enum):
     ERROR = "error"  # no definite answer; retryable unless the reply says otherwise
 
 
-class TimerKind(str, enum.Enum):
+class TimerKind(enum.StrEnum):
     TIMEOUT = "timeout"
     RETRY = "retry"
     DEADLINE = "deadline"
@@ -271,20 +272,24 @@ class _Transition:
             refused = self._operator(event)
             if refused:
                 return Decision(
-                    replace(self.inst, updated_at=self.now),
+                    evolve(self.inst, updated_at=self.now),
                     history=(
                         self._entry(
                             HistoryKind.REFUSED,
-                            detail={"command": _command_name(event), "reason": event.reason,
-                                    "by": event.by, "error": refused},
+                            detail={
+                                "command": _command_name(event),
+                                "reason": event.reason,
+                                "by": event.by,
+                                "error": refused,
+                            },
                         ),
                     ),
                     refused=refused,
                 )
         if self.history or self.effects:
-            self.inst = replace(self.inst, updated_at=self.now)
+            self.inst = evolve(self.inst, updated_at=self.now)
             if self.inst.point_of_no_return is None:
-                self.inst = replace(self.inst, point_of_no_return=self._past_no_return())
+                self.inst = evolve(self.inst, point_of_no_return=self._past_no_return())
         return Decision(self.inst, tuple(self.effects), tuple(self.history))
 
     # -- helpers --------------------------------------------------------------------------
@@ -315,7 +320,7 @@ class _Transition:
             changes["stuck_reason"] = None
             if reason is not None:
                 changes["reason"] = reason
-        self.inst = replace(self.inst, **changes)  # type: ignore[arg-type]
+        self.inst = evolve(self.inst, **changes)
         if old is not status or reason is not None:
             detail: dict[str, JSON] = {"from": old.value, "to": status.value}
             if reason is not None:
@@ -330,14 +335,24 @@ class _Transition:
         return self.definition.steps[index].kind
 
     def _cancel(self, step: str, phase: Phase) -> None:
-        self.effects.append(
-            CancelTimers(
-                (
-                    timer_name(TimerKind.TIMEOUT, step, phase),
-                    timer_name(TimerKind.RETRY, step, phase),
-                )
-            )
-        )
+        """Cancel the step's timers that can exist in its current state (none for a local
+        step that is running: the worker bounds it, no timer row was written)."""
+        index = self.inst.index(step)
+        state = self.inst.steps[index]
+        if phase is Phase.ACTION:
+            running = state.status is StepStatus.RUNNING
+            retrying = state.status is StepStatus.RETRYING
+        else:
+            comp = state.compensation
+            running = comp is not None and comp.status is CompensationStatus.RUNNING
+            retrying = comp is not None and comp.status is CompensationStatus.RETRYING
+        names: list[str] = []
+        if running and self.definition.steps[index].is_remote:
+            names.append(timer_name(TimerKind.TIMEOUT, step, phase))
+        if retrying:
+            names.append(timer_name(TimerKind.RETRY, step, phase))
+        if names:
+            self.effects.append(CancelTimers(tuple(names)))
 
     def _past_no_return(self) -> str | None:
         for i, s in enumerate(self.inst.steps):
@@ -428,8 +443,7 @@ class _Transition:
         comp = state.compensation
         if comp is None or reply.attempt < 1 or reply.attempt > comp.attempts:
             return (
-                f"reply for compensation attempt {reply.attempt} of step {reply.step!r}, "
-                "never sent"
+                f"reply for compensation attempt {reply.attempt} of step {reply.step!r}, never sent"
             )
         self._compensation_reply(index, comp, reply)
         return None
@@ -614,7 +628,7 @@ class _Transition:
             self.inst = self.inst.with_step(
                 index,
                 status=StepStatus.COMPENSATED,
-                compensation=replace(comp, status=CompensationStatus.DONE, error=None),
+                compensation=evolve(comp, status=CompensationStatus.DONE, error=None),
             )
             self._compensate_next()
         elif reply.outcome is Outcome.FAILURE:
@@ -635,7 +649,7 @@ class _Transition:
         if retryable and used < step.compensation_retry.max_attempts:
             self.inst = self.inst.with_step(
                 index,
-                compensation=replace(comp, status=CompensationStatus.RETRYING, error=error),
+                compensation=evolve(comp, status=CompensationStatus.RETRYING, error=error),
             )
             self._schedule_retry(index, Phase.COMPENSATION, comp.attempts, used, retry_after)
             return
@@ -646,7 +660,7 @@ class _Transition:
     ) -> None:
         name = self.inst.steps[index].name
         self.inst = self.inst.with_step(
-            index, compensation=replace(comp, status=CompensationStatus.FAILED, error=error)
+            index, compensation=evolve(comp, status=CompensationStatus.FAILED, error=error)
         )
         self._status(
             SagaStatus.STUCK,
@@ -682,9 +696,7 @@ class _Transition:
             return None
         if fired.kind is TimerKind.TIMEOUT:
             if comp.status is CompensationStatus.RUNNING and comp.attempts == fired.attempt:
-                self._record(
-                    HistoryKind.TIMED_OUT, state.name, Phase.COMPENSATION, fired.attempt
-                )
+                self._record(HistoryKind.TIMED_OUT, state.name, Phase.COMPENSATION, fired.attempt)
                 self._compensation_error(index, "timed out", True, None)
         elif comp.status is CompensationStatus.RETRYING and fired.attempt == comp.attempts + 1:
             self._dispatch(index, Phase.COMPENSATION, fired.attempt)
@@ -700,10 +712,10 @@ class _Transition:
         if point is not None or status is SagaStatus.STUCK:
             # Past the pivot the saga only goes forward; a stuck instance waits for its
             # operator. Either way the deadline is flagged, nothing is compensated.
-            self.inst = replace(self.inst, deadline_passed=True)
+            self.inst = evolve(self.inst, deadline_passed=True)
             self._record(HistoryKind.DEADLINE, detail={"action": "flagged"})
             return
-        self.inst = replace(self.inst, deadline_passed=True)
+        self.inst = evolve(self.inst, deadline_passed=True)
         self._record(HistoryKind.DEADLINE, detail={"action": "compensate"})
         self._stop("deadline passed")
 
@@ -732,7 +744,7 @@ class _Transition:
         if isinstance(command, Retry):
             if compensating and comp is not None:
                 self.inst = self.inst.with_step(
-                    index, compensation=replace(comp, budget_from=comp.attempts)
+                    index, compensation=evolve(comp, budget_from=comp.attempts)
                 )
                 self._status(SagaStatus.COMPENSATING)
                 self._dispatch(index, Phase.COMPENSATION, comp.attempts + 1)
@@ -746,7 +758,7 @@ class _Transition:
             self.inst = self.inst.with_step(
                 index,
                 status=StepStatus.RESOLVED,
-                compensation=replace(comp, status=CompensationStatus.RESOLVED),
+                compensation=evolve(comp, status=CompensationStatus.RESOLVED),
             )
             self._status(SagaStatus.COMPENSATING)
             self._compensate_next()
@@ -762,13 +774,11 @@ class _Transition:
             if s.status is StepStatus.RETRYING:
                 # Its retry timer is cancelled; its last attempt had no definite answer.
                 self._cancel(s.name, Phase.ACTION)
-                self.inst = self.inst.with_step(
-                    i, status=StepStatus.UNKNOWN, outcome_known=False
-                )
+                self.inst = self.inst.with_step(i, status=StepStatus.UNKNOWN, outcome_known=False)
                 if self._kind(i) is StepKind.PIVOT:
                     # As when an in-flight pivot times out: it may have taken effect, so the
                     # steps before it are not undone behind its back; an operator decides.
-                    self.inst = replace(self.inst, reason=reason)
+                    self.inst = evolve(self.inst, reason=reason)
                     self._status(
                         SagaStatus.STUCK,
                         reason=f"the outcome of pivot {s.name!r} is unknown ({reason}): "

@@ -354,6 +354,16 @@ def assert_unchanged(before: SagaInstance, decision: Decision) -> None:
     assert decision.instance.status is before.status
 
 
+def live_timers(instance: SagaInstance, name: str) -> set[str]:
+    """The timers a remote step's action has in its state: these must be cancelled."""
+    status = instance.step(name).status
+    if status is StepStatus.RUNNING:
+        return {timer_name(TimerKind.TIMEOUT, name)}
+    if status is StepStatus.RETRYING:
+        return {timer_name(TimerKind.RETRY, name)}
+    return set()
+
+
 def check_action(run: Run, name: str, expected: str, reply: Reply) -> None:
     before = run.instance
     if expected == REJECTED:
@@ -373,9 +383,7 @@ def check_action(run: Run, name: str, expected: str, reply: Reply) -> None:
     if expected == DONE:
         assert state.status is StepStatus.DONE and state.result == reply.result
         assert dispatches(decision) == [("c", A, 1)]
-        assert {timer_name(TimerKind.TIMEOUT, name), timer_name(TimerKind.RETRY, name)} <= (
-            cancelled(decision)
-        )
+        assert live_timers(before, name) <= cancelled(decision)
     elif expected == DONE_UNDO:
         assert state.status is StepStatus.COMPENSATING and state.result == reply.result
         assert state.outcome_known
@@ -533,7 +541,14 @@ def check_compensation(run: Run, name: str, expected: str, reply: Reply) -> None
     if expected == COMP_DONE:
         assert state.status is StepStatus.COMPENSATED and comp.status is CompensationStatus.DONE
         assert dispatches(decision) == [("a", C, 1)]
-        assert timer_name(TimerKind.RETRY, name, C) in cancelled(decision)
+        prior = before.step(name).compensation
+        assert prior is not None
+        live = (
+            timer_name(TimerKind.RETRY, name, C)
+            if prior.status is CompensationStatus.RETRYING
+            else timer_name(TimerKind.TIMEOUT, name, C)
+        )
+        assert live in cancelled(decision)
     elif expected == STUCK:
         assert comp.status is CompensationStatus.FAILED
         assert run.status is SagaStatus.STUCK and run.instance.stuck_step == name

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
 from sagakit.definition import Saga, SagaDefinition
+from sagakit.encoding import JSON, to_json
 from sagakit.errors import CommandRefused, SagakitError, SagaNotFound
 from sagakit.ports import (
     CommandQueue,
@@ -100,12 +102,27 @@ class Client:
         correlation_id: str | None = None,
     ) -> SagaHandle:
         """Start an instance (idempotent with ``key``); returns once it is durably created."""
-        if self._worker is None:
-            raise SagakitError("starting a saga needs a worker in this process (worker.client)")
         definition = saga.build() if isinstance(saga, Saga) else saga
-        saga_id = await self._worker.start_saga(
-            definition, data, key=key, correlation_id=correlation_id
-        )
+        if self._worker is not None:
+            saga_id = await self._worker.start_saga(
+                definition, data, key=key, correlation_id=correlation_id
+            )
+            return SagaHandle(saga_id, self)
+        # No worker here: a durable start command that a worker with the definition applies
+        # (Semantics 11). With a key, an existing instance for it is returned instead.
+        if key is not None:
+            existing = await self.store.find_by_key(definition.name, key)
+            if existing is not None:
+                return SagaHandle(existing.saga_id, self)
+        saga_id = uuid.uuid4().hex
+        body: dict[str, JSON] = {
+            "saga_type": definition.name,
+            "version": definition.version,
+            "data": to_json(data, path="saga data"),
+            "key": key,
+            "correlation_id": correlation_id,
+        }
+        await self.store.enqueue(saga_id, "start", body)
         return SagaHandle(saga_id, self)
 
     async def run(
@@ -163,11 +180,13 @@ class Client:
             return await self._worker.wait_settled(saga_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            instance = await self.get(saga_id)
-            if instance.status.settled:
-                return instance
+            found = await self.store.get(saga_id)
+            if found is not None and found.status.settled:
+                return found
+            instance = found
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"saga {saga_id} is still {instance.status.value}")
+                state = instance.status.value if instance else "queued"
+                raise TimeoutError(f"saga {saga_id} is still {state}")
             await asyncio.sleep(self._poll)
 
     # -- operator commands ----------------------------------------------------------------

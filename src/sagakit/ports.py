@@ -171,6 +171,32 @@ class InstanceQueries(Protocol):
     async def count_by_status(self) -> dict[SagaStatus, int]: ...
 
 
+class Leases(Protocol):
+    """Which worker advances which instance (F3).
+
+    A worker attaches with its id and lease, renews the lease with ``heartbeat``, and
+    claims the unsettled instances whose owner is gone (no live lease), bumping their
+    revision: a worker that comes back late cannot commit over them (its revision check fails).
+    Once attached, new instances are owned by this worker, and due timers, pending outbox rows
+    and operator commands are those of its own instances.
+    """
+
+    async def attach(self, worker_id: str, lease: float) -> None: ...
+
+    async def heartbeat(self) -> bool:
+        """Renew the lease; False when this worker was declared dead meanwhile."""
+        ...
+
+    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
+        """Take over up to ``limit`` unsettled instances of the given definitions whose owner
+        has no live lease. A worker claims only what it can advance (Semantics 1)."""
+        ...
+
+    async def detach(self) -> None:
+        """Release this worker's instances for the others (a clean stop)."""
+        ...
+
+
 class TimerQueue(Protocol):
     async def due(self, limit: int) -> list[Timer]:
         """Timers due by the store's clock (Semantics 13), earliest first."""
@@ -226,6 +252,7 @@ class ParticipantStore(Outbox, Protocol):
 class Store(
     TransitionStore,
     InstanceQueries,
+    Leases,
     TimerQueue,
     CommandQueue,
     DeadLetters,

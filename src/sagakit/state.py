@@ -169,6 +169,8 @@ class SagaInstance:
     stuck_step: str | None = None
     point_of_no_return: str | None = None
     revision: int = 0
+    #: The worker that advances this instance (runtime metadata; decide() ignores it).
+    owner: str | None = None
 
     @property
     def status_reason(self) -> str | None:

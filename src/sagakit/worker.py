@@ -18,6 +18,8 @@ import functools
 import hashlib
 import itertools
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -153,6 +155,7 @@ class Worker:
         max_batch: int = 1000,
         poll_interval: float = 0.2,
         rescan_interval: float = 2.0,
+        lease: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -161,7 +164,10 @@ class Worker:
         self.reply_queue = reply_queue
         self._max_batch = max_batch
         self._poll_interval = poll_interval
-        self._clock = clock
+        self._local_clock = clock
+        self._offset = 0.0  # the store's clock minus ours: decisions use the store's time
+        self._lease = lease
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._cache: dict[str, SagaInstance] = {}
         self._watchers: dict[str, list[asyncio.Future[SagaInstance]]] = {}
@@ -207,11 +213,14 @@ class Worker:
         await self.transport.subscribe(self.reply_queue, self._on_reply)
         for runner in self._participants:
             await runner.start()
+        await self.store.attach(self.worker_id, self._lease)
+        await self._sync_clock()
+        await self._take_over()
         self._relay.start()
-        await self._recover_local_runs()
         self._tasks = [
             asyncio.create_task(self._timer_loop(), name="sagakit-timers"),
             asyncio.create_task(self._command_loop(), name="sagakit-commands"),
+            asyncio.create_task(self._lease_loop(), name="sagakit-lease"),
         ]
         log.info("worker started with %d saga definition(s)", len(self.app.definitions))
 
@@ -232,6 +241,8 @@ class Worker:
             self._queue.put_nowait(_Item("", source="stop"))
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
+        with contextlib.suppress(Exception):
+            await self.store.detach()
         self._stopped.set()
         log.info("worker stopped")
 
@@ -264,8 +275,7 @@ class Worker:
                 f"saga {definition.name!r} v{definition.version} is not registered with this worker"
             )
         payload = to_json(data, path="saga data")
-        digest = hashlib.sha256(dumps(payload).encode()).hexdigest()
-        start = _Start(definition, payload, key, correlation_id, digest)
+        start = _Start(definition, payload, key, correlation_id, _digest(payload))
         return str(await self._submit(_Item(uuid.uuid4().hex, start=start)))
 
     async def wait_settled(self, saga_id: str, timeout: float | None = None) -> SagaInstance:
@@ -285,6 +295,16 @@ class Worker:
                 watchers.remove(future)
             if not watchers:
                 self._watchers.pop(saga_id, None)
+
+    def _clock(self) -> float:
+        return self._local_clock() + self._offset
+
+    async def _sync_clock(self) -> None:
+        # Semantics 13: due times are judged by the store's clock; computing them from a
+        # skewed worker clock would move every deadline by the skew.
+        before = self._local_clock()
+        store_now = await self.store.now()
+        self._offset = store_now - (before + self._local_clock()) / 2
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
@@ -340,7 +360,9 @@ class Worker:
             if item.event is None and item.start is None:
                 if item.command_id is not None:
                     batch.commands.append(
-                        CommandResult(item.command_id, CommandState.REFUSED, "unknown command kind")
+                        CommandResult(
+                            item.command_id, CommandState.REFUSED, "malformed or unknown command"
+                        )
                     )
             elif item.start is not None:
                 await self._apply_start(work, item, now, keys_in_batch, works)
@@ -452,6 +474,7 @@ class Worker:
             input_digest=start.digest,
             now=now,
         )
+        instance = evolve(instance, owner=self.worker_id)
         work.instance = instance
         work.expected = None
         work.changed = True
@@ -478,6 +501,12 @@ class Worker:
         if instance is None:
             reason = f"unknown saga instance {work.saga_id}"
             self._reject(item, reason, batch)
+            return
+        if instance.owner != self.worker_id:
+            # Another worker advances it. Its own timeout and retry will fetch the answer
+            # again through the participant's inbox, so dropping this copy loses nothing.
+            work.transition.consumed.clear()
+            log.debug("event for %s, owned by %s: left to its owner", work.saga_id, instance.owner)
             return
         definition = self.app.definition(instance.saga_type, instance.version)
         if definition is None or definition.fingerprint != instance.fingerprint:
@@ -688,29 +717,58 @@ class Worker:
                 "local step %s of %s: %s", dispatch.step, saga_id, exc, extra={"saga_id": saga_id}
             )
 
-    async def _recover_local_runs(self) -> None:
-        """Run again every local step the store says is running (after a crash or stop)."""
-        for instance in await self.store.unsettled(1_000_000):
-            definition = self.app.definition(instance.saga_type, instance.version)
-            if definition is None or definition.fingerprint != instance.fingerprint:
+    async def _take_over(self) -> int:
+        """Claim the instances no live worker owns and pick up where their owner stopped."""
+        total = 0
+        fingerprints = [d.fingerprint for d in self.app.definitions]
+        while claimed := await self.store.claim(500, fingerprints):
+            total += len(claimed)
+            for instance in claimed:
+                self._orphans.discard(instance.saga_id)
+                self._adopt(instance)
+        if total:
+            log.info("took over %d instance(s)", total)
+            self._timer_wake.set()
+            self._command_wake.set()
+            await self._relay.rescan()
+        return total
+
+    def _adopt(self, instance: SagaInstance) -> None:
+        """Hold ``instance`` and run again every local step its state says is running."""
+        definition = self.app.definition(instance.saga_type, instance.version)
+        if definition is None or definition.fingerprint != instance.fingerprint:
+            return
+        self._cache[instance.saga_id] = instance
+        for step, state in zip(definition.steps, instance.steps, strict=True):
+            if state.status is StepStatus.RUNNING and isinstance(step.action, Local):
+                phase, attempt = Phase.ACTION, state.attempts
+            elif (
+                state.compensation is not None
+                and state.compensation.status is CompensationStatus.RUNNING
+                and isinstance(step.compensation, Local)
+            ):
+                phase, attempt = Phase.COMPENSATION, state.compensation.attempts
+            else:
                 continue
-            self._cache.setdefault(instance.saga_id, instance)
-            for step, state in zip(definition.steps, instance.steps, strict=True):
-                if state.status is StepStatus.RUNNING and isinstance(step.action, Local):
-                    phase, attempt = Phase.ACTION, state.attempts
-                elif (
-                    state.compensation is not None
-                    and state.compensation.status is CompensationStatus.RUNNING
-                    and isinstance(step.compensation, Local)
-                ):
-                    phase, attempt = Phase.COMPENSATION, state.compensation.attempts
-                else:
-                    continue
-                key = idempotency_key(instance.saga_id, step.name, phase)
-                deadline = self._clock() + step.timeout_for(phase)
-                self._spawn_local(
-                    instance.saga_id, Dispatch(step.name, phase, attempt, key, deadline)
-                )
+            key = idempotency_key(instance.saga_id, step.name, phase)
+            deadline = self._clock() + step.timeout_for(phase)
+            self._spawn_local(instance.saga_id, Dispatch(step.name, phase, attempt, key, deadline))
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                if not await self.store.heartbeat():
+                    # Declared dead while paused: what we hold may have been taken over.
+                    log.warning("worker %s lost its lease; dropping what it held", self.worker_id)
+                    self._cache.clear()
+                    await self.store.attach(self.worker_id, self._lease)
+                await self._sync_clock()
+                await self._take_over()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease renewal or takeover failed: %s", exc)
 
     async def _call_local(
         self,
@@ -836,12 +894,49 @@ class Worker:
             event = Retry(reason, by)
         elif command.kind == "resolve":
             event = Resolve(str(body.get("step", "")), reason, by)
+        elif command.kind == "start":
+            event = None
         else:
             event = None  # refused by the committer: unknown command kind
+        start: _Start | None = None
+        if command.kind == "start":
+            name, version = body.get("saga_type"), body.get("version")
+            if (
+                isinstance(name, str)
+                and isinstance(version, int)
+                and self.app.definition(name, version) is None
+            ):
+                return  # left queued for a worker that has this definition
+            start = self._queued_start(command)
         self._commands_in_flight.add(command.id)
-        future = self._submit(_Item(command.saga_id, event=event, command_id=command.id))
+        future = self._submit(
+            _Item(command.saga_id, event=event, start=start, command_id=command.id)
+        )
         future.add_done_callback(functools.partial(_discard, self._commands_in_flight, command.id))
         future.add_done_callback(_consume_exception)
+
+    def _queued_start(self, command: QueuedCommand) -> _Start | None:
+        """A start enqueued by a client without a worker (another process, the HTTP API)."""
+        body = command.body
+        name, version = body.get("saga_type"), body.get("version")
+        if not isinstance(name, str) or not isinstance(version, int):
+            return None
+        definition = self.app.definition(name, version)
+        if definition is None:
+            return None
+        data = body.get("data")
+        key, correlation = body.get("key"), body.get("correlation_id")
+        return _Start(
+            definition,
+            data,
+            key if isinstance(key, str) else None,
+            correlation if isinstance(correlation, str) else None,
+            _digest(data),
+        )
+
+
+def _digest(data: JSON) -> str:
+    return hashlib.sha256(dumps(data).encode()).hexdigest()
 
 
 def _discard(in_flight: set[Any], key: object, _: asyncio.Future[object]) -> None:

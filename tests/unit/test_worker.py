@@ -511,3 +511,25 @@ async def test_compensation_gets_unknown_outcome_input(store: SqliteStore, calls
         inst = await worker.client.run(saga, {"fail": True}, timeout=5)
     assert inst.step("second").compensation is not None
     assert Phase.COMPENSATION.value == "compensation"
+
+
+async def test_a_start_queued_without_a_worker_waits_for_one(db: str, calls: Calls) -> None:
+    saga = two_steps(calls)
+    reader = SqliteStore(db)
+    from sagakit import Client
+
+    client = Client(reader)
+    handle = await client.start(saga, {"from": "cli"}, key="queued-1")
+    again = await client.start(saga, {"from": "cli"}, key="queued-1")
+    assert calls.log == []  # nothing runs without a worker
+    owner = SqliteStore(db, owner=True)
+    try:
+        async with Worker(App(sagas=[saga]), owner):
+            inst = await client.wait(handle.saga_id, timeout=5)
+    finally:
+        await owner.close()
+        await reader.close()
+    assert inst.status is SagaStatus.COMPLETED
+    assert inst.idempotency_key == "queued-1"
+    assert calls.names() == ["first", "second"]
+    del again

@@ -75,6 +75,7 @@ class SqliteStore:
         self.path = path
         self._clock = clock
         self._lock_file: IO[str] | None = None
+        self.worker_id: str | None = None
         memory = path == ":memory:"
         if not memory and not create and not os.path.exists(path):
             raise StorageError(f"database file not found: {path}")
@@ -181,7 +182,7 @@ class SqliteStore:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO sagakit_instances (saga_id, saga_type, version,"
                 " fingerprint, status, correlation_id, idempotency_key, created_at, updated_at,"
-                " revision, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " revision, state, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     inst.saga_id,
                     inst.saga_type,
@@ -194,6 +195,7 @@ class SqliteStore:
                     inst.updated_at,
                     inst.revision,
                     state,
+                    inst.owner,
                 ),
             )
         else:
@@ -245,11 +247,43 @@ class SqliteStore:
                     (tm.saga_id, tm.name, tm.due_at, tm.attempt),
                 )
 
+    # -- Leases ---------------------------------------------------------------------------
+    # One worker owns a SQLite file (the flock), so a lease is the lock itself: attaching
+    # claims every unsettled instance, and nothing can be taken over while the owner lives.
+
+    async def attach(self, worker_id: str, lease: float) -> None:
+        self.worker_id = worker_id
+
+    async def heartbeat(self) -> bool:
+        return True
+
+    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
+        marks = ",".join("?" * len(_SETTLED))
+        prints = ",".join("?" * len(fingerprints))
+        if not fingerprints:
+            return []
+
+        def write() -> builtins.list[tuple[object, ...]]:
+            with _transaction(self._conn):
+                return self._conn.execute(
+                    "UPDATE sagakit_instances SET owner = ?, revision = revision + 1"
+                    " WHERE saga_id IN (SELECT saga_id FROM sagakit_instances"
+                    f" WHERE status NOT IN ({marks}) AND fingerprint IN ({prints})"
+                    " AND (owner IS NULL OR owner != ?) LIMIT ?)"
+                    f" RETURNING {self._COLUMNS}",
+                    (self.worker_id, *_SETTLED, *fingerprints, self.worker_id, limit),
+                ).fetchall()
+
+        return [_instance(r) for r in await self._run(write)]
+
+    async def detach(self) -> None:
+        self.worker_id = None
+
     # -- InstanceQueries ------------------------------------------------------------------
 
     _COLUMNS = (
         "saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,"
-        " created_at, updated_at, revision, state"
+        " created_at, updated_at, revision, state, owner"
     )
 
     async def get(self, saga_id: str) -> SagaInstance | None:
@@ -542,6 +576,7 @@ def _instance(row: tuple[object, ...]) -> SagaInstance:
         deadline_passed=bool(state["deadline_passed"]),
         point_of_no_return=cast("str | None", state["point_of_no_return"]),
         input_digest=cast(str, state["input_digest"]),
+        owner=cast("str | None", row[11]),
     )
 
 

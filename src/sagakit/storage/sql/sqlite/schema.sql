@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS sagakit_instances (
     created_at      REAL NOT NULL,
     updated_at      REAL NOT NULL,
     revision        INTEGER NOT NULL,
-    state           TEXT NOT NULL
+    state           TEXT NOT NULL,
+    owner           TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sagakit_instances_key
     ON sagakit_instances (saga_type, idempotency_key) WHERE idempotency_key IS NOT NULL;

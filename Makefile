@@ -35,3 +35,6 @@ unit: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.db*
+
+# `make bench` and `make bench-quick`: sagakit against DBOS (bench/SPEC.md).
+include bench/bench.mk

@@ -1,0 +1,31 @@
+# Benchmark targets (bench/SPEC.md). The top-level Makefile includes this file after it has
+# defined BIN and STAMP (the project's venv), e.g. as its last line:
+#     include bench/bench.mk
+# DBOS runs from its own virtual environment, bench/.venv-dbos, never from the project's .venv,
+# so `make test` is never affected by it.
+
+DBOS_VENV    := bench/.venv-dbos
+DBOS_STAMP   := $(DBOS_VENV)/.installed
+DBOS_VERSION ?= 3.4.*
+BENCH_PYTHON ?= python3
+BENCH_ARGS   ?=
+
+.PHONY: bench bench-quick bench-venv
+
+$(DBOS_STAMP): bench/bench.mk
+	test -x $(DBOS_VENV)/bin/python || $(BENCH_PYTHON) -m venv $(DBOS_VENV)
+	$(DBOS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DBOS_VENV)/bin/python -m pip install --quiet 'dbos==$(DBOS_VERSION)'
+	touch $(DBOS_STAMP)
+
+bench-venv: $(STAMP) $(DBOS_STAMP)
+
+# Every point: SQLite and PostgreSQL, C = 1, 16, 64, three interleaved pairs each (< 15 min).
+bench: bench-venv
+	$(BIN)/python bench/run.py --sagakit-python $(BIN)/python \
+		--dbos-python $(DBOS_VENV)/bin/python $(BENCH_ARGS)
+
+# C = 64 only, one pair each (< 3 min).
+bench-quick: bench-venv
+	$(BIN)/python bench/run.py --quick --sagakit-python $(BIN)/python \
+		--dbos-python $(DBOS_VENV)/bin/python $(BENCH_ARGS)

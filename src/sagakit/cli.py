@@ -27,6 +27,7 @@ import sagakit
 from sagakit import App, Client, HistoryEntry, SagaInstance, SagaStatus, Worker
 from sagakit.errors import CommandRefused, SagakitError
 from sagakit.examples.demo import run_demo
+from sagakit.retention import RetentionPolicy, parse_duration
 from sagakit.storage import DEFAULT_URL, open_store
 
 PROG = "sagakit"
@@ -141,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_app_ref,
         metavar="MODULE:ATTR",
         help="the App to run, e.g. sagakit.examples.orders:app",
+    )
+    worker.add_argument(
+        "--lease",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="lease length: another worker takes over this one's sagas this long after it "
+        "dies (default 10)",
+    )
+    worker.add_argument(
+        "--retention",
+        type=_duration,
+        default=None,
+        metavar="AGE",
+        help="purge completed and failed sagas older than AGE (e.g. 30d) every hour",
     )
     worker.add_argument(
         "--log-level",
@@ -261,7 +277,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most N messages (default 100)",
     )
     letters.set_defaults(handler=_cmd_dead_letters)
+
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or upgrade the database schema",
+        description="Apply every schema migration not applied yet (PostgreSQL); create the "
+        "schema of a SQLite file. Safe to run again, and from several processes at once.",
+    )
+    migrate.set_defaults(handler=_cmd_migrate)
+
+    purge = commands.add_parser(
+        "purge",
+        parents=[common, as_json],
+        help="delete completed and failed sagas older than an age",
+        description="Delete completed and failed sagas (never stuck or running ones) last "
+        "updated more than AGE ago, in bounded batches, with their history. Their idempotency "
+        "keys, and participants' inbox keys, are kept longer (--keys-older-than), so a purge "
+        "never lets a duplicate start or effect through. Ages: 90s, 45m, 12h, 30d, 2w, 1d12h.",
+    )
+    purge.add_argument(
+        "--older-than", required=True, type=_duration, metavar="AGE", help="instance age"
+    )
+    purge.add_argument(
+        "--keys-older-than",
+        type=_duration,
+        default=None,
+        metavar="AGE",
+        help="key age (default: AGE + 1d; never less)",
+    )
+    purge.add_argument(
+        "--archive",
+        metavar="FILE",
+        default=None,
+        help="append each purged instance and its history to FILE as a JSON line first",
+    )
+    purge.add_argument(
+        "--batch", type=_positive_int, default=500, metavar="N", help="instances per batch"
+    )
+    purge.set_defaults(handler=_cmd_purge)
     return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative_int(text: str) -> int:
@@ -403,7 +465,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         level=str(args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return _run(_worker(app, str(args.app), _db_url(args)))
+    return _run(_worker(app, str(args.app), _db_url(args), args.lease, args.retention))
 
 
 def _load_app(ref: str) -> App:
@@ -430,7 +492,7 @@ def _load_app(ref: str) -> App:
     return value
 
 
-async def _worker(app: App, ref: str, url: str) -> int:
+async def _worker(app: App, ref: str, url: str, lease: float, args_retention: float | None) -> int:
     store = open_store(url, owner=True)
     try:
         stop = asyncio.Event()
@@ -439,7 +501,8 @@ async def _worker(app: App, ref: str, url: str) -> int:
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         try:
-            worker = Worker(app, store)
+            retention = RetentionPolicy.of_seconds(args_retention) if args_retention else None
+            worker = Worker(app, store, lease=lease, retention=retention)
             await worker.start()
             try:
                 names = ", ".join(f"{d.name} v{d.version}" for d in app.definitions) or "none"
@@ -769,3 +832,48 @@ def _print_json(value: object) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# -- schema and retention -------------------------------------------------------------------
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    return _run(_migrate(_db_url(args)))
+
+
+async def _migrate(url: str) -> int:
+    store = open_store(url, migrate=False) if url.startswith("postgres") else open_store(url)
+    try:
+        applied = await store.migrate()
+    finally:
+        await store.close()
+    if applied:
+        print(f"applied migration(s) {', '.join(map(str, applied))} to {url}")
+    else:
+        print(f"{url} is up to date")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    try:
+        policy = RetentionPolicy.of_seconds(args.older_than, args.keys_older_than, batch=args.batch)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if args.archive is None:
+        return _run(_purge(_db_url(args), policy, None, bool(args.json)))
+    with open(args.archive, "a", encoding="utf-8") as sink:
+        return _run(_purge(_db_url(args), policy, sink, bool(args.json)))
+
+
+async def _purge(url: str, policy: RetentionPolicy, sink: TextIO | None, as_json: bool) -> int:
+    async def write(instance: SagaInstance, history: list[HistoryEntry]) -> None:
+        assert sink is not None
+        sink.write(json.dumps(_detail_json(instance, history), sort_keys=True) + "\n")
+
+    async with _reader(url) as client:
+        purged, keys = await client.purge(policy, archive=write if sink else None)
+    if as_json:
+        print(json.dumps({"instances": purged, "keys": keys}))
+    else:
+        print(f"purged {purged} instance(s) and {keys} expired key(s)")
+    return 0

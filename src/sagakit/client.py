@@ -13,6 +13,7 @@ import asyncio
 import builtins
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,12 +28,14 @@ from sagakit.ports import (
     InstanceFilter,
     InstanceQueries,
     QueuedCommand,
+    Retention,
 )
+from sagakit.retention import RetentionPolicy
 from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
 from sagakit.transitions import Abort, OperatorCommand, Resolve, Retry, check_command
 
 
-class ClientStore(InstanceQueries, CommandQueue, DeadLetters, Protocol):
+class ClientStore(InstanceQueries, CommandQueue, DeadLetters, Retention, Protocol):
     """The store ports a client needs."""
 
 
@@ -188,6 +191,35 @@ class Client:
                 state = instance.status.value if instance else "queued"
                 raise TimeoutError(f"saga {saga_id} is still {state}")
             await asyncio.sleep(self._poll)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        policy: RetentionPolicy,
+        *,
+        archive: Callable[[SagaInstance, builtins.list[HistoryEntry]], Awaitable[None]]
+        | None = None,
+    ) -> tuple[int, int]:
+        """Delete finished instances older than the policy, in batches; then expired keys.
+
+        ``archive`` receives each instance and its history before it is deleted. Returns
+        (instances purged, keys purged).
+        """
+        purged = 0
+        while True:
+            ids = await self.store.finished_before(policy.instances, policy.batch)
+            if not ids:
+                break
+            if archive is not None:
+                for saga_id in ids:
+                    instance = await self.store.get(saga_id)
+                    if instance is not None:
+                        await archive(instance, await self.store.history(saga_id))
+            purged += await self.store.purge(ids)
+            if len(ids) < policy.batch:
+                break
+        return purged, await self.store.purge_keys(policy.keys)
 
     # -- operator commands ----------------------------------------------------------------
 

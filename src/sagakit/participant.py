@@ -1,6 +1,6 @@
 """Participants: command handlers that reply by themselves, exactly once in effect (C3).
 
-A participant handler is a plain function that runs **inside the participant's database
+A participant handler is an async function that runs **inside the participant's database
 transaction**: its business writes, the inbox record of the command's idempotency key and the
 reply (in the participant's outbox) commit together (Semantics 3). On a duplicate command the
 stored reply is sent again and the handler does not run. Out of order (Semantics 7): a
@@ -12,9 +12,12 @@ compensation is refused with a failure reply.
     inventory = Participant("inventory")
 
     @inventory.command("inventory.reserve")
-    def reserve(tx: ParticipantTx, cmd: Command) -> dict:
-        tx.execute("INSERT INTO stock_holds (order_id) VALUES (?)", (cmd.payload["order_id"],))
+    async def reserve(tx: ParticipantTx, cmd: Command) -> dict:
+        await tx.execute("INSERT INTO holds (order_id) VALUES (?)", (cmd.input["order_id"],))
         return {"held": True}
+
+Keep handlers short: the transaction is open while they run. Call slow external services
+before or after, passing ``cmd.idempotency_key`` on.
 
 Raise :class:`~sagakit.errors.StepFailed` for a definite business failure (its writes are
 rolled back, the failure is recorded and replied), :class:`~sagakit.errors.StepError` (or any
@@ -23,10 +26,11 @@ exception) for a retryable error (rolled back, not recorded, so a retry runs aga
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from sagakit.definition import Phase
@@ -68,15 +72,14 @@ class Command:
         return None
 
 
-CommandHandler = Callable[[ParticipantTx, Command], object]
+CommandHandler = Callable[[ParticipantTx, Command], Awaitable[object]]
+Setup = Callable[[ParticipantTx], Awaitable[object]]
 
 
 class Participant:
     """A named participant: a queue of commands and the handlers that serve them."""
 
-    def __init__(
-        self, name: str, *, setup: Callable[[ParticipantTx], object] | None = None
-    ) -> None:
+    def __init__(self, name: str, *, setup: Setup | None = None) -> None:
         """``setup(tx)`` runs in a transaction when the participant starts serving: create its
         own tables there (idempotently), so a fresh database works with any worker."""
         if not name:
@@ -89,6 +92,11 @@ class Participant:
         """Decorator: ``fn(tx, cmd)`` serves commands of ``command_type``."""
 
         def register(fn: CommandHandler) -> CommandHandler:
+            if not inspect.iscoroutinefunction(fn):
+                raise DefinitionError(
+                    f"participant {self.name!r}: the handler for {command_type!r} must be an "
+                    "async function"
+                )
             if command_type in self.handlers:
                 raise DefinitionError(
                     f"participant {self.name!r}: duplicate handler for {command_type!r}"
@@ -153,18 +161,20 @@ class ParticipantRunner:
         replies = await self._store.transaction(lambda tx: self._serve(tx, env))
         self._relay.send(replies)
 
-    # Runs on the store's thread, inside the transaction.
-    def _serve(self, tx: ParticipantTx, env: Envelope) -> list[OutboxMessage]:
+    # Runs inside the transaction.
+    async def _serve(self, tx: ParticipantTx, env: Envelope) -> list[OutboxMessage]:
         name = self.participant.name
         key = env.idempotency_key
-        stored = tx.inbox_get(name, key)
+        stored = await tx.inbox_get(name, key)
         if stored is not None:
-            return [self._reply_from(tx, env, decode(stored))]
+            return [await self._reply_from(tx, env, decode(stored))]
         if env.phase is Phase.ACTION:
-            undo = tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.COMPENSATION))
+            undo = await tx.inbox_get(
+                name, idempotency_key(env.saga_id, env.step, Phase.COMPENSATION)
+            )
             if undo is not None:
                 return [
-                    self._record(
+                    await self._record(
                         tx,
                         env,
                         Outcome.FAILURE,
@@ -173,9 +183,9 @@ class ParticipantRunner:
                     )
                 ]
         else:
-            done = tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.ACTION))
+            done = await tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.ACTION))
             if done is None or decode(done).outcome is not Outcome.SUCCESS:
-                return [self._record(tx, env, Outcome.SUCCESS, {"noop": True}, None)]
+                return [await self._record(tx, env, Outcome.SUCCESS, {"noop": True}, None)]
         handler = self.participant.handlers[env.type]
         command = Command(
             env.saga_id,
@@ -188,9 +198,9 @@ class ParticipantRunner:
             env.deadline,
             env.payload,
         )
-        tx.execute("SAVEPOINT sagakit_handler")
+        await tx.execute("SAVEPOINT sagakit_handler")
         try:
-            result = to_json(handler(tx, command), path=f"result of {env.type}")
+            result = to_json(await handler(tx, command), path=f"result of {env.type}")
             size = len(encode(self._reply(env, Outcome.SUCCESS, result, None)))
             if size > MAX_MESSAGE_BYTES:
                 # Recorded, it would be re-sent on every retry and rejected every time.
@@ -198,10 +208,10 @@ class ParticipantRunner:
                     f"result of {env.type}: the reply of {size} bytes exceeds {MAX_MESSAGE_BYTES}"
                 )
         except StepFailed as exc:
-            tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
-            return [self._record(tx, env, Outcome.FAILURE, None, str(exc) or "failed")]
+            await tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
+            return [await self._record(tx, env, Outcome.FAILURE, None, str(exc) or "failed")]
         except (StepError, EncodingError, Exception) as exc:
-            tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
+            await tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
             retryable = (
                 exc.retryable if isinstance(exc, StepError) else not isinstance(exc, EncodingError)
             )
@@ -214,18 +224,20 @@ class ParticipantRunner:
                 retryable=retryable,
                 retry_after=retry_after,
             )
-            return [self._put(tx, reply)]
-        tx.execute("RELEASE SAVEPOINT sagakit_handler")
-        return [self._record(tx, env, Outcome.SUCCESS, result, None)]
+            return [await self._put(tx, reply)]
+        await tx.execute("RELEASE SAVEPOINT sagakit_handler")
+        return [await self._record(tx, env, Outcome.SUCCESS, result, None)]
 
-    def _record(
+    async def _record(
         self, tx: ParticipantTx, env: Envelope, outcome: Outcome, result: JSON, error: str | None
     ) -> OutboxMessage:
         reply = self._reply(env, outcome, result, error)
-        tx.inbox_put(self.participant.name, env.idempotency_key, encode(reply))
-        return self._put(tx, reply)
+        await tx.inbox_put(self.participant.name, env.idempotency_key, encode(reply))
+        return await self._put(tx, reply)
 
-    def _reply_from(self, tx: ParticipantTx, env: Envelope, stored: Envelope) -> OutboxMessage:
+    async def _reply_from(
+        self, tx: ParticipantTx, env: Envelope, stored: Envelope
+    ) -> OutboxMessage:
         # The same answer, as a new message caused by the duplicate command.
         reply = replace(
             stored,
@@ -234,7 +246,7 @@ class ParticipantRunner:
             attempt=env.attempt,
             timestamp=time.time(),
         )
-        return self._put(tx, reply, destination=env.reply_to)
+        return await self._put(tx, reply, destination=env.reply_to)
 
     def _reply(
         self,
@@ -259,7 +271,7 @@ class ParticipantRunner:
             retry_after=retry_after,
         )
 
-    def _put(
+    async def _put(
         self, tx: ParticipantTx, reply: Envelope, destination: str | None = None
     ) -> OutboxMessage:
         target = destination or reply.reply_to
@@ -267,7 +279,7 @@ class ParticipantRunner:
         message = OutboxMessage(
             reply.id, self.participant.name, target, encode(reply), reply.saga_id
         )
-        tx.outbox_put(message)
+        await tx.outbox_put(message)
         return message
 
     async def _publish(self, message: OutboxMessage) -> bool:
@@ -278,8 +290,8 @@ class ParticipantRunner:
         await self._store.transaction(lambda tx: tx.outbox_done([message_id]))
 
 
-def _dead_letter(tx: ParticipantTx, source: str, reason: str, body: bytes) -> None:
-    tx.dead_letter(DeadLetter(source, reason, body, at=time.time()))
+async def _dead_letter(tx: ParticipantTx, source: str, reason: str, body: bytes) -> None:
+    await tx.dead_letter(DeadLetter(source, reason, body, at=time.time()))
 
 
 __all__ = ["Command", "CommandHandler", "Participant", "ParticipantRunner"]

@@ -196,6 +196,42 @@ class Leases(Protocol):
         """Release this worker's instances for the others (a clean stop)."""
         ...
 
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when another process queues work for the workers."""
+        ...
+
+
+@dataclass(frozen=True)
+class RetiredKey:
+    """The idempotency key of a purged instance, kept so its start stays idempotent."""
+
+    saga_id: str
+    input_digest: str
+
+
+class Retention(Protocol):
+    """Deleting finished instances by age, in bounded batches (F5).
+
+    Only completed and failed instances are ever purged, never stuck or running ones. Their
+    idempotency keys move to a table of their own, with a retention at least as long, so a
+    purge never lets a duplicate start through; participants' inbox keys likewise.
+    """
+
+    async def finished_before(self, age: float, limit: int) -> builtins.list[str]:
+        """Ids of completed or failed instances last updated more than ``age`` seconds ago
+        (by the store's clock), oldest first."""
+        ...
+
+    async def purge(self, saga_ids: Sequence[str]) -> int:
+        """Delete those instances (if still finished) with their history; retire their keys."""
+        ...
+
+    async def purge_keys(self, age: float) -> int:
+        """Delete retired start keys and participants' inbox keys older than ``age``."""
+        ...
+
+    async def retired_key(self, saga_type: str, key: str) -> RetiredKey | None: ...
+
 
 class TimerQueue(Protocol):
     async def due(self, limit: int) -> list[Timer]:
@@ -226,25 +262,33 @@ class DeadLetters(Protocol):
 
 
 class ParticipantTx(Protocol):
-    """A participant's open transaction: its business writes, inbox and outbox together."""
+    """A participant's open transaction: its business writes, inbox and outbox together.
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    ``execute`` takes ``?`` placeholders on every store (PostgreSQL's ``$1`` also works there),
+    so one participant's SQL runs on SQLite and PostgreSQL alike.
+    """
+
+    dialect: str
+
+    async def execute(
+        self, sql: str, params: Sequence[object] = ()
+    ) -> builtins.list[tuple[object, ...]]:
         """Run one statement of the participant's own (business) SQL; returns its rows."""
         ...
 
-    def inbox_get(self, participant: str, key: str) -> bytes | None: ...
+    async def inbox_get(self, participant: str, key: str) -> bytes | None: ...
 
-    def inbox_put(self, participant: str, key: str, reply: bytes) -> None: ...
+    async def inbox_put(self, participant: str, key: str, reply: bytes) -> None: ...
 
-    def outbox_put(self, message: OutboxMessage) -> None: ...
+    async def outbox_put(self, message: OutboxMessage) -> None: ...
 
-    def outbox_done(self, message_ids: Sequence[str]) -> None: ...
+    async def outbox_done(self, message_ids: Sequence[str]) -> None: ...
 
-    def dead_letter(self, letter: DeadLetter) -> None: ...
+    async def dead_letter(self, letter: DeadLetter) -> None: ...
 
 
 class ParticipantStore(Outbox, Protocol):
-    async def transaction(self, fn: Callable[[ParticipantTx], T]) -> T:
+    async def transaction(self, fn: Callable[[ParticipantTx], Awaitable[T]]) -> T:
         """Run ``fn`` inside one durable transaction; roll back if it raises."""
         ...
 
@@ -253,6 +297,7 @@ class Store(
     TransitionStore,
     InstanceQueries,
     Leases,
+    Retention,
     TimerQueue,
     CommandQueue,
     DeadLetters,

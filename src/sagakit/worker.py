@@ -58,6 +58,7 @@ from sagakit.ports import (
     Transport,
 )
 from sagakit.relay import Relay
+from sagakit.retention import RetentionPolicy
 from sagakit.state import (
     CompensationStatus,
     HistoryEntry,
@@ -156,6 +157,8 @@ class Worker:
         poll_interval: float = 0.2,
         rescan_interval: float = 2.0,
         lease: float = 10.0,
+        retention: RetentionPolicy | None = None,
+        retention_interval: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -167,6 +170,8 @@ class Worker:
         self._local_clock = clock
         self._offset = 0.0  # the store's clock minus ours: decisions use the store's time
         self._lease = lease
+        self._retention = retention
+        self._retention_interval = retention_interval
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._cache: dict[str, SagaInstance] = {}
@@ -214,6 +219,7 @@ class Worker:
         for runner in self._participants:
             await runner.start()
         await self.store.attach(self.worker_id, self._lease)
+        await self.store.listen(self._wake)
         await self._sync_clock()
         await self._take_over()
         self._relay.start()
@@ -222,6 +228,8 @@ class Worker:
             asyncio.create_task(self._command_loop(), name="sagakit-commands"),
             asyncio.create_task(self._lease_loop(), name="sagakit-lease"),
         ]
+        if self._retention is not None:
+            self._tasks.append(asyncio.create_task(self._retention_loop(self._retention)))
         log.info("worker started with %d saga definition(s)", len(self.app.definitions))
 
     async def stop(self) -> None:
@@ -308,6 +316,10 @@ class Worker:
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
+
+    def _wake(self) -> None:
+        self._command_wake.set()
+        self._timer_wake.set()
 
     def poke(self) -> None:
         """Look at the command queue now (used by an in-process client)."""
@@ -452,6 +464,20 @@ class Worker:
                 existing = other.instance
             else:
                 existing = await self.store.find_by_key(definition.name, start.key)
+            if existing is None and other is None:
+                retired = await self.store.retired_key(definition.name, start.key)
+                if retired is not None:  # its instance was purged: the start stays idempotent
+                    if retired.input_digest != start.digest:
+                        self._fail(
+                            item,
+                            IdempotencyConflict(
+                                f"idempotency key {start.key!r} was used by saga {retired.saga_id} "
+                                "(since purged) with different input"
+                            ),
+                        )
+                    else:
+                        work.results[id(item)] = retired.saga_id
+                    return
             if existing is not None:
                 if existing.input_digest != start.digest:
                     self._fail(
@@ -753,6 +779,18 @@ class Worker:
             key = idempotency_key(instance.saga_id, step.name, phase)
             deadline = self._clock() + step.timeout_for(phase)
             self._spawn_local(instance.saga_id, Dispatch(step.name, phase, attempt, key, deadline))
+
+    async def _retention_loop(self, policy: RetentionPolicy) -> None:
+        while True:
+            try:
+                purged, keys = await self.client.purge(policy)
+                if purged or keys:
+                    log.info("retention: purged %d instance(s) and %d key(s)", purged, keys)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("retention purge failed: %s", exc)
+            await asyncio.sleep(self._retention_interval)
 
     async def _lease_loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ failed ⇒ every effect undone (net zero); stuck ⇒ reported apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sagakit.app import App
@@ -28,14 +28,12 @@ from sagakit.ports import ParticipantTx
 DECLINED_CARD = "tok_declined"
 
 LEDGER_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS demo_reservations (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS demo_reservations (order_id TEXT NOT NULL,"
     " sku TEXT NOT NULL, quantity INTEGER NOT NULL, status TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS demo_payments (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS demo_payments (order_id TEXT NOT NULL,"
     " amount INTEGER NOT NULL, status TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS demo_shipments (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,"
-    " status TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS demo_notifications (id INTEGER PRIMARY KEY,"
-    " order_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_shipments (order_id TEXT NOT NULL, status TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_notifications (order_id TEXT NOT NULL)",
 )
 
 
@@ -54,10 +52,10 @@ def _order(cmd: Command) -> dict[str, JSON]:
     return value
 
 
-def _tables(*statements: str) -> Callable[[ParticipantTx], None]:
-    def setup(tx: ParticipantTx) -> None:
+def _tables(*statements: str) -> Callable[[ParticipantTx], Awaitable[None]]:
+    async def setup(tx: ParticipantTx) -> None:
         for statement in statements:
-            tx.execute(statement)
+            await tx.execute(statement)
 
     return setup
 
@@ -69,9 +67,9 @@ notifications = Participant("notifications", setup=_tables(LEDGER_SCHEMA[3]))
 
 
 @inventory.command("inventory.reserve")
-def reserve(tx: ParticipantTx, cmd: Command) -> JSON:
+async def reserve(tx: ParticipantTx, cmd: Command) -> JSON:
     order = _order(cmd)
-    tx.execute(
+    await tx.execute(
         "INSERT INTO demo_reservations (order_id, sku, quantity, status) VALUES (?, ?, ?, ?)",
         (order["order_id"], order["sku"], order["quantity"], "reserved"),
     )
@@ -79,8 +77,8 @@ def reserve(tx: ParticipantTx, cmd: Command) -> JSON:
 
 
 @inventory.command("inventory.release")
-def release(tx: ParticipantTx, cmd: Command) -> JSON:
-    tx.execute(
+async def release(tx: ParticipantTx, cmd: Command) -> JSON:
+    await tx.execute(
         "UPDATE demo_reservations SET status = 'released'"
         " WHERE order_id = ? AND status = 'reserved'",
         (_order(cmd)["order_id"],),
@@ -89,11 +87,11 @@ def release(tx: ParticipantTx, cmd: Command) -> JSON:
 
 
 @payments.command("payment.charge")
-def charge(tx: ParticipantTx, cmd: Command) -> JSON:
+async def charge(tx: ParticipantTx, cmd: Command) -> JSON:
     order = _order(cmd)
     if order["card"] == DECLINED_CARD:
         raise StepFailed("card declined")
-    tx.execute(
+    await tx.execute(
         "INSERT INTO demo_payments (order_id, amount, status) VALUES (?, ?, 'charged')",
         (order["order_id"], order["amount_cents"]),
     )
@@ -101,8 +99,8 @@ def charge(tx: ParticipantTx, cmd: Command) -> JSON:
 
 
 @payments.command("payment.refund")
-def refund(tx: ParticipantTx, cmd: Command) -> JSON:
-    tx.execute(
+async def refund(tx: ParticipantTx, cmd: Command) -> JSON:
+    await tx.execute(
         "UPDATE demo_payments SET status = 'refunded' WHERE order_id = ? AND status = 'charged'",
         (_order(cmd)["order_id"],),
     )
@@ -110,15 +108,17 @@ def refund(tx: ParticipantTx, cmd: Command) -> JSON:
 
 
 @shipping.command("shipment.create")
-def create_shipment(tx: ParticipantTx, cmd: Command) -> JSON:
+async def create_shipment(tx: ParticipantTx, cmd: Command) -> JSON:
     order_id = _order(cmd)["order_id"]
-    tx.execute("INSERT INTO demo_shipments (order_id, status) VALUES (?, 'created')", (order_id,))
+    await tx.execute(
+        "INSERT INTO demo_shipments (order_id, status) VALUES (?, 'created')", (order_id,)
+    )
     return {"tracking": f"TRK-{order_id}"}
 
 
 @shipping.command("shipment.cancel")
-def cancel_shipment(tx: ParticipantTx, cmd: Command) -> JSON:
-    tx.execute(
+async def cancel_shipment(tx: ParticipantTx, cmd: Command) -> JSON:
+    await tx.execute(
         "UPDATE demo_shipments SET status = 'cancelled' WHERE order_id = ? AND status = 'created'",
         (_order(cmd)["order_id"],),
     )
@@ -126,8 +126,10 @@ def cancel_shipment(tx: ParticipantTx, cmd: Command) -> JSON:
 
 
 @notifications.command("notification.send")
-def send_confirmation(tx: ParticipantTx, cmd: Command) -> JSON:
-    tx.execute("INSERT INTO demo_notifications (order_id) VALUES (?)", (_order(cmd)["order_id"],))
+async def send_confirmation(tx: ParticipantTx, cmd: Command) -> JSON:
+    await tx.execute(
+        "INSERT INTO demo_notifications (order_id) VALUES (?)", (_order(cmd)["order_id"],)
+    )
     return None
 
 
@@ -164,15 +166,15 @@ order_saga = (
 app = App(sagas=[order_saga], participants=[inventory, payments, shipping, notifications])
 
 
-def create_ledgers(tx: ParticipantTx) -> None:
+async def create_ledgers(tx: ParticipantTx) -> None:
     for statement in LEDGER_SCHEMA:
-        tx.execute(statement)
+        await tx.execute(statement)
 
 
-def check_ledgers(tx: ParticipantTx) -> list[str]:
+async def check_ledgers(tx: ParticipantTx) -> list[str]:
     """Violations of the ledger rule over every order in the database (empty: all good)."""
     problems: list[str] = []
-    rows = tx.execute(
+    rows = await tx.execute(
         "SELECT i.status, i.correlation_id,"
         " (SELECT count(*) FROM demo_reservations r WHERE r.order_id = i.correlation_id),"
         " (SELECT count(*) FROM demo_reservations r WHERE r.order_id = i.correlation_id"

@@ -15,7 +15,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -33,6 +33,7 @@ from sagakit.ports import (
     OutboxMessage,
     ParticipantTx,
     QueuedCommand,
+    RetiredKey,
     Timer,
     TimerOpKind,
     Transition,
@@ -81,9 +82,20 @@ class SqliteStore:
             raise StorageError(f"database file not found: {path}")
         if owner and not memory:
             self._lock_file = _take_lock(path)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite")
+        # One connection writes, on its own thread, under an asyncio lock (a participant's
+        # transaction spans awaits); another reads, so a read never sees uncommitted rows.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite-w")
+        self._reader = (
+            self._writer if memory else ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite-r")
+        )
+        self._write_lock: asyncio.Lock | None = None
         try:
-            self._conn = self._executor.submit(self._connect, synchronous).result()
+            self._conn = self._writer.submit(self._connect, synchronous, True).result()
+            self._rconn = (
+                self._conn
+                if memory
+                else self._reader.submit(self._connect, synchronous, False).result()
+            )
         except sqlite3.Error as exc:
             self._release()
             raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
@@ -92,9 +104,11 @@ class SqliteStore:
     def from_url(cls, url: str, **options: Any) -> SqliteStore:
         return cls(sqlite_path(url), **options)
 
-    def _connect(self, synchronous: str) -> sqlite3.Connection:
+    def _connect(self, synchronous: str, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
+        if not writer:
+            return conn
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         schema = resources.files("sagakit.storage").joinpath("sql/sqlite/schema.sql").read_text()
@@ -104,17 +118,30 @@ class SqliteStore:
                     conn.execute(statement)
         return conn
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    def _lock(self) -> asyncio.Lock:
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        return self._write_lock
+
+    async def _run(self, fn: Callable[[], T], *, write: bool = False) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn)
+            return await loop.run_in_executor(self._writer if write else self._reader, fn)
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite error: {exc}") from exc
 
+    async def _write(self, fn: Callable[[], T]) -> T:
+        async with self._lock():
+            return await self._run(fn, write=True)
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self._run(self._conn.close)
-        self._executor.shutdown(wait=True)
+            await self._run(self._conn.close, write=True)
+        if self._rconn is not self._conn:
+            with contextlib.suppress(Exception):
+                await self._run(self._rconn.close)
+            self._reader.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         self._release()
 
     def _release(self) -> None:
@@ -125,7 +152,7 @@ class SqliteStore:
     # -- TransitionStore ------------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> builtins.list[bool]:
-        return await self._run(lambda: self._commit(batch))
+        return await self._write(lambda: self._commit(batch))
 
     def _commit(self, batch: Batch) -> builtins.list[bool]:
         conn = self._conn
@@ -274,10 +301,78 @@ class SqliteStore:
                     (self.worker_id, *_SETTLED, *fingerprints, self.worker_id, limit),
                 ).fetchall()
 
-        return [_instance(r) for r in await self._run(write)]
+        return [_instance(r) for r in await self._write(write)]
 
     async def detach(self) -> None:
         self.worker_id = None
+
+    async def migrate(self) -> builtins.list[int]:
+        """The SQLite schema is created (idempotently) when the file is opened."""
+        return []
+
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Nothing to listen to: only the owning worker writes work to a SQLite file."""
+
+    # -- Retention ------------------------------------------------------------------------
+
+    async def finished_before(self, age: float, limit: int) -> builtins.list[str]:
+        rows = await self._query(
+            "SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')"
+            " AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            (self._clock() - age, limit),
+        )
+        return [cast(str, r[0]) for r in rows]
+
+    async def purge(self, saga_ids: Sequence[str]) -> int:
+        ids = [(i,) for i in saga_ids]
+
+        def write() -> int:
+            with _transaction(self._conn):
+                conn = self._conn
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS sagakit_purge (saga_id TEXT)")
+                conn.execute("DELETE FROM sagakit_purge")
+                conn.executemany("INSERT INTO sagakit_purge VALUES (?)", ids)
+                conn.execute(
+                    "DELETE FROM sagakit_purge WHERE saga_id NOT IN (SELECT saga_id FROM"
+                    " sagakit_instances WHERE status IN ('completed', 'failed'))"
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO sagakit_retired_keys (saga_type, idempotency_key,"
+                    " saga_id, input_digest, retired_at) SELECT saga_type, idempotency_key,"
+                    " saga_id, json_extract(state, '$.input_digest'), ? FROM sagakit_instances"
+                    " WHERE idempotency_key IS NOT NULL AND saga_id IN (SELECT saga_id FROM"
+                    " sagakit_purge)",
+                    (self._clock(),),
+                )
+                for table in ("sagakit_history", "sagakit_timers", "sagakit_instances"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE saga_id IN (SELECT saga_id FROM sagakit_purge)"
+                    )
+                count = conn.execute("SELECT count(*) FROM sagakit_purge").fetchone()[0]
+                return int(count)
+
+        return await self._write(write)
+
+    async def purge_keys(self, age: float) -> int:
+        cutoff = self._clock() - age
+
+        def write() -> int:
+            with _transaction(self._conn):
+                a = self._conn.execute(
+                    "DELETE FROM sagakit_retired_keys WHERE retired_at < ?", (cutoff,)
+                ).rowcount
+                b = self._conn.execute("DELETE FROM sagakit_inbox WHERE at < ?", (cutoff,)).rowcount
+                return int(a + b)
+
+        return await self._write(write)
+
+    async def retired_key(self, saga_type: str, key: str) -> RetiredKey | None:
+        rows = await self._query(
+            "SELECT saga_id, input_digest FROM sagakit_retired_keys"
+            " WHERE saga_type = ? AND idempotency_key = ?",
+            (saga_type, key),
+        )
+        return RetiredKey(cast(str, rows[0][0]), cast(str, rows[0][1])) if rows else None
 
     # -- InstanceQueries ------------------------------------------------------------------
 
@@ -415,7 +510,7 @@ class SqliteStore:
                 )
                 return cast(int, cur.lastrowid)
 
-        return await self._run(write)
+        return await self._write(write)
 
     async def pending_commands(self, limit: int) -> builtins.list[QueuedCommand]:
         rows = await self._query(
@@ -454,57 +549,79 @@ class SqliteStore:
 
     # -- ParticipantStore -----------------------------------------------------------------
 
-    async def transaction(self, fn: Callable[[ParticipantTx], T]) -> T:
-        def run() -> T:
-            with _transaction(self._conn):
-                return fn(_SqliteTx(self._conn, self))
-
-        return await self._run(run)
+    async def transaction(self, fn: Callable[[ParticipantTx], Awaitable[T]]) -> T:
+        async with self._lock():
+            await self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"), write=True)
+            try:
+                result = await fn(_SqliteTx(self))
+            except BaseException:
+                await asyncio.shield(self._run(lambda: self._conn.execute("ROLLBACK"), write=True))
+                raise
+            await self._run(lambda: self._conn.execute("COMMIT"), write=True)
+            return result
 
     # -- helpers --------------------------------------------------------------------------
 
     async def _query(
         self, sql: str, params: Sequence[object] = ()
     ) -> builtins.list[tuple[object, ...]]:
-        return await self._run(lambda: self._conn.execute(sql, params).fetchall())
+        return await self._run(lambda: self._rconn.execute(sql, params).fetchall())
 
 
 class _SqliteTx:
-    def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
-        self._conn = conn
+    dialect = "sqlite"
+
+    def __init__(self, store: SqliteStore) -> None:
         self._store = store
+        self._conn = store._conn
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> builtins.list[tuple[object, ...]]:
-        return self._conn.execute(sql, params).fetchall()
+    async def _do(self, fn: Callable[[], T]) -> T:
+        return await self._store._run(fn, write=True)
 
-    def inbox_get(self, participant: str, key: str) -> bytes | None:
-        row = self._conn.execute(
-            "SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?", (participant, key)
-        ).fetchone()
+    async def execute(
+        self, sql: str, params: Sequence[object] = ()
+    ) -> builtins.list[tuple[object, ...]]:
+        return await self._do(lambda: self._conn.execute(sql, params).fetchall())
+
+    async def inbox_get(self, participant: str, key: str) -> bytes | None:
+        row = await self._do(
+            lambda: self._conn.execute(
+                "SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?",
+                (participant, key),
+            ).fetchone()
+        )
         return bytes(row[0]) if row else None
 
-    def inbox_put(self, participant: str, key: str, reply: bytes) -> None:
-        self._conn.execute(
-            "INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?)",
-            (participant, key, reply, time.time()),
+    async def inbox_put(self, participant: str, key: str, reply: bytes) -> None:
+        await self._do(
+            lambda: self._conn.execute(
+                "INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?)",
+                (participant, key, reply, time.time()),
+            )
         )
 
-    def outbox_put(self, message: OutboxMessage) -> None:
-        self._conn.execute(
-            "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (message.id, message.source, message.destination, message.saga_id, message.body),
+    async def outbox_put(self, message: OutboxMessage) -> None:
+        await self._do(
+            lambda: self._conn.execute(
+                "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (message.id, message.source, message.destination, message.saga_id, message.body),
+            )
         )
 
-    def outbox_done(self, message_ids: Sequence[str]) -> None:
-        self._conn.executemany(
-            "DELETE FROM sagakit_outbox WHERE id = ?", [(i,) for i in message_ids]
+    async def outbox_done(self, message_ids: Sequence[str]) -> None:
+        await self._do(
+            lambda: self._conn.executemany(
+                "DELETE FROM sagakit_outbox WHERE id = ?", [(i,) for i in message_ids]
+            )
         )
 
-    def dead_letter(self, letter: DeadLetter) -> None:
-        self._conn.execute(
-            "INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES (?, ?, ?, ?)",
-            (letter.at, letter.source, letter.reason, letter.body),
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self._do(
+            lambda: self._conn.execute(
+                "INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES (?, ?, ?, ?)",
+                (letter.at, letter.source, letter.reason, letter.body),
+            )
         )
 
 

@@ -15,7 +15,7 @@ Configure from the environment with :func:`crash_plan_from_env` (``SAGAKIT_CRASH
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -78,7 +78,7 @@ class FaultyStore:
         self._plan.end(number)
         return result
 
-    async def transaction(self, fn: Callable[[ParticipantTx], T]) -> T:
+    async def transaction(self, fn: Callable[[ParticipantTx], Awaitable[T]]) -> T:
         number = self._plan.begin("participant")
         result = await self._inner.transaction(fn)
         self._plan.end(number)

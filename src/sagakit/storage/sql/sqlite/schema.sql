@@ -89,4 +89,15 @@ CREATE TABLE IF NOT EXISTS sagakit_inbox (
     PRIMARY KEY (participant, key)
 );
 
+-- Idempotency keys of purged instances, kept so a purge never lets a duplicate start through.
+CREATE TABLE IF NOT EXISTS sagakit_retired_keys (
+    saga_type       TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    saga_id         TEXT NOT NULL,
+    input_digest    TEXT NOT NULL,
+    retired_at      REAL NOT NULL,
+    PRIMARY KEY (saga_type, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS sagakit_inbox_at ON sagakit_inbox (at);
+
 INSERT OR IGNORE INTO sagakit_meta (key, value) VALUES ('schema_version', '1');

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sagakit.app import App
 from sagakit.definition import RetryPolicy, Saga
@@ -133,6 +134,15 @@ async def send_confirmation(tx: ParticipantTx, cmd: Command) -> JSON:
     return None
 
 
+# Participants run in the worker's process here and answer in milliseconds; a few seconds is
+# a generous bound that still lets a lost reply (a worker killed mid-step) be retried quickly.
+_REMOTE: dict[str, Any] = {
+    "timeout": 5.0,
+    "compensation_timeout": 5.0,
+    "retry": RetryPolicy(max_attempts=5, initial_delay=0.2),
+    "compensation_retry": RetryPolicy(max_attempts=10, initial_delay=0.2),
+}
+
 order_saga = (
     Saga("order_fulfillment", version=1, data_type=Order)
     .remote(
@@ -140,24 +150,28 @@ order_saga = (
         participant="inventory",
         command="inventory.reserve",
         compensation="inventory.release",
+        **_REMOTE,
     )
     .remote(
         "process_payment",
         participant="payments",
         command="payment.charge",
         compensation="payment.refund",
+        **_REMOTE,
     )
     .remote(
         "create_shipment",
         participant="shipping",
         command="shipment.create",
         compensation="shipment.cancel",
+        **_REMOTE,
     )
     .remote(
         "send_confirmation",
         participant="notifications",
         command="notification.send",
         kind="retriable",
+        timeout=5.0,
         retry=RetryPolicy(max_attempts=10, initial_delay=0.2),
     )
     .build()

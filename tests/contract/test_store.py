@@ -10,7 +10,9 @@ tests hold for a backend whose clock is the database's and cannot be replaced.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,6 +79,8 @@ class StoreAdapter:
     factory: Callable[[Path], Store]
     persistent: bool
     sql: Callable[[str], str] = same_sql
+    #: Whether the query methods read apart from the writer, seeing only committed rows.
+    isolated_reads: bool = True
 
     async def open(self, tmp_path: Path) -> Store:
         return self.factory(tmp_path)
@@ -88,7 +92,8 @@ class StoreAdapter:
 ADAPTERS = [
     pytest.param(StoreAdapter("sqlite", sqlite_file, persistent=True), id="sqlite"),
     pytest.param(
-        StoreAdapter("sqlite-memory", sqlite_memory, persistent=False), id="sqlite-memory"
+        StoreAdapter("sqlite-memory", sqlite_memory, persistent=False, isolated_reads=False),
+        id="sqlite-memory",
     ),
 ]
 PERSISTENT_ADAPTERS = [p for p in ADAPTERS if p.values[0].persistent]
@@ -883,24 +888,26 @@ class TestParticipantStore:
     async def test_business_sql_inbox_and_outbox_commit_together(
         self, store: Store, adapter: StoreAdapter
     ) -> None:
-        def serve(tx: ParticipantTx) -> str:
-            assert tx.inbox_get("inventory", "s1:reserve:action") is None
+        async def serve(tx: ParticipantTx) -> str:
+            assert await tx.inbox_get("inventory", "s1:reserve:action") is None
             assert (
-                tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("A", 2))
+                await tx.execute(
+                    adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("A", 2)
+                )
                 == []
             )
-            tx.inbox_put("inventory", "s1:reserve:action", b'{"reply": 1}')
-            tx.outbox_put(message("r1", source="inventory", destination="sagakit.replies"))
+            await tx.inbox_put("inventory", "s1:reserve:action", b'{"reply": 1}')
+            await tx.outbox_put(message("r1", source="inventory", destination="sagakit.replies"))
             return "served"
 
         assert await store.transaction(serve) == "served"
 
-        def read(tx: ParticipantTx) -> tuple[object, ...]:
+        async def read(tx: ParticipantTx) -> tuple[object, ...]:
             return (
-                tx.execute(adapter.sql("SELECT sku, qty FROM holds WHERE qty > ?"), (1,)),
-                tx.inbox_get("inventory", "s1:reserve:action"),
-                tx.inbox_get("payment", "s1:reserve:action"),
-                tx.inbox_get("inventory", "s1:reserve:compensation"),
+                await tx.execute(adapter.sql("SELECT sku, qty FROM holds WHERE qty > ?"), (1,)),
+                await tx.inbox_get("inventory", "s1:reserve:action"),
+                await tx.inbox_get("payment", "s1:reserve:action"),
+                await tx.inbox_get("inventory", "s1:reserve:compensation"),
             )
 
         assert await store.transaction(read) == ([("A", 2)], b'{"reply": 1}', None, None)
@@ -914,18 +921,18 @@ class TestParticipantStore:
         class Boom(Exception):
             pass
 
-        def serve(tx: ParticipantTx) -> None:
-            tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("A", 1))
-            tx.inbox_put("inventory", "k", b"reply")
-            tx.outbox_put(message("r1", source="inventory"))
-            tx.dead_letter(DeadLetter("inventory", "why", b"x", at=1.0))
+        async def serve(tx: ParticipantTx) -> None:
+            await tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("A", 1))
+            await tx.inbox_put("inventory", "k", b"reply")
+            await tx.outbox_put(message("r1", source="inventory"))
+            await tx.dead_letter(DeadLetter("inventory", "why", b"x", at=1.0))
+            # The writes took effect inside the transaction: the rollback has work to undo.
+            assert await holds_and_inbox(tx) == ([(1,)], b"reply")
             raise Boom("handler bug")
 
         with pytest.raises(Boom, match="handler bug"):
             await store.transaction(serve)
-        assert await store.transaction(
-            lambda tx: (tx.execute("SELECT count(*) FROM holds"), tx.inbox_get("inventory", "k"))
-        ) == ([(0,)], None)
+        assert await store.transaction(holds_and_inbox) == ([(0,)], None)
         assert await pending_ids(store, "inventory") == []
         assert await store.dead_letters(10) == []
 
@@ -934,26 +941,59 @@ class TestParticipantStore:
     ) -> None:
         await store.transaction(lambda tx: tx.inbox_put("inventory", "k", b"first"))
 
-        def again(tx: ParticipantTx) -> None:
-            tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("B", 1))
-            tx.inbox_put("inventory", "k", b"second")
+        async def again(tx: ParticipantTx) -> None:
+            await tx.execute(adapter.sql("INSERT INTO holds (sku, qty) VALUES (?, ?)"), ("B", 1))
+            await tx.inbox_put("inventory", "k", b"second")
 
         with pytest.raises(StorageError):
             await store.transaction(again)
-        assert await store.transaction(
-            lambda tx: (tx.execute("SELECT count(*) FROM holds"), tx.inbox_get("inventory", "k"))
-        ) == ([(0,)], b"first")
+        assert await store.transaction(holds_and_inbox) == ([(0,)], b"first")
 
     async def test_a_bad_business_statement_is_a_storage_error_and_rolls_back(
         self, store: Store, adapter: StoreAdapter
     ) -> None:
-        def bad(tx: ParticipantTx) -> None:
-            tx.inbox_put("inventory", "k", b"reply")
-            tx.execute("INSERT INTO no_such_table VALUES (1)")
+        async def bad(tx: ParticipantTx) -> None:
+            await tx.inbox_put("inventory", "k", b"reply")
+            await tx.execute("INSERT INTO no_such_table VALUES (1)")
 
         with pytest.raises(StorageError):
             await store.transaction(bad)
         assert await store.transaction(lambda tx: tx.inbox_get("inventory", "k")) is None
+
+    async def test_reads_do_not_see_the_writes_of_an_open_transaction(
+        self, store: Store, adapter: StoreAdapter
+    ) -> None:
+        """The relay's rescan (``pending``) runs while a participant's transaction is open: it
+        must not pick up a reply that may still be rolled back."""
+        if not adapter.isolated_reads:
+            pytest.skip(
+                f"{adapter.name}: reads share the writer's one connection (an in-memory "
+                "database exists only there), so they see its uncommitted rows"
+            )
+        written, read = asyncio.Event(), asyncio.Event()
+
+        async def serve(tx: ParticipantTx) -> None:
+            await tx.outbox_put(message("r1", source="inventory"))
+            await tx.dead_letter(DeadLetter("inventory", "why", b"x", at=1.0))
+            written.set()
+            await read.wait()  # the transaction stays open while the reads run
+
+        serving = asyncio.create_task(store.transaction(serve))
+        try:
+            async with asyncio.timeout(5):
+                await written.wait()
+            assert await store.pending("inventory", 10) == []
+            assert await store.dead_letters(10) == []
+        finally:
+            read.set()
+            await serving
+        assert await pending_ids(store, "inventory") == ["r1"]
+        assert [d.reason for d in await store.dead_letters(10)] == ["why"]
+
+
+async def holds_and_inbox(tx: ParticipantTx) -> tuple[object, ...]:
+    """What a participant transaction sees: the number of holds and the inbox entry of "k"."""
+    return (await tx.execute("SELECT count(*) FROM holds"), await tx.inbox_get("inventory", "k"))
 
 
 # -- durability and opening ---------------------------------------------------------------
@@ -1081,3 +1121,28 @@ class TestSqliteFile:
         # The failed open released its lock: the next owner gets the file.
         path.unlink()
         await SqliteStore(str(path), owner=True).close()
+
+    async def test_a_transaction_cancelled_while_it_begins_leaves_the_store_usable(
+        self, tmp_path: Path
+    ) -> None:
+        """A stopping relay cancels its participant transactions; one cancelled while its BEGIN
+        runs (here: waits for SQLite's write lock) must not leave that BEGIN open behind it."""
+        path = str(tmp_path / "cancel.db")
+        store = SqliteStore(path, owner=True)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock: the store's BEGIN waits
+            begun = asyncio.create_task(
+                store.transaction(lambda tx: tx.inbox_put("inventory", "k", b"r"))
+            )
+            await asyncio.sleep(0.2)  # its BEGIN is running on the store's thread by now
+            begun.cancel()
+            other.execute("ROLLBACK")  # the BEGIN goes through, after the cancellation
+            with pytest.raises(asyncio.CancelledError):
+                await begun
+            assert await store.commit(Batch([insert(make_instance("s1"))])) == [True]
+            assert await store.transaction(lambda tx: tx.inbox_get("inventory", "k")) is None
+            assert await store.get("s1") == make_instance("s1")
+        finally:
+            other.close()
+            await store.close()

@@ -60,9 +60,9 @@ async def catalog(url: str) -> str:
         )
     finally:
         await conn.close()
-    lines = [
-        f"column {r[0]}.{r[1]} {r[2]} nullable={r[3]} default={r[4]}" for r in columns
-    ] + [f"index {r[0]}.{r[1]} {r[2]}" for r in indexes]
+    lines = [f"column {r[0]}.{r[1]} {r[2]} nullable={r[3]} default={r[4]}" for r in columns] + [
+        f"index {r[0]}.{r[1]} {r[2]}" for r in indexes
+    ]
     return "\n".join(sorted(line.replace(f"{schema}.", "") for line in lines)) + "\n"
 
 
@@ -119,8 +119,13 @@ def counting_saga(log: Counter[str], gate: asyncio.Event | None = None) -> Saga[
         log[f"{ctx.saga_id}:undo_second"] += 1
 
     saga.local("first", first, compensation=undo_first)
-    saga.local("second", second, compensation=undo_second, timeout=30,
-               retry=RetryPolicy(max_attempts=2, initial_delay=0.01))
+    saga.local(
+        "second",
+        second,
+        compensation=undo_second,
+        timeout=30,
+        retry=RetryPolicy(max_attempts=2, initial_delay=0.01),
+    )
     return saga
 
 

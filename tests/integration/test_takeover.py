@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sagakit import Client, SagaStatus
-from sagakit.examples.orders import DECLINED_CARD, Order, app, check_ledgers, order_saga
+from sagakit.examples.orders import DECLINED_CARD, Order, check_ledgers, order_saga
 from sagakit.storage.postgres import PostgresStore
 from sagakit.testing import check_invariants
 

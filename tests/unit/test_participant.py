@@ -66,7 +66,7 @@ class ObservedStore:
     async def pending(self, source: str, limit: int) -> list[OutboxMessage]:
         return await self._store.pending(source, limit)
 
-    async def transaction(self, fn: Callable[[ParticipantTx], T]) -> T:
+    async def transaction(self, fn: Callable[[ParticipantTx], Awaitable[T]]) -> T:
         try:
             return await self._store.transaction(fn)
         finally:
@@ -196,10 +196,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     w = World(store, changes, transport, replies, runner)
 
     @inventory.command("inventory.reserve")
-    def reserve(tx: ParticipantTx, cmd: Command) -> object:
+    async def reserve(tx: ParticipantTx, cmd: Command) -> object:
         w.calls["reserve"].append(cmd)
         order_id = cmd.input["order_id"]  # type: ignore[index,call-overload]
-        tx.execute("INSERT INTO holds (order_id) VALUES (?)", (order_id,))
+        await tx.execute("INSERT INTO holds (order_id) VALUES (?)", (order_id,))
         mode = w.mode.pop(0) if len(w.mode) > 1 else w.mode[0]
         if mode == "fail":
             raise StepFailed("out of stock")
@@ -214,9 +214,9 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         return {"hold": f"h-{order_id}"}
 
     @inventory.command("inventory.release")
-    def release(tx: ParticipantTx, cmd: Command) -> object:
+    async def release(tx: ParticipantTx, cmd: Command) -> object:
         w.calls["release"].append(cmd)
-        tx.execute("DELETE FROM holds WHERE order_id = ?", (cmd.input["order_id"],))  # type: ignore[index,call-overload]
+        await tx.execute("DELETE FROM holds WHERE order_id = ?", (cmd.input["order_id"],))  # type: ignore[index,call-overload]
         return {"released": True}
 
     await w.runner.start()
@@ -511,10 +511,41 @@ async def test_a_reply_that_could_not_be_delivered_stays_in_the_outbox_until_it_
     assert len(world.calls["reserve"]) == 1
 
 
+async def _handler(tx: ParticipantTx, cmd: Command) -> object:
+    return None
+
+
+async def _other_handler(tx: ParticipantTx, cmd: Command) -> object:
+    return None
+
+
 def test_a_participant_needs_a_name_and_one_handler_per_command() -> None:
     with pytest.raises(DefinitionError):
         Participant("")
     p = Participant(NAME)
-    p.command("inventory.reserve")(lambda tx, cmd: None)
+    p.command("inventory.reserve")(_handler)
     with pytest.raises(DefinitionError, match=r"duplicate handler for 'inventory\.reserve'"):
-        p.command("inventory.reserve")(lambda tx, cmd: None)
+        p.command("inventory.reserve")(_other_handler)
+    assert p.handlers == {"inventory.reserve": _handler}
+
+
+def test_a_sync_handler_is_refused_when_it_is_registered() -> None:
+    """A handler runs inside the participant's transaction, whose calls are awaited: a plain
+    function could not await them, so it is refused at once rather than at the first command."""
+    p = Participant(NAME)
+
+    def reserve(tx: ParticipantTx, cmd: Command) -> object:
+        return None
+
+    with pytest.raises(
+        DefinitionError,
+        match=r"participant 'inventory': the handler for 'inventory\.reserve' must be an async",
+    ):
+        p.command("inventory.reserve")(reserve)
+    # Even one that returns an awaitable: it is not an ``async def``.
+    with pytest.raises(DefinitionError, match="must be an async function"):
+        p.command("inventory.release")(lambda tx, cmd: tx.execute("SELECT 1"))
+    assert p.handlers == {}
+    # The refusal did not take the command type: an async handler registers for it.
+    p.command("inventory.reserve")(_handler)
+    assert p.handlers == {"inventory.reserve": _handler}

@@ -308,7 +308,7 @@ def remote_app(behaviour: dict[str, Any]) -> tuple[App, Saga[Any], Participant]:
     bank = Participant("bank")
 
     @bank.command("debit")
-    def debit(tx: ParticipantTx, cmd: Command) -> Any:
+    async def debit(tx: ParticipantTx, cmd: Command) -> Any:
         behaviour.setdefault("debits", []).append(cmd.attempt)
         mode = behaviour.get("debit")
         if mode == "fail":
@@ -316,7 +316,7 @@ def remote_app(behaviour: dict[str, Any]) -> tuple[App, Saga[Any], Participant]:
         return {"debited": 5}
 
     @bank.command("credit")
-    def credit(tx: ParticipantTx, cmd: Command) -> Any:
+    async def credit(tx: ParticipantTx, cmd: Command) -> Any:
         behaviour.setdefault("credits", []).append(cmd.payload)
         return None
 

@@ -551,14 +551,21 @@ class SqliteStore:
 
     async def transaction(self, fn: Callable[[ParticipantTx], Awaitable[T]]) -> T:
         async with self._lock():
-            await self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"), write=True)
             try:
+                # BEGIN and COMMIT inside the try: a cancelled await does not stop them on the
+                # thread, and a failed COMMIT leaves the transaction open. Either way it is
+                # rolled back (on the same FIFO thread, so after them) before the lock is freed.
+                await self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"), write=True)
                 result = await fn(_SqliteTx(self))
+                await self._run(lambda: self._conn.execute("COMMIT"), write=True)
             except BaseException:
-                await asyncio.shield(self._run(lambda: self._conn.execute("ROLLBACK"), write=True))
+                await asyncio.shield(self._run(self._rollback, write=True))
                 raise
-            await self._run(lambda: self._conn.execute("COMMIT"), write=True)
             return result
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
@@ -54,3 +54,20 @@ async def pg_url() -> AsyncIterator[str]:
         yield url
     finally:
         await drop_schema(url)
+
+
+@pytest.fixture
+async def pg_schemas() -> AsyncIterator[Callable[[], str]]:
+    """A factory of PostgreSQL URLs, each with a fresh schema; all dropped afterwards."""
+    await require_postgres()
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(new_schema_url(PG_URL))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for url in made:
+            await drop_schema(url)

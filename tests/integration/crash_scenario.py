@@ -30,7 +30,11 @@ async def main(url: str) -> None:
     store = FaultyStore(inner, plan)
     await store.transaction(create_ledgers)
     transport = FaultyTransport(MemoryTransport(), plan)
-    async with Worker(app, store, transport, rescan_interval=0.05, poll_interval=0.05) as worker:
+    # A short lease: on PostgreSQL a restarted worker takes over its dead predecessor's
+    # sagas once that lease has expired.
+    async with Worker(
+        app, store, transport, rescan_interval=0.05, poll_interval=0.05, lease=0.5
+    ) as worker:
         ids = []
         for order in ORDERS:
             handle = await worker.client.start(

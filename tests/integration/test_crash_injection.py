@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,15 +61,25 @@ async def verify(url: str) -> list[str]:
     return problems
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """A fresh database URL per run of the scenario, on each store."""
+    if request.param == "sqlite":
+        return lambda name: f"sqlite:///{tmp_path}/{name}.db"
+    make = request.getfixturevalue("pg_schemas")
+    return lambda name: make()
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_crash_at_every_durable_write(tmp_path: Path, when: str) -> None:
-    clean = run_scenario(f"sqlite:///{tmp_path}/clean.db", None, when)
+def test_crash_at_every_durable_write(new_url: Callable[[str], str], when: str) -> None:
+    clean = run_scenario(new_url("clean"), None, when)
     assert clean.returncode == 0, clean.stderr
     writes = json.loads(clean.stdout)["writes"]
     assert writes > 20  # the scenario really has many durable writes to crash at
     crashed_at = []
     for k in range(1, writes + 10):
-        url = f"sqlite:///{tmp_path}/crash-{when}-{k}.db"
+        url = new_url(f"crash-{when}-{k}")
         first = run_scenario(url, k, when)
         if first.returncode == 0:
             break  # the run needed fewer writes than k this time

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import math
 import types
 import typing
 from typing import Any, TypeAlias, TypeVar, Union, cast
+
+import orjson
 
 from sagakit.errors import EncodingError
 
@@ -28,6 +29,8 @@ def to_json(value: object, *, path: str = "value") -> JSON:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise EncodingError(f"{path}: the integer {value} does not fit in 64 bits")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -95,9 +98,14 @@ def _build(value: JSON, into: Any) -> Any:
 
 def dumps(value: JSON) -> str:
     """Compact, key-sorted JSON text for a JSON value (deterministic for fingerprints)."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def dump_bytes(value: JSON) -> bytes:
+    """Compact JSON as UTF-8 bytes, keys in insertion order (the wire format)."""
+    return orjson.dumps(value)
 
 
 def loads(text: str | bytes) -> JSON:
-    """Parse JSON text; raises ValueError on malformed input."""
-    return cast(JSON, json.loads(text))
+    """Parse JSON text; raises ValueError on malformed input (orjson.JSONDecodeError is one)."""
+    return cast(JSON, orjson.loads(text))

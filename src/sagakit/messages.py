@@ -18,12 +18,11 @@ True
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import Final, cast
 
 from sagakit.definition import Phase
-from sagakit.encoding import JSON
+from sagakit.encoding import JSON, dump_bytes, loads
 from sagakit.errors import MessageRejected
 from sagakit.transitions import Outcome
 
@@ -116,7 +115,7 @@ def to_dict(env: Envelope) -> dict[str, JSON]:
 
 
 def encode(env: Envelope) -> bytes:
-    return json.dumps(to_dict(env), separators=(",", ":"), ensure_ascii=False).encode()
+    return dump_bytes(to_dict(env))
 
 
 def decode(body: bytes) -> Envelope:
@@ -124,7 +123,7 @@ def decode(body: bytes) -> Envelope:
     if len(body) > MAX_MESSAGE_BYTES:
         raise MessageRejected(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        raw = json.loads(body)
+        raw: object = loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageRejected(f"malformed JSON: {exc}") from exc
     if not isinstance(raw, dict):

@@ -84,6 +84,8 @@ class Participant:
         own tables there (idempotently), so a fresh database works with any worker."""
         if not name:
             raise DefinitionError("a participant needs a name")
+        if setup is not None and not inspect.iscoroutinefunction(setup):
+            raise DefinitionError(f"participant {name!r}: setup must be an async function")
         self.name = name
         self.setup = setup
         self.handlers: dict[str, CommandHandler] = {}

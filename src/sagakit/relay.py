@@ -10,7 +10,6 @@ consumers absorb through their inbox or the state machine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -53,9 +52,7 @@ class Relay:
         tasks = [*self._tasks, *([self._rescan_task] if self._rescan_task else [])]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     def send(self, messages: Iterable[OutboxMessage]) -> None:

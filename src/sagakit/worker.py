@@ -242,9 +242,8 @@ class Worker:
         await self._relay.stop()
         for runner in self._participants:
             await runner.stop()
-        for task in [*self._tasks, *self._local_tasks]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather, not a suppressing loop: a cancellation of stop() itself must propagate.
+        await asyncio.gather(*self._tasks, *self._local_tasks, return_exceptions=True)
         if self._committer is not None:
             self._queue.put_nowait(_Item("", source="stop"))
             with contextlib.suppress(asyncio.CancelledError):
@@ -296,7 +295,8 @@ class Worker:
                 raise SagaNotFound(f"no saga instance {saga_id}")
             if instance.status.settled:
                 return instance
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             watchers = self._watchers.get(saga_id, [])
             if future in watchers:
@@ -722,26 +722,36 @@ class Worker:
         task.add_done_callback(functools.partial(_discard, self._local_in_flight, key))
 
     async def _run_local(self, saga_id: str, dispatch: Dispatch) -> None:
-        try:
-            instance = self._cache.get(saga_id) or await self.store.get(saga_id)
-            if instance is None:
+        instance = self._cache.get(saga_id) or await self.store.get(saga_id)
+        if instance is None or instance.owner != self.worker_id:
+            return
+        definition = self.app.definition(instance.saga_type, instance.version)
+        if definition is None or definition.fingerprint != instance.fingerprint:
+            return
+        step = definition.step(dispatch.step)
+        handler = step.handler(dispatch.phase)
+        assert isinstance(handler, Local)
+        reply = await self._call_local(
+            handler, instance, definition, dispatch, step.timeout_for(dispatch.phase)
+        )
+        # The answer must reach the store: a failed commit is retried, so the step is never
+        # left "running" with its answer lost. A conflict means another worker owns the
+        # instance now and runs the step itself.
+        while self._running:
+            try:
+                await self._submit(_Item(saga_id, event=reply))
                 return
-            definition = self.app.definition(instance.saga_type, instance.version)
-            if definition is None or definition.fingerprint != instance.fingerprint:
+            except (ConcurrencyConflict, DefinitionMissing, SagaNotFound):
                 return
-            step = definition.step(dispatch.step)
-            handler = step.handler(dispatch.phase)
-            assert isinstance(handler, Local)
-            reply = await self._call_local(
-                handler, instance, definition, dispatch, step.timeout_for(dispatch.phase)
-            )
-            await self._submit(_Item(saga_id, event=reply))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the reply could not be committed: run again later
-            log.warning(
-                "local step %s of %s: %s", dispatch.step, saga_id, exc, extra={"saga_id": saga_id}
-            )
+            except StorageError as exc:
+                log.warning(
+                    "answer of local step %s of %s not committed, retrying: %s",
+                    dispatch.step,
+                    saga_id,
+                    exc,
+                    extra={"saga_id": saga_id},
+                )
+                await asyncio.sleep(0.5)
 
     async def _take_over(self) -> int:
         """Claim the instances no live worker owns and pick up where their owner stopped."""
@@ -889,7 +899,10 @@ class Worker:
                 waiting = self._poll_interval
             self._timer_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_wake.wait(), waiting)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the event is set, and then stop() would wait forever.
+                async with asyncio.timeout(waiting):
+                    await self._timer_wake.wait()
 
     async def _fire_due_timers(self) -> float:
         for timer in await self.store.due(1000):
@@ -917,7 +930,8 @@ class Worker:
                 log.warning("command scan failed: %s", exc)
             self._command_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._command_wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._command_wake.wait()
 
     def _submit_command(self, command: QueuedCommand) -> None:
         if command.id in self._commands_in_flight or command.saga_id in self._orphans:

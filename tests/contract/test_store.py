@@ -1097,7 +1097,7 @@ class TestSqliteFile:
     @pytest.mark.parametrize(
         "url",
         [
-            "postgresql://localhost/db",
+            "redis://localhost/0",
             "mysql://x",
             "sqlite://relative.db",
             "sqlite:///",

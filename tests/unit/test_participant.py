@@ -541,7 +541,7 @@ def test_a_sync_handler_is_refused_when_it_is_registered() -> None:
         DefinitionError,
         match=r"participant 'inventory': the handler for 'inventory\.reserve' must be an async",
     ):
-        p.command("inventory.reserve")(reserve)
+        p.command("inventory.reserve")(reserve)  # type: ignore[arg-type]
     # Even one that returns an awaitable: it is not an ``async def``.
     with pytest.raises(DefinitionError, match="must be an async function"):
         p.command("inventory.release")(lambda tx, cmd: tx.execute("SELECT 1"))

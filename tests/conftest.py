@@ -71,3 +71,9 @@ async def pg_schemas() -> AsyncIterator[Callable[[], str]]:
     finally:
         for url in made:
             await drop_schema(url)
+
+
+@pytest.fixture
+async def postgres_available() -> None:
+    """Skips (or, under CI=true, fails) the test when PostgreSQL is unreachable."""
+    await require_postgres()

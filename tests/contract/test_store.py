@@ -11,12 +11,14 @@ tests hold for a backend whose clock is the database's and cannot be replaced.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from sagakit.definition import Phase
@@ -47,8 +49,10 @@ from sagakit.state import (
     StepState,
     StepStatus,
 )
-from sagakit.storage import SqliteStore, open_store
+from sagakit.storage import PostgresStore, SqliteStore, open_store
 from sagakit.transitions import TimerKind
+
+PG_URL = os.environ.get("SAGAKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 # -- adapters -----------------------------------------------------------------------------
 
@@ -59,6 +63,32 @@ def sqlite_file(tmp_path: Path) -> Store:
 
 def sqlite_memory(tmp_path: Path) -> Store:
     return SqliteStore(":memory:")
+
+
+_PG_SCHEMAS: set[str] = set()
+
+
+def postgres(tmp_path: Path) -> Store:
+    """The database of ``tmp_path``: a schema named after it, so reopening finds it again."""
+    schema = "c_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+    _PG_SCHEMAS.add(schema)
+    return PostgresStore(f"{PG_URL}?schema={schema}", owner=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_contract_schemas() -> Iterator[None]:
+    yield
+    if _PG_SCHEMAS:
+        asyncio.run(_drop(sorted(_PG_SCHEMAS)))
+
+
+async def _drop(schemas: list[str]) -> None:
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 def same_sql(text: str) -> str:
@@ -86,11 +116,10 @@ class StoreAdapter:
         return self.factory(tmp_path)
 
 
-# One line per backend. PostgreSQL, for example:
-#   pytest.param(StoreAdapter("postgresql", postgres_store, persistent=True),
-#                id="postgresql", marks=pytest.mark.postgresql),
+# One line per backend.
 ADAPTERS = [
     pytest.param(StoreAdapter("sqlite", sqlite_file, persistent=True), id="sqlite"),
+    pytest.param(StoreAdapter("postgresql", postgres, persistent=True), id="postgresql"),
     pytest.param(
         StoreAdapter("sqlite-memory", sqlite_memory, persistent=False, isolated_reads=False),
         id="sqlite-memory",
@@ -101,7 +130,10 @@ PERSISTENT_ADAPTERS = [p for p in ADAPTERS if p.values[0].persistent]
 
 @pytest.fixture(params=ADAPTERS)
 def adapter(request: pytest.FixtureRequest) -> StoreAdapter:
-    return request.param  # type: ignore[no-any-return]
+    chosen: StoreAdapter = request.param
+    if chosen.name == "postgresql":
+        request.getfixturevalue("postgres_available")
+    return chosen
 
 
 @pytest.fixture

@@ -219,30 +219,39 @@ class PostgresStore:
 
     async def _commit(self, conn: _Conn, batch: Batch) -> builtins.list[bool]:
         transitions = batch.transitions
-        inserts = [t for t in transitions if t.instance and t.expected_revision is None]
-        updates = [t for t in transitions if t.instance and t.expected_revision is not None]
-        written: set[str] = set()
-        if inserts:
-            rows = await conn.fetch(
-                "INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,"
-                " correlation_id, idempotency_key, created_at, updated_at, revision, state, owner)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],"
-                " $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[],"
-                " $12::text[]) ON CONFLICT DO NOTHING RETURNING saga_id",
-                *_columns([_insert_row(cast(SagaInstance, t.instance)) for t in inserts], 12),
-            )
-            written.update(r[0] for r in rows)
-        if updates:
-            rows = await conn.fetch(
-                "UPDATE sagakit_instances AS i SET status = v.status, updated_at = v.updated_at,"
-                " revision = v.revision, state = v.state FROM unnest($1::text[], $2::bigint[],"
-                " $3::text[], $4::float8[], $5::bigint[], $6::text[]) AS v(saga_id, expected,"
-                " status, updated_at, revision, state)"
-                " WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id",
-                *_columns([_update_row(t) for t in updates], 6),
-            )
-            written.update(r[0] for r in rows)
-        results = [t.instance is None or t.saga_id in written for t in transitions]
+        results = [t.instance is None for t in transitions]
+        # One statement per round; a saga that appears twice in a batch goes in two rounds,
+        # so its second transition is checked against what its first one wrote.
+        for round_ in _rounds(transitions):
+            inserts = [i for i in round_ if transitions[i].expected_revision is None]
+            updates = [i for i in round_ if transitions[i].expected_revision is not None]
+            written: set[str] = set()
+            if inserts:
+                rows = await conn.fetch(
+                    "INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint,"
+                    " status, correlation_id, idempotency_key, created_at, updated_at, revision,"
+                    " state, owner) SELECT * FROM unnest($1::text[], $2::text[], $3::int[],"
+                    " $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[],"
+                    " $9::float8[], $10::bigint[], $11::text[], $12::text[])"
+                    " ON CONFLICT DO NOTHING RETURNING saga_id",
+                    *_columns(
+                        [_insert_row(cast(SagaInstance, transitions[i].instance)) for i in inserts],
+                        12,
+                    ),
+                )
+                written.update(r[0] for r in rows)
+            if updates:
+                rows = await conn.fetch(
+                    "UPDATE sagakit_instances AS i SET status = v.status, updated_at ="
+                    " v.updated_at, revision = v.revision, state = v.state FROM unnest($1::text[],"
+                    " $2::bigint[], $3::text[], $4::float8[], $5::bigint[], $6::text[])"
+                    " AS v(saga_id, expected, status, updated_at, revision, state)"
+                    " WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id",
+                    *_columns([_update_row(transitions[i]) for i in updates], 6),
+                )
+                written.update(r[0] for r in rows)
+            for i in round_:
+                results[i] = transitions[i].saga_id in written
         ok = [t for t, good in zip(transitions, results, strict=True) if good]
         await self._side_records(conn, batch, ok)
         return results
@@ -544,8 +553,9 @@ class PostgresStore:
     async def due(self, limit: int) -> builtins.list[Timer]:
         rows = await self._fetch(
             "SELECT t.saga_id, t.name, t.kind, t.step, t.phase, t.attempt, t.due_at"
-            " FROM sagakit_timers AS t JOIN sagakit_instances AS i ON i.saga_id = t.saga_id"
-            f" WHERE t.due_at <= {_NOW} AND ($1::text IS NULL OR i.owner = $1)"
+            " FROM sagakit_timers AS t LEFT JOIN sagakit_instances AS i ON i.saga_id = t.saga_id"
+            f" WHERE t.due_at <= {_NOW}"
+            " AND ($1::text IS NULL OR i.owner = $1 OR i.saga_id IS NULL)"
             " ORDER BY t.due_at LIMIT $2",
             self.worker_id,
             limit,
@@ -554,8 +564,9 @@ class PostgresStore:
 
     async def next_due(self) -> float | None:
         rows = await self._fetch(
-            "SELECT min(t.due_at) FROM sagakit_timers AS t JOIN sagakit_instances AS i"
-            " ON i.saga_id = t.saga_id WHERE ($1::text IS NULL OR i.owner = $1)",
+            "SELECT min(t.due_at) FROM sagakit_timers AS t LEFT JOIN sagakit_instances AS i"
+            " ON i.saga_id = t.saga_id"
+            " WHERE ($1::text IS NULL OR i.owner = $1 OR i.saga_id IS NULL)",
             self.worker_id,
         )
         return cast("float | None", rows[0][0]) if rows else None
@@ -722,6 +733,22 @@ def qmark_to_dollar(sql: str) -> str:
             continue
         out.append(char)
     return "".join(out)
+
+
+def _rounds(transitions: Sequence[Transition]) -> builtins.list[builtins.list[int]]:
+    """Indexes of the transitions that write an instance, grouped so that no round names a
+    saga twice; a saga's k-th transition is in round k."""
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for i, t in enumerate(transitions):
+        if t.instance is None:
+            continue
+        k = seen.get(t.saga_id, 0)
+        seen[t.saga_id] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(i)
+    return rounds
 
 
 def _columns(rows: Sequence[Sequence[object]], width: int) -> builtins.list[builtins.list[object]]:

@@ -212,10 +212,53 @@ class PostgresStore:
     async def commit(self, batch: Batch) -> builtins.list[bool]:
         pool = await self._ready()
         try:
+            ids = [t.saga_id for t in batch.transitions]
+            if len(set(ids)) == len(ids):
+                # The usual batch (one transition per instance): one statement, one round trip.
+                return await self._commit_at_once(pool, batch)
             async with pool.acquire() as conn, conn.transaction():
                 return await self._commit(conn, batch)
         except asyncpg.PostgresError as exc:
             raise StorageError(f"PostgreSQL error: {exc}") from exc
+
+    async def _commit_at_once(self, pool: asyncpg.Pool, batch: Batch) -> builtins.list[bool]:
+        transitions = batch.transitions
+        inserts = [t for t in transitions if t.instance and t.expected_revision is None]
+        updates = [t for t in transitions if t.instance and t.expected_revision is not None]
+        side_only = [t.saga_id for t in transitions if t.instance is None]
+        every = transitions  # side records are filtered in SQL to the transitions that wrote
+        history = [_history_row(t.saga_id, e) for t in every for e in t.history]
+        outbox = [
+            (m.id, m.source, m.destination, m.saga_id, m.body, self.worker_id, t.saga_id)
+            for t in every
+            for m in t.outbox
+        ]
+        clear, names, fired, upserts = _timer_changes(every)
+        consumed = [(t.saga_id, i) for t in every for i in t.consumed]
+        commands = [(c.id, c.state.value, c.error, None) for c in batch.commands] + [
+            (c.id, c.state.value, c.error, t.saga_id) for t in every for c in t.commands
+        ]
+        letters = batch.dead_letters
+        rows = await pool.fetch(
+            _COMMIT_AT_ONCE,
+            *_columns([_insert_row(cast(SagaInstance, t.instance)) for t in inserts], 12),
+            *_columns([_update_row(t) for t in updates], 6),
+            side_only,
+            *_columns(history, 7),
+            *_columns(outbox, 7),
+            clear,
+            *_columns(names, 2),
+            *_columns(fired, 5),
+            *_columns(upserts, 8),
+            list(batch.outbox_done),
+            *_columns(consumed, 2),
+            *_columns(commands, 4),
+            [d.source for d in letters],
+            [d.reason for d in letters],
+            [d.body for d in letters],
+        )
+        written = {r[0] for r in rows}
+        return [t.instance is None or t.saga_id in written for t in transitions]
 
     async def _commit(self, conn: _Conn, batch: Batch) -> builtins.list[bool]:
         transitions = batch.transitions
@@ -302,41 +345,16 @@ class PostgresStore:
 
     @staticmethod
     async def _timers(conn: _Conn, ok: builtins.list[Transition]) -> None:
-        # Each transition's timer operations are ordered; collapsed per instance they become
-        # four set-based statements: clear, delete by name, delete exact fired, upsert.
-        clear: list[str] = []
-        names: list[tuple[str, str]] = []
-        fired: list[tuple[str, str, float, int]] = []
-        upserts: list[tuple[object, ...]] = []
-        for t in ok:
-            if not t.timer_ops:
-                continue
-            cleared = False
-            deleted: set[str] = set()
-            exact: list[Timer] = []
-            latest: dict[str, Timer] = {}
-            for op in t.timer_ops:
-                if op.kind is TimerOpKind.SET and op.timer is not None:
-                    latest[op.timer.name] = op.timer
-                    deleted.discard(op.timer.name)
-                elif op.kind is TimerOpKind.CANCEL and op.names is None:
-                    cleared, deleted, exact, latest = True, set(), [], {}
-                elif op.kind is TimerOpKind.CANCEL and op.names is not None:
-                    for name in op.names:
-                        latest.pop(name, None)
-                        deleted.add(name)
-                elif op.kind is TimerOpKind.FIRED and op.timer is not None:
-                    exact.append(op.timer)
-            if cleared:
-                clear.append(t.saga_id)
-            names.extend((t.saga_id, n) for n in deleted)
-            fired.extend((x.saga_id, x.name, x.due_at, x.attempt) for x in exact)
-            upserts.extend(
-                (x.saga_id, x.name, x.kind.value, x.step, x.phase.value, x.attempt, x.due_at)
-                for x in latest.values()
-            )
+        clear, names, fired, upserts = _timer_changes(ok)
         if clear:
-            await conn.execute("DELETE FROM sagakit_timers WHERE saga_id = ANY($1::text[])", clear)
+            await conn.execute(
+                "DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($1::text[])"
+                " AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS u(saga_id,"
+                " name) WHERE u.saga_id = t.saga_id AND u.name = t.name)",
+                clear,
+                [u[0] for u in upserts],
+                [u[1] for u in upserts],
+            )
         if names:
             await conn.execute(
                 "DELETE FROM sagakit_timers AS t USING unnest($1::text[], $2::text[])"
@@ -733,6 +751,127 @@ def qmark_to_dollar(sql: str) -> str:
             continue
         out.append(char)
     return "".join(out)
+
+
+_TimerChanges = tuple[
+    builtins.list[str],
+    builtins.list[tuple[str, str]],
+    builtins.list[tuple[str, str, float, int, str]],
+    builtins.list[tuple[object, ...]],
+]
+
+
+def _timer_changes(transitions: Sequence[Transition]) -> _TimerChanges:
+    """Each transition's ordered timer operations, collapsed per instance into: instances to
+    clear, timers to delete by name, fired timers to delete exactly, and timers to upsert —
+    with no timer both deleted and upserted, so they can run as one statement."""
+    clear: list[str] = []
+    names: list[tuple[str, str]] = []
+    fired: list[tuple[str, str, float, int, str]] = []
+    upserts: list[tuple[object, ...]] = []
+    for t in transitions:
+        if not t.timer_ops:
+            continue
+        cleared = False
+        deleted: set[str] = set()
+        exact: list[Timer] = []
+        latest: dict[str, Timer] = {}
+        for op in t.timer_ops:
+            if op.kind is TimerOpKind.SET and op.timer is not None:
+                latest[op.timer.name] = op.timer
+                deleted.discard(op.timer.name)
+            elif op.kind is TimerOpKind.CANCEL and op.names is None:
+                cleared, deleted, exact, latest = True, set(), [], {}
+            elif op.kind is TimerOpKind.CANCEL and op.names is not None:
+                for name in op.names:
+                    latest.pop(name, None)
+                    deleted.add(name)
+            elif op.kind is TimerOpKind.FIRED and op.timer is not None:
+                exact.append(op.timer)
+        if cleared:
+            clear.append(t.saga_id)
+        names.extend((t.saga_id, n) for n in deleted)
+        # A timer set again replaces the row anyway: never delete what is upserted.
+        fired.extend(
+            (x.saga_id, x.name, x.due_at, x.attempt, t.saga_id)
+            for x in exact
+            if x.name not in latest
+        )
+        upserts.extend(
+            (x.saga_id, x.name, x.kind.value, x.step, x.phase.value, x.attempt, x.due_at, t.saga_id)
+            for x in latest.values()
+        )
+    return clear, names, fired, upserts
+
+
+_OK = "(SELECT saga_id FROM ok)"
+#: One batch in one statement: data-modifying CTEs run in one implicit transaction. Side
+#: records are kept only for transitions whose instance write passed its revision check
+#: (``ok``); the timer deletes never touch a timer that is upserted, so no row is modified twice.
+_COMMIT_AT_ONCE = f"""
+WITH ins AS (
+    INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,
+        correlation_id, idempotency_key, created_at, updated_at, revision, state, owner)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+        $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[],
+        $12::text[])
+    ON CONFLICT DO NOTHING RETURNING saga_id
+), upd AS (
+    UPDATE sagakit_instances AS i SET status = v.status, updated_at = v.updated_at,
+        revision = v.revision, state = v.state
+    FROM unnest($13::text[], $14::bigint[], $15::text[], $16::float8[], $17::bigint[],
+        $18::text[]) AS v(saga_id, expected, status, updated_at, revision, state)
+    WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id
+), ok AS (
+    SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd
+    UNION ALL SELECT unnest($19::text[])
+), hist AS (
+    INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT * FROM unnest($20::text[], $21::float8[], $22::text[], $23::text[], $24::text[],
+        $25::int[], $26::text[]) AS h(saga_id, at, kind, step, phase, attempt, detail)
+    WHERE h.saga_id IN {_OK}
+), obx AS (
+    INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)
+    SELECT o.id, o.source, o.destination, o.saga_id, o.body, o.owner
+    FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bytea[], $32::text[],
+        $33::text[]) AS o(id, source, destination, saga_id, body, owner, tsaga)
+    WHERE o.tsaga IN {_OK}
+    ON CONFLICT (id) DO NOTHING
+), tclr AS (
+    DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($34::text[]) AND t.saga_id IN {_OK}
+    AND NOT EXISTS (SELECT 1 FROM unnest($42::text[], $43::text[]) AS u(saga_id, name)
+        WHERE u.saga_id = t.saga_id AND u.name = t.name)
+), tdel AS (
+    DELETE FROM sagakit_timers AS t USING unnest($35::text[], $36::text[]) AS v(saga_id, name)
+    WHERE t.saga_id = v.saga_id AND t.name = v.name AND v.saga_id IN {_OK}
+), tfir AS (
+    DELETE FROM sagakit_timers AS t USING unnest($37::text[], $38::text[], $39::float8[],
+        $40::int[], $41::text[]) AS v(saga_id, name, due_at, attempt, tsaga)
+    WHERE t.saga_id = v.saga_id AND t.name = v.name AND t.due_at = v.due_at
+        AND t.attempt = v.attempt AND v.tsaga IN {_OK}
+), tset AS (
+    INSERT INTO sagakit_timers (saga_id, name, kind, step, phase, attempt, due_at)
+    SELECT v.saga_id, v.name, v.kind, v.step, v.phase, v.attempt, v.due_at
+    FROM unnest($42::text[], $43::text[], $44::text[], $45::text[], $46::text[], $47::int[],
+        $48::float8[], $49::text[]) AS v(saga_id, name, kind, step, phase, attempt, due_at, tsaga)
+    WHERE v.tsaga IN {_OK}
+    ON CONFLICT (saga_id, name) DO UPDATE SET kind = excluded.kind, step = excluded.step,
+        phase = excluded.phase, attempt = excluded.attempt, due_at = excluded.due_at
+), cons AS (
+    DELETE FROM sagakit_outbox WHERE id = ANY($50::text[]) OR id IN (
+        SELECT c.id FROM unnest($51::text[], $52::text[]) AS c(saga_id, id)
+        WHERE c.saga_id IN {_OK})
+), cmd AS (
+    UPDATE sagakit_commands AS c SET state = v.state, error = v.error, applied_at = {_NOW}
+    FROM unnest($53::bigint[], $54::text[], $55::text[], $56::text[])
+        AS v(id, state, error, saga_id)
+    WHERE c.id = v.id AND (v.saga_id IS NULL OR v.saga_id IN {_OK})
+), dl AS (
+    INSERT INTO sagakit_dead_letters (at, source, reason, body)
+    SELECT {_NOW}, * FROM unnest($57::text[], $58::text[], $59::bytea[])
+)
+SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd
+"""
 
 
 def _rounds(transitions: Sequence[Transition]) -> builtins.list[builtins.list[int]]:

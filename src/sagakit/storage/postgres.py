@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import os
 import re
 import socket
@@ -108,6 +109,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
         self._listener: asyncpg.Connection | None = None
+        self._commit_conn: asyncpg.pool.PoolConnectionProxy | None = None
         self.worker_id: str | None = None
         self._lease = 10.0
 
@@ -187,6 +189,8 @@ class PostgresStore:
         return applied
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._drop_commit_connection(self._pool)
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -214,14 +218,31 @@ class PostgresStore:
         try:
             ids = [t.saga_id for t in batch.transitions]
             if len(set(ids)) == len(ids):
-                # The usual batch (one transition per instance): one statement, one round trip.
-                return await self._commit_at_once(pool, batch)
+                # The usual batch (one transition per instance): one statement, one round trip,
+                # on a connection kept for commits (no pool hand-off on the hot path).
+                conn = await self._commit_connection(pool)
+                try:
+                    return await self._commit_at_once(conn, batch)
+                except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
+                    await self._drop_commit_connection(pool)
+                    raise StorageError(f"PostgreSQL connection lost during commit: {exc}") from exc
             async with pool.acquire() as conn, conn.transaction():
                 return await self._commit(conn, batch)
         except asyncpg.PostgresError as exc:
             raise StorageError(f"PostgreSQL error: {exc}") from exc
 
-    async def _commit_at_once(self, pool: asyncpg.Pool, batch: Batch) -> builtins.list[bool]:
+    async def _commit_connection(self, pool: asyncpg.Pool) -> asyncpg.pool.PoolConnectionProxy:
+        if self._commit_conn is None:
+            self._commit_conn = await pool.acquire()
+        return self._commit_conn
+
+    async def _drop_commit_connection(self, pool: asyncpg.Pool) -> None:
+        conn, self._commit_conn = self._commit_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await pool.release(conn)
+
+    async def _commit_at_once(self, conn: _Conn, batch: Batch) -> builtins.list[bool]:
         transitions = batch.transitions
         inserts = [t for t in transitions if t.instance and t.expected_revision is None]
         updates = [t for t in transitions if t.instance and t.expected_revision is not None]
@@ -239,7 +260,7 @@ class PostgresStore:
             (c.id, c.state.value, c.error, t.saga_id) for t in every for c in t.commands
         ]
         letters = batch.dead_letters
-        rows = await pool.fetch(
+        rows = await conn.fetch(
             _COMMIT_AT_ONCE,
             *_columns([_insert_row(cast(SagaInstance, t.instance)) for t in inserts], 12),
             *_columns([_update_row(t) for t in updates], 6),

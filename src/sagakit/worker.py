@@ -133,6 +133,19 @@ class _Work:
         self.transition = Transition(self.saga_id)
 
 
+@dataclass
+class _Prepared:
+    """A decided batch, waiting for its commit."""
+
+    batch: Batch
+    order: list[_Work]
+    done: list[tuple[str, asyncio.Future[object]]]
+    loose: list[_Item]
+
+    def items(self) -> list[_Item]:
+        return [*self.loose, *(item for work in self.order for item in work.items)]
+
+
 _FLUSH = _Item("")  # wakes the committer to write pending "outbox done" marks
 
 
@@ -175,6 +188,9 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._cache: dict[str, SagaInstance] = {}
+        # Decided, not yet committed (the batch in flight): read before the cache.
+        self._staged: dict[str, SagaInstance] = {}
+        self._staged_keys: dict[tuple[str, str], SagaInstance] = {}
         self._watchers: dict[str, list[asyncio.Future[SagaInstance]]] = {}
         self._done_pending: list[tuple[str, asyncio.Future[object]]] = []
         self._timers_in_flight: set[tuple[str, str, float]] = set()
@@ -328,28 +344,37 @@ class Worker:
     # -- the committer --------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        while True:
-            item = await self._queue.get()
-            items = [item]
-            while len(items) < self._max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            stop = any(i.source == "stop" for i in items)
-            items = [i for i in items if i.source != "stop"]
-            try:
-                await self._process(items)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a store failure: sources retry, nothing is lost
-                log.error("commit of %d event(s) failed: %s", len(items), exc)
-                for i in items:
-                    if i.future is not None and not i.future.done():
-                        i.future.set_exception(exc)
-                    self._cache.pop(i.saga_id, None)
-                await asyncio.sleep(0.05)
-            if stop:
-                return
+        # Pipelined: batch N+1 is decided while batch N's commit is in flight (against the
+        # states N wrote, held in self._staged). N+1 commits only after N, and its effects
+        # act only after its own commit; if N fails, N+1's revision checks fail with it.
+        in_flight: asyncio.Task[None] | None = None
+        try:
+            while True:
+                item = await self._queue.get()
+                items = [item]
+                while len(items) < self._max_batch and not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                stop = any(i.source == "stop" for i in items)
+                items = [i for i in items if i.source != "stop"]
+                try:
+                    prepared = await self._prepare(items)
+                except Exception as exc:  # a read failed: the sources retry, nothing is lost
+                    self._failed(items, [], exc)
+                    prepared = None
+                if in_flight is not None:
+                    await in_flight
+                    in_flight = None
+                if prepared is not None:
+                    in_flight = asyncio.create_task(self._finish(prepared))
+                if stop:
+                    if in_flight is not None:
+                        await in_flight
+                    return
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
 
-    async def _process(self, items: list[_Item]) -> None:
+    async def _prepare(self, items: list[_Item]) -> _Prepared:
         now = self._clock()
         works: dict[str, _Work] = {}
         batch = Batch()
@@ -363,7 +388,7 @@ class Worker:
                 continue
             work = works.get(item.saga_id)
             if work is None:
-                instance = self._cache.get(item.saga_id)
+                instance = self._staged.get(item.saga_id) or self._cache.get(item.saga_id)
                 if instance is None and item.start is None:
                     instance = await self.store.get(item.saga_id)
                 work = _Work(item.saga_id, instance, instance.revision if instance else None)
@@ -390,30 +415,65 @@ class Worker:
                 work.instance = evolve(work.instance, revision=revision)
                 work.transition.instance = work.instance
                 work.transition.expected_revision = work.expected
+                self._staged[work.saga_id] = work.instance
+                key = work.instance.idempotency_key
+                if work.expected is None and key is not None:
+                    self._staged_keys[(work.instance.saga_type, key)] = work.instance
             order.append(work)
             batch.transitions.append(work.transition)
+        return _Prepared(batch, order, done, loose)
+
+    async def _finish(self, prepared: _Prepared) -> None:
         try:
-            results = await self.store.commit(batch)
-        except BaseException as exc:
-            for _, future in done:
-                if not future.done():
-                    future.set_exception(
-                        exc if isinstance(exc, Exception) else StorageError("stopped")
-                    )
+            results = await self.store.commit(prepared.batch)
+        except asyncio.CancelledError:
+            self._failed(prepared.items(), prepared.done, StorageError("the worker stopped"))
             raise
+        except Exception as exc:  # a store failure: the sources retry, nothing is lost
+            log.error("commit of %d transition(s) failed: %s", len(prepared.order), exc)
+            self._failed(prepared.items(), prepared.done, exc)
+            for work in prepared.order:
+                self._unstage(work)
+            await asyncio.sleep(0.05)
+            return
         self.commits += 1
-        for _, future in done:
+        for _, future in prepared.done:
             if not future.done():
                 future.set_result(None)
-        for item in loose:
+        for item in prepared.loose:
             if item.future is not None and not item.future.done():
                 item.future.set_result(None)
-        self._after_commit(order, results)
+        self._after_commit(prepared.order, results)
+
+    def _failed(
+        self,
+        items: list[_Item],
+        done: list[tuple[str, asyncio.Future[object]]],
+        exc: Exception,
+    ) -> None:
+        for item in items:
+            if item.future is not None and not item.future.done():
+                item.future.set_exception(exc)
+            self._cache.pop(item.saga_id, None)
+        for _, future in done:
+            if not future.done():
+                future.set_exception(exc)
+
+    def _unstage(self, work: _Work) -> None:
+        """Forget what ``work`` staged, unless a later batch staged something newer."""
+        instance = work.instance
+        if instance is not None and self._staged.get(work.saga_id) is instance:
+            del self._staged[work.saga_id]
+        if instance is not None and instance.idempotency_key is not None:
+            key = (instance.saga_type, instance.idempotency_key)
+            if self._staged_keys.get(key) is instance:
+                del self._staged_keys[key]
 
     def _after_commit(self, order: list[_Work], results: list[bool]) -> None:
         earliest: float | None = None
         messages: list[OutboxMessage] = []
         for work, ok in zip(order, results, strict=True):
+            self._unstage(work)
             if not ok:
                 self._cache.pop(work.saga_id, None)
                 conflict = ConcurrencyConflict(f"instance {work.saga_id} changed under this worker")
@@ -463,7 +523,9 @@ class Worker:
             if other is not None:
                 existing = other.instance
             else:
-                existing = await self.store.find_by_key(definition.name, start.key)
+                existing = self._staged_keys.get(
+                    (definition.name, start.key)
+                ) or await self.store.find_by_key(definition.name, start.key)
             if existing is None and other is None:
                 retired = await self.store.retired_key(definition.name, start.key)
                 if retired is not None:  # its instance was purged: the start stays idempotent
@@ -741,7 +803,14 @@ class Worker:
             try:
                 await self._submit(_Item(saga_id, event=reply))
                 return
-            except (ConcurrencyConflict, DefinitionMissing, SagaNotFound):
+            except ConcurrencyConflict:
+                # Another worker took the instance over (it runs the step itself), or an
+                # earlier commit failed and this one was decided on top of it: then retry.
+                current = await self.store.get(saga_id)
+                if current is None or current.owner != self.worker_id:
+                    return
+                await asyncio.sleep(0.05)
+            except (DefinitionMissing, SagaNotFound):
                 return
             except StorageError as exc:
                 log.warning(

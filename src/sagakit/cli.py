@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--db",
         metavar="URL",
         default=argparse.SUPPRESS,
-        help=f"database URL: sqlite:///relative.db or sqlite:////absolute/path.db "
-        f"(default: ${ENV_DB}, else {DEFAULT_URL})",
+        help=f"database URL: sqlite:///relative.db, sqlite:////absolute/path.db or "
+        f"postgresql://user@host/db (default: ${ENV_DB}, else {DEFAULT_URL})",
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -869,6 +869,9 @@ async def _purge(url: str, policy: RetentionPolicy, sink: TextIO | None, as_json
     async def write(instance: SagaInstance, history: list[HistoryEntry]) -> None:
         assert sink is not None
         sink.write(json.dumps(_detail_json(instance, history), sort_keys=True) + "\n")
+        # On disk before the instance is deleted: a crash mid-purge loses no archived line.
+        sink.flush()
+        os.fsync(sink.fileno())
 
     async with _reader(url) as client:
         purged, keys = await client.purge(policy, archive=write if sink else None)

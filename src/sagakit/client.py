@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sagakit.definition import Saga, SagaDefinition
-from sagakit.encoding import JSON, to_json
-from sagakit.errors import CommandRefused, SagakitError, SagaNotFound
+from sagakit.encoding import JSON, digest_of, to_json
+from sagakit.errors import CommandRefused, IdempotencyConflict, SagakitError, SagaNotFound
 from sagakit.ports import (
     CommandQueue,
     CommandState,
@@ -58,15 +58,29 @@ class Runner(Protocol):
 
 @dataclass(frozen=True)
 class SagaHandle:
+    """A started saga. A start queued with a key that another start already used resolves to
+    that start's instance: the handle then finds it by its key."""
+
     saga_id: str
     client: Client
+    saga_type: str | None = None
+    key: str | None = None
 
     async def get(self) -> SagaInstance:
-        return await self.client.get(self.saga_id)
+        return await self.client.get(await self._resolved())
 
     async def result(self, timeout: float | None = None) -> SagaInstance:
         """Wait until the instance is completed, failed or stuck, and return it."""
-        return await self.client.wait(self.saga_id, timeout=timeout)
+        return await self.client.wait(
+            self.saga_id, timeout=timeout, saga_type=self.saga_type, key=self.key
+        )
+
+    async def _resolved(self) -> str:
+        if self.key is not None and self.saga_type is not None:
+            found = await self.client.store.find_by_key(self.saga_type, self.key)
+            if found is not None:
+                return found.saga_id
+        return self.saga_id
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,15 @@ class Client:
         if key is not None:
             existing = await self.store.find_by_key(definition.name, key)
             if existing is not None:
-                return SagaHandle(existing.saga_id, self)
+                return SagaHandle(existing.saga_id, self, definition.name, key)
+            retired = await self.store.retired_key(definition.name, key)
+            if retired is not None:
+                if retired.input_digest != digest_of(to_json(data, path="saga data")):
+                    raise IdempotencyConflict(
+                        f"idempotency key {key!r} was used by saga {retired.saga_id} "
+                        "(since purged) with different input"
+                    )
+                return SagaHandle(retired.saga_id, self, definition.name, key)
         saga_id = uuid.uuid4().hex
         body: dict[str, JSON] = {
             "saga_type": definition.name,
@@ -126,7 +148,7 @@ class Client:
             "correlation_id": correlation_id,
         }
         await self.store.enqueue(saga_id, "start", body)
-        return SagaHandle(saga_id, self)
+        return SagaHandle(saga_id, self, definition.name, key)
 
     async def run(
         self,
@@ -177,13 +199,28 @@ class Client:
     async def dead_letters(self, limit: int = 100) -> builtins.list[DeadLetter]:
         return await self.store.dead_letters(limit)
 
-    async def wait(self, saga_id: str, *, timeout: float | None = None) -> SagaInstance:
-        """Wait until the instance is completed, failed or stuck."""
+    async def wait(
+        self,
+        saga_id: str,
+        *,
+        timeout: float | None = None,
+        saga_type: str | None = None,
+        key: str | None = None,
+    ) -> SagaInstance:
+        """Wait until the instance is completed, failed or stuck.
+
+        With ``saga_type`` and ``key`` (a queued start), the instance holding that key is
+        waited for, whichever start created it.
+        """
         if self._worker is not None:
             return await self._worker.wait_settled(saga_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             found = await self.store.get(saga_id)
+            if found is None and saga_type is not None and key is not None:
+                found = await self.store.find_by_key(saga_type, key)
+                if found is None and await self.store.retired_key(saga_type, key):
+                    raise SagaNotFound(f"the saga started with key {key!r} has been purged")
             if found is not None and found.status.settled:
                 return found
             instance = found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import math
 import types
 import typing
@@ -99,6 +100,11 @@ def _build(value: JSON, into: Any) -> Any:
 def dumps(value: JSON) -> str:
     """Compact, key-sorted JSON text for a JSON value (deterministic for fingerprints)."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def digest_of(value: JSON) -> str:
+    """A stable digest of a JSON value (the input digest behind idempotent starts)."""
+    return hashlib.sha256(dumps(value).encode()).hexdigest()
 
 
 def dump_bytes(value: JSON) -> bytes:

@@ -134,7 +134,15 @@ class ParticipantRunner:
     async def start(self) -> None:
         setup = self.participant.setup
         if setup is not None:
-            await self._store.transaction(setup)
+
+            async def serialised(tx: ParticipantTx) -> None:
+                # Workers start together; concurrent CREATE TABLE IF NOT EXISTS can collide
+                # on PostgreSQL, so setups take turns under a transaction-scoped lock.
+                if tx.dialect == "postgresql":
+                    await tx.execute("SELECT pg_advisory_xact_lock(hashtext('sagakit.setup'))")
+                await setup(tx)
+
+            await self._store.transaction(serialised)
         await self._transport.subscribe(self.participant.name, self.handle)
         self._relay.start()
 

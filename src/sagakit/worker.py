@@ -29,7 +29,7 @@ from typing import Any
 from sagakit.app import App
 from sagakit.client import Client
 from sagakit.definition import Local, Phase, Remote, SagaDefinition, StepContext
-from sagakit.encoding import JSON, dumps, from_json, to_json
+from sagakit.encoding import JSON, digest_of, from_json, to_json
 from sagakit.errors import (
     ConcurrencyConflict,
     EncodingError,
@@ -198,6 +198,7 @@ class Worker:
         self._orphans: set[str] = set()
         self._timer_wake = asyncio.Event()
         self._command_wake = asyncio.Event()
+        self._claim_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._committer: asyncio.Task[None] | None = None
         self._local_tasks: set[asyncio.Task[None]] = set()
@@ -298,7 +299,7 @@ class Worker:
                 f"saga {definition.name!r} v{definition.version} is not registered with this worker"
             )
         payload = to_json(data, path="saga data")
-        start = _Start(definition, payload, key, correlation_id, _digest(payload))
+        start = _Start(definition, payload, key, correlation_id, digest_of(payload))
         return str(await self._submit(_Item(uuid.uuid4().hex, start=start)))
 
     async def wait_settled(self, saga_id: str, timeout: float | None = None) -> SagaInstance:
@@ -334,8 +335,10 @@ class Worker:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     def _wake(self) -> None:
+        # Another process queued work, or a worker stopped and released its sagas.
         self._command_wake.set()
         self._timer_wake.set()
+        self._claim_wake.set()
 
     def poke(self) -> None:
         """Look at the command queue now (used by an in-process client)."""
@@ -517,6 +520,13 @@ class Worker:
         start = item.start
         assert start is not None
         definition = start.definition
+
+        def settle(error: str | None) -> None:
+            # A queued start is answered too, or it would be picked up again and again.
+            if item.command_id is not None:
+                state = CommandState.REFUSED if error else CommandState.APPLIED
+                work.transition.commands.append(CommandResult(item.command_id, state, error))
+
         if start.key is not None:
             existing: SagaInstance | None = None
             other = keys_in_batch.get((definition.name, start.key))
@@ -530,27 +540,27 @@ class Worker:
                 retired = await self.store.retired_key(definition.name, start.key)
                 if retired is not None:  # its instance was purged: the start stays idempotent
                     if retired.input_digest != start.digest:
-                        self._fail(
-                            item,
-                            IdempotencyConflict(
-                                f"idempotency key {start.key!r} was used by saga {retired.saga_id} "
-                                "(since purged) with different input"
-                            ),
+                        error = (
+                            f"idempotency key {start.key!r} was used by saga {retired.saga_id} "
+                            "(since purged) with different input"
                         )
+                        self._fail(item, IdempotencyConflict(error))
+                        settle(error)
                     else:
                         work.results[id(item)] = retired.saga_id
+                        settle(None)
                     return
             if existing is not None:
                 if existing.input_digest != start.digest:
-                    self._fail(
-                        item,
-                        IdempotencyConflict(
-                            f"idempotency key {start.key!r} was used by saga {existing.saga_id} "
-                            "with different input"
-                        ),
+                    error = (
+                        f"idempotency key {start.key!r} was used by saga {existing.saga_id} "
+                        "with different input"
                     )
+                    self._fail(item, IdempotencyConflict(error))
+                    settle(error)
                 else:
                     work.results[id(item)] = existing.saga_id
+                    settle(None)
                 return
             keys_in_batch[(definition.name, start.key)] = work
         instance = new_instance(
@@ -575,8 +585,7 @@ class Worker:
             work, decide(instance, Begin(), definition, now), definition, now, None
         )
         work.results[id(item)] = work.saga_id
-        if item.command_id is not None:
-            work.transition.commands.append(CommandResult(item.command_id, CommandState.APPLIED))
+        settle(None)
 
     def _apply_event(self, work: _Work, item: _Item, now: float, batch: Batch) -> None:
         event = item.event
@@ -873,7 +882,10 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._lease / 3)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._lease / 3):
+                    await self._claim_wake.wait()
+            self._claim_wake.clear()
             try:
                 if not await self.store.heartbeat():
                     # Declared dead while paused: what we hold may have been taken over.
@@ -1052,12 +1064,8 @@ class Worker:
             data,
             key if isinstance(key, str) else None,
             correlation if isinstance(correlation, str) else None,
-            _digest(data),
+            digest_of(data),
         )
-
-
-def _digest(data: JSON) -> str:
-    return hashlib.sha256(dumps(data).encode()).hexdigest()
 
 
 def _discard(in_flight: set[Any], key: object, _: asyncio.Future[object]) -> None:

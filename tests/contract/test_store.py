@@ -1142,8 +1142,13 @@ class TestSqliteFile:
             open_store(url)
 
     def test_an_unopenable_file_is_a_storage_error(self, tmp_path: Path) -> None:
+        (tmp_path / "a-file").write_text("not a folder")
         with pytest.raises(StorageError, match="cannot open"):
-            SqliteStore(str(tmp_path / "no" / "such" / "dir.db"))
+            SqliteStore(str(tmp_path / "a-file" / "saga.db"))
+
+    async def test_a_missing_folder_is_created(self, tmp_path: Path) -> None:
+        await SqliteStore(str(tmp_path / "new" / "folder" / "saga.db")).close()
+        assert (tmp_path / "new" / "folder" / "saga.db").exists()
 
     async def test_a_file_that_is_not_a_database_is_a_storage_error(self, tmp_path: Path) -> None:
         path = tmp_path / "notes.db"
@@ -1178,3 +1183,39 @@ class TestSqliteFile:
         finally:
             other.close()
             await store.close()
+
+
+class TestRetention:
+    async def test_inbox_keys_of_live_sagas_outlive_their_age(self, store: Store) -> None:
+        live = make_instance("s1", status=SagaStatus.STUCK)
+        done = make_instance("s2", status=SagaStatus.COMPLETED)
+        assert await store.commit(Batch([insert(live), insert(done)])) == [True, True]
+
+        async def record(tx: ParticipantTx) -> None:
+            await tx.inbox_put("inventory", "s1:reserve:action", b"r1")
+            await tx.inbox_put("inventory", "s2:reserve:action", b"r2")
+
+        await store.transaction(record)
+        before = await store.now()
+        while await store.now() <= before:  # noqa: ASYNC110 - waiting for the store's clock
+            await asyncio.sleep(0.001)  # to move, so the rows are strictly older than age 0
+        await store.purge_keys(0.0)
+
+        async def keys(tx: ParticipantTx) -> tuple[bytes | None, bytes | None]:
+            return (
+                await tx.inbox_get("inventory", "s1:reserve:action"),
+                await tx.inbox_get("inventory", "s2:reserve:action"),
+            )
+
+        assert await store.transaction(keys) == (b"r1", None)
+
+    async def test_purge_retires_keys_and_spares_live_instances(self, store: Store) -> None:
+        done = make_instance("s1", status=SagaStatus.COMPLETED, key="k1", updated_at=1.0)
+        stuck = make_instance("s2", status=SagaStatus.STUCK, key="k2", updated_at=1.0)
+        assert await store.commit(Batch([insert(done), insert(stuck)])) == [True, True]
+        assert await store.finished_before(10.0, 100) == ["s1"]
+        assert await store.purge(["s1", "s2"]) == 1
+        assert await store.get("s1") is None and await store.get("s2") is not None
+        retired = await store.retired_key("order", "k1")
+        assert retired is not None and retired.saga_id == "s1"
+        assert retired.input_digest == done.input_digest

@@ -533,3 +533,66 @@ async def test_a_start_queued_without_a_worker_waits_for_one(db: str, calls: Cal
     assert inst.idempotency_key == "queued-1"
     assert calls.names() == ["first", "second"]
     del again
+
+
+async def test_a_stuck_instance_is_operable_after_a_restart(db: str, calls: Calls) -> None:
+    broken = {"down": True}
+    saga: Saga[Any] = Saga("restartable")
+
+    async def act(ctx: StepContext[Any]) -> str:
+        return "done"
+
+    async def undo(ctx: StepContext[Any]) -> None:
+        calls.log.append(("undo", ctx.attempt))
+        if broken["down"]:
+            raise RuntimeError("down")
+
+    async def fail(ctx: StepContext[Any]) -> None:
+        raise StepFailed("no")
+
+    saga.local("act", act, compensation=undo, compensation_retry=RetryPolicy(max_attempts=1))
+    saga.local("fail", fail, compensation=undo)
+    store = SqliteStore(db, owner=True)
+    async with Worker(App(sagas=[saga]), store) as worker:
+        stuck = await worker.client.run(saga, {}, timeout=5)
+    await store.close()
+    assert stuck.status is SagaStatus.STUCK
+    broken["down"] = False
+    store = SqliteStore(db, owner=True)  # a new worker process, as after a restart
+    try:
+        async with Worker(App(sagas=[saga]), store) as worker:
+            command = await worker.client.retry(stuck.saga_id, "service is back")
+            await command.wait(timeout=5)
+            done = await worker.client.wait(stuck.saga_id, timeout=5)
+    finally:
+        await store.close()
+    assert done.status is SagaStatus.FAILED
+    assert done.step("act").status is StepStatus.COMPENSATED
+
+
+async def test_a_queued_start_with_a_used_key_resolves_to_the_first_instance(
+    db: str, calls: Calls
+) -> None:
+    from sagakit import Client
+
+    saga = two_steps(calls)
+    reader = SqliteStore(db)
+    client = Client(reader)
+    first = await client.start(saga, {"n": 1}, key="same")
+    second = await client.start(saga, {"n": 1}, key="same")  # both queued: no instance yet
+    assert first.saga_id != second.saga_id
+    owner = SqliteStore(db, owner=True)
+    try:
+        async with Worker(App(sagas=[saga]), owner):
+            a = await first.result(timeout=5)
+            b = await second.result(timeout=5)
+
+            async def answered() -> bool:
+                return not await reader.pending_commands(10)
+
+            await until(answered)
+    finally:
+        await owner.close()
+        await reader.close()
+    assert a.saga_id == b.saga_id
+    assert calls.names() == ["first", "second"]  # one instance ran

@@ -499,12 +499,23 @@ class PostgresStore:
 
     async def purge_keys(self, age: float) -> int:
         pool = await self._ready()
+        counts = []
         async with pool.acquire() as conn, conn.transaction():
-            a = await conn.execute(
-                f"DELETE FROM sagakit_retired_keys WHERE retired_at < {_NOW} - $1", age
-            )
-            b = await conn.execute(f"DELETE FROM sagakit_inbox WHERE at < {_NOW} - $1", age)
-        return int(a.split()[-1]) + int(b.split()[-1])
+            for sql in (
+                f"DELETE FROM sagakit_retired_keys WHERE retired_at < {_NOW} - $1",
+                # An inbox key outlives its age while its saga is still live (running or
+                # stuck): an operator's retry must still find it.
+                f"DELETE FROM sagakit_inbox AS x WHERE x.at < {_NOW} - $1 AND NOT EXISTS"
+                " (SELECT 1 FROM sagakit_instances AS i WHERE i.saga_id ="
+                " split_part(x.key, ':', 1) AND i.status = ANY($2::text[]))",
+                "DELETE FROM sagakit_commands WHERE state != 'pending'"
+                f" AND created_at < {_NOW} - $1",
+                f"DELETE FROM sagakit_workers WHERE lease_expires_at < {_NOW} - $1",
+            ):
+                args: tuple[object, ...] = (age, list(_LIVE)) if "$2" in sql else (age,)
+                status = await conn.execute(sql, *args)
+                counts.append(int(status.split()[-1]))
+        return sum(counts[:3])
 
     async def retired_key(self, saga_type: str, key: str) -> RetiredKey | None:
         rows = await self._fetch(

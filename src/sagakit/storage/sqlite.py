@@ -1,9 +1,11 @@
 """The SQLite store: the zero-set-up default (F1).
 
 WAL journal with ``synchronous=FULL`` by default, so every commit is durable before the worker
-acts on it. All database calls run on one dedicated thread, never on the event loop. A worker
-owns the file through an exclusive lock on ``<file>-sagakit.lock`` (held by the kernel, so it is
-released the moment the owning process dies); readers and the CLI open the file alongside it.
+acts on it. Database calls never run on the event loop: one connection writes on its own
+thread (under an asyncio lock, since a participant's transaction spans awaits), another reads
+on a second thread, so a read never sees uncommitted rows. A worker owns the file through an
+exclusive lock on ``<file>-sagakit.lock`` (held by the kernel, so it is released the moment
+the owning process dies); readers and the CLI open the file alongside it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from sagakit.transitions import TimerKind
 T = TypeVar("T")
 
 _SETTLED = tuple(s.value for s in SagaStatus if s.settled)
+_TERMINAL = tuple(s.value for s in SagaStatus if s.terminal)
 
 
 def sqlite_path(url: str) -> str:
@@ -80,6 +83,11 @@ class SqliteStore:
         memory = path == ":memory:"
         if not memory and not create and not os.path.exists(path):
             raise StorageError(f"database file not found: {path}")
+        if not memory and create:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
         if owner and not memory:
             self._lock_file = _take_lock(path)
         # One connection writes, on its own thread, under an asyncio lock (a participant's
@@ -285,7 +293,8 @@ class SqliteStore:
         return True
 
     async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
-        marks = ",".join("?" * len(_SETTLED))
+        # Stuck instances are claimed too: an operator's retry or resolve needs an owner.
+        marks = ",".join("?" * len(_TERMINAL))
         prints = ",".join("?" * len(fingerprints))
         if not fingerprints:
             return []
@@ -298,7 +307,7 @@ class SqliteStore:
                     f" WHERE status NOT IN ({marks}) AND fingerprint IN ({prints})"
                     " AND (owner IS NULL OR owner != ?) LIMIT ?)"
                     f" RETURNING {self._COLUMNS}",
-                    (self.worker_id, *_SETTLED, *fingerprints, self.worker_id, limit),
+                    (self.worker_id, *_TERMINAL, *fingerprints, self.worker_id, limit),
                 ).fetchall()
 
         return [_instance(r) for r in await self._write(write)]
@@ -358,11 +367,24 @@ class SqliteStore:
 
         def write() -> int:
             with _transaction(self._conn):
-                a = self._conn.execute(
+                conn = self._conn
+                count = conn.execute(
                     "DELETE FROM sagakit_retired_keys WHERE retired_at < ?", (cutoff,)
                 ).rowcount
-                b = self._conn.execute("DELETE FROM sagakit_inbox WHERE at < ?", (cutoff,)).rowcount
-                return int(a + b)
+                # An inbox key outlives its age while its saga is still live (running or
+                # stuck): an operator's retry must still find it.
+                count += conn.execute(
+                    "DELETE FROM sagakit_inbox WHERE at < ? AND NOT EXISTS (SELECT 1 FROM"
+                    " sagakit_instances AS i WHERE i.saga_id = substr(sagakit_inbox.key, 1,"
+                    " instr(sagakit_inbox.key, ':') - 1) AND i.status NOT IN ('completed',"
+                    " 'failed'))",
+                    (cutoff,),
+                ).rowcount
+                count += conn.execute(
+                    "DELETE FROM sagakit_commands WHERE state != 'pending' AND created_at < ?",
+                    (cutoff,),
+                ).rowcount
+                return int(count)
 
         return await self._write(write)
 

@@ -147,6 +147,7 @@ class ParticipantRunner:
         self._relay.start()
 
     async def stop(self) -> None:
+        await self._transport.unsubscribe(self.participant.name)
         await self._relay.stop()
 
     async def handle(self, body: bytes) -> None:
@@ -175,6 +176,13 @@ class ParticipantRunner:
     async def _serve(self, tx: ParticipantTx, env: Envelope) -> list[OutboxMessage]:
         name = self.participant.name
         key = env.idempotency_key
+        if tx.dialect == "postgresql":
+            # An action and its compensation check each other's inbox rows: without a lock
+            # on the step, both checks could pass at once and an undo be followed by the
+            # effect it undid (Semantics 7). SQLite's single writer serialises them anyway.
+            await tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(?))", (f"{name}/{env.saga_id}/{env.step}",)
+            )
         stored = await tx.inbox_get(name, key)
         if stored is not None:
             return [await self._reply_from(tx, env, decode(stored))]

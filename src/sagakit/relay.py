@@ -42,6 +42,7 @@ class Relay:
         self._in_flight: set[str] = set()
         # Delivered since the current rescan began: its query may still have seen them.
         self._recent: set[str] = set()
+        self._rescanning = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rescan_task: asyncio.Task[None] | None = None
 
@@ -70,11 +71,12 @@ class Relay:
 
     async def rescan(self) -> int:
         """Hand over every pending row not already in flight; returns how many."""
-        self._recent.clear()
-        pending = await self._outbox.pending(self._source, 10_000)
-        fresh = [m for m in pending if m.id not in self._in_flight and m.id not in self._recent]
-        self.send(fresh)
-        return len(fresh)
+        async with self._rescanning:  # one at a time: each relies on its own _recent window
+            self._recent.clear()
+            pending = await self._outbox.pending(self._source, 10_000)
+            fresh = [m for m in pending if m.id not in self._in_flight and m.id not in self._recent]
+            self.send(fresh)
+            return len(fresh)
 
     async def _handle(self, message: OutboxMessage) -> None:
         try:

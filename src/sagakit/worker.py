@@ -232,13 +232,20 @@ class Worker:
             return
         self._running = True
         self._committer = asyncio.create_task(self._commit_loop(), name="sagakit-committer")
-        await self.transport.subscribe(self.reply_queue, self._on_reply)
-        for runner in self._participants:
-            await runner.start()
-        await self.store.attach(self.worker_id, self._lease)
-        await self.store.listen(self._wake)
-        await self._sync_clock()
-        await self._take_over()
+        try:
+            await self.store.attach(self.worker_id, self._lease)
+            await self.store.listen(self._wake)
+            await self._sync_clock()
+            # Claim before anything is delivered: a reply republished after a restart must
+            # find its instance owned by this worker, not by its dead predecessor.
+            await self._take_over(rescan=False)
+            await self.transport.subscribe(self.reply_queue, self._on_reply)
+            for runner in self._participants:
+                await runner.start()
+        except BaseException:
+            self._committer.cancel()
+            self._running = False
+            raise
         self._relay.start()
         self._tasks = [
             asyncio.create_task(self._timer_loop(), name="sagakit-timers"),
@@ -257,6 +264,7 @@ class Worker:
         for task in [*self._tasks, *self._local_tasks]:
             task.cancel()
         await self._relay.stop()
+        await self.transport.unsubscribe(self.reply_queue)
         for runner in self._participants:
             await runner.stop()
         # gather, not a suppressing loop: a cancellation of stop() itself must propagate.
@@ -365,17 +373,26 @@ class Worker:
                     self._failed(items, [], exc)
                     prepared = None
                 if in_flight is not None:
-                    await in_flight
+                    await self._settle(in_flight)
                     in_flight = None
                 if prepared is not None:
                     in_flight = asyncio.create_task(self._finish(prepared))
                 if stop:
                     if in_flight is not None:
-                        await in_flight
+                        await self._settle(in_flight)
                     return
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
+
+    @staticmethod
+    async def _settle(task: asyncio.Task[None]) -> None:
+        try:
+            await task
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the committer must outlive any bug after a commit
+            log.exception("unexpected error after a commit")
 
     async def _prepare(self, items: list[_Item]) -> _Prepared:
         now = self._clock()
@@ -481,7 +498,11 @@ class Worker:
                 self._cache.pop(work.saga_id, None)
                 conflict = ConcurrencyConflict(f"instance {work.saga_id} changed under this worker")
                 for item in work.items:
-                    if item.future is not None and not item.future.done():
+                    if item.start is not None and item.start.key is not None:
+                        # Another worker inserted the same key first: decided again, this
+                        # start finds that instance (Semantics 15).
+                        self._queue.put_nowait(item)
+                    elif item.future is not None and not item.future.done():
                         item.future.set_exception(conflict)
                 continue
             self.transitions_committed += 1
@@ -532,10 +553,14 @@ class Worker:
             other = keys_in_batch.get((definition.name, start.key))
             if other is not None:
                 existing = other.instance
+            elif (definition.name, start.key) in self._staged_keys:
+                # The key's instance is being committed by the batch in flight: decide this
+                # start after that commit, so it never answers with an uncommitted id.
+                work.items.remove(item)
+                self._queue.put_nowait(item)
+                return
             else:
-                existing = self._staged_keys.get(
-                    (definition.name, start.key)
-                ) or await self.store.find_by_key(definition.name, start.key)
+                existing = await self.store.find_by_key(definition.name, start.key)
             if existing is None and other is None:
                 retired = await self.store.retired_key(definition.name, start.key)
                 if retired is not None:  # its instance was purged: the start stays idempotent
@@ -590,25 +615,27 @@ class Worker:
     def _apply_event(self, work: _Work, item: _Item, now: float, batch: Batch) -> None:
         event = item.event
         assert event is not None
-        if item.consumed is not None:
-            work.transition.consumed.append(item.consumed)
-        if item.timer is not None:
-            work.transition.timer_ops.append(TimerOp(TimerOpKind.FIRED, item.timer))
         instance = work.instance
         if instance is None:
+            # Nobody will ever advance it: its timer row and message are cleared away.
+            self._consume(work, item)
             reason = f"unknown saga instance {work.saga_id}"
             self._reject(item, reason, batch)
             return
         if instance.owner != self.worker_id:
-            # Another worker advances it. Its own timeout and retry will fetch the answer
-            # again through the participant's inbox, so dropping this copy loses nothing.
-            work.transition.consumed.clear()
+            # Not ours: touch nothing of it (not even its timers). Released by a clean stop,
+            # it is claimed at once and the message comes back; owned by a live worker,
+            # that worker's timeout and retry fetch the answer again from the inbox.
+            if instance.owner is None:
+                self._claim_wake.set()
+                self._fail(item, DefinitionMissing(f"instance {work.saga_id} has no owner yet"))
             log.debug("event for %s, owned by %s: left to its owner", work.saga_id, instance.owner)
             return
         definition = self.app.definition(instance.saga_type, instance.version)
         if definition is None or definition.fingerprint != instance.fingerprint:
             self._orphan(work, item, instance)
             return
+        self._consume(work, item)
         decision = decide(instance, event, definition, now)
         if decision.rejected is not None:
             self._reject(item, decision.rejected, batch)
@@ -741,13 +768,16 @@ class Worker:
         elif item.consumed is None and item.timer is None:
             self._fail(item, SagaNotFound(reason))
 
+    @staticmethod
+    def _consume(work: _Work, item: _Item) -> None:
+        if item.consumed is not None:
+            work.transition.consumed.append(item.consumed)
+        if item.timer is not None:
+            work.transition.timer_ops.append(TimerOp(TimerOpKind.FIRED, item.timer))
+
     def _orphan(self, work: _Work, item: _Item, instance: SagaInstance) -> None:
         # Never advance an instance with the wrong steps (Semantics 1): leave its message,
         # timer or command where it is, for a worker that has the definition.
-        work.transition.consumed.clear()
-        work.transition.timer_ops = [
-            op for op in work.transition.timer_ops if op.kind is not TimerOpKind.FIRED
-        ]
         if instance.saga_id not in self._orphans:
             self._orphans.add(instance.saga_id)
             log.error(
@@ -793,45 +823,45 @@ class Worker:
         task.add_done_callback(functools.partial(_discard, self._local_in_flight, key))
 
     async def _run_local(self, saga_id: str, dispatch: Dispatch) -> None:
-        instance = self._cache.get(saga_id) or await self.store.get(saga_id)
-        if instance is None or instance.owner != self.worker_id:
-            return
-        definition = self.app.definition(instance.saga_type, instance.version)
-        if definition is None or definition.fingerprint != instance.fingerprint:
-            return
-        step = definition.step(dispatch.step)
-        handler = step.handler(dispatch.phase)
-        assert isinstance(handler, Local)
-        reply = await self._call_local(
-            handler, instance, definition, dispatch, step.timeout_for(dispatch.phase)
-        )
-        # The answer must reach the store: a failed commit is retried, so the step is never
-        # left "running" with its answer lost. A conflict means another worker owns the
-        # instance now and runs the step itself.
+        reply: Reply | None = None
+        # Until the answer is committed: a failed read or commit is retried, so the step is
+        # never left "running" with its answer lost. A conflict means another worker owns
+        # the instance now (it runs the step itself), or an earlier commit failed and this
+        # one was decided on top of it: then the answer is submitted again.
         while self._running:
             try:
+                instance = self._cache.get(saga_id) or await self.store.get(saga_id)
+                if instance is None or instance.owner != self.worker_id:
+                    return
+                if reply is None:
+                    definition = self.app.definition(instance.saga_type, instance.version)
+                    if definition is None or definition.fingerprint != instance.fingerprint:
+                        return
+                    step = definition.step(dispatch.step)
+                    handler = step.handler(dispatch.phase)
+                    assert isinstance(handler, Local)
+                    reply = await self._call_local(
+                        handler, instance, definition, dispatch, step.timeout_for(dispatch.phase)
+                    )
                 await self._submit(_Item(saga_id, event=reply))
                 return
-            except ConcurrencyConflict:
-                # Another worker took the instance over (it runs the step itself), or an
-                # earlier commit failed and this one was decided on top of it: then retry.
-                current = await self.store.get(saga_id)
-                if current is None or current.owner != self.worker_id:
-                    return
-                await asyncio.sleep(0.05)
             except (DefinitionMissing, SagaNotFound):
                 return
-            except StorageError as exc:
-                log.warning(
-                    "answer of local step %s of %s not committed, retrying: %s",
-                    dispatch.step,
-                    saga_id,
-                    exc,
-                    extra={"saga_id": saga_id},
-                )
-                await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, ConcurrencyConflict):
+                    log.warning(
+                        "local step %s of %s: answer not committed, retrying: %s",
+                        dispatch.step,
+                        saga_id,
+                        exc,
+                        extra={"saga_id": saga_id},
+                    )
+                self._cache.pop(saga_id, None)
+                await asyncio.sleep(0.05 if isinstance(exc, ConcurrencyConflict) else 0.5)
 
-    async def _take_over(self) -> int:
+    async def _take_over(self, *, rescan: bool = True) -> int:
         """Claim the instances no live worker owns and pick up where their owner stopped."""
         total = 0
         fingerprints = [d.fingerprint for d in self.app.definitions]
@@ -844,7 +874,8 @@ class Worker:
             log.info("took over %d instance(s)", total)
             self._timer_wake.set()
             self._command_wake.set()
-            await self._relay.rescan()
+            if rescan:
+                await self._relay.rescan()
         return total
 
     def _adopt(self, instance: SagaInstance) -> None:

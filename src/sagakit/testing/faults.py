@@ -100,5 +100,8 @@ class FaultyTransport:
     async def subscribe(self, destination: str, handler: MessageHandler) -> None:
         await self._inner.subscribe(destination, handler)
 
+    async def unsubscribe(self, destination: str) -> None:
+        await self._inner.unsubscribe(destination)
+
     async def close(self) -> None:
         await self._inner.close()

@@ -245,3 +245,74 @@ async def test_purge_keeps_starts_idempotent_and_never_touches_stuck(url: str) -
     finally:
         await store.close()
     assert log[f"{done.saga_id}:first"] == 1
+
+
+async def test_a_compensation_cannot_overtake_its_running_action(url: str) -> None:
+    from sagakit import Command, MemoryTransport, Participant, ParticipantTx
+    from sagakit.definition import Phase
+    from sagakit.messages import Envelope, MessageKind, decode, encode
+    from sagakit.participant import ParticipantRunner
+    from sagakit.transitions import idempotency_key
+
+    entered, release = asyncio.Event(), asyncio.Event()
+    bank = Participant("bank")
+
+    @bank.command("debit")
+    async def debit(tx: ParticipantTx, cmd: Command) -> object:
+        await tx.execute("INSERT INTO debits (saga_id) VALUES (?)", (cmd.saga_id,))
+        entered.set()
+        await release.wait()  # still inside its transaction
+        return {"debited": True}
+
+    @bank.command("credit")
+    async def credit(tx: ParticipantTx, cmd: Command) -> object:
+        await tx.execute("DELETE FROM debits WHERE saga_id = ?", (cmd.saga_id,))
+        return {"credited": True}
+
+    stores = [PostgresStore(url, owner=True) for _ in range(2)]
+    replies: list[Envelope] = []
+    try:
+        await stores[0].transaction(lambda tx: tx.execute("CREATE TABLE debits (saga_id TEXT)"))
+        transports = [MemoryTransport(), MemoryTransport()]
+        for transport in transports:
+
+            async def collect(body: bytes) -> None:
+                replies.append(decode(body))
+
+            await transport.subscribe("replies", collect)
+        # Two participant processes sharing one database, as with several workers.
+        runners = [ParticipantRunner(bank, s, t) for s, t in zip(stores, transports, strict=True)]
+
+        def command(kind: str, phase: Phase) -> bytes:
+            return encode(
+                Envelope(
+                    id=f"m-{kind}",
+                    kind=MessageKind.COMMAND,
+                    type=kind,
+                    saga_id="s1",
+                    saga_type="pay",
+                    definition_version=1,
+                    step="debit",
+                    phase=phase,
+                    attempt=1,
+                    idempotency_key=idempotency_key("s1", "debit", phase),
+                    correlation_id="s1",
+                    timestamp=0.0,
+                    reply_to="replies",
+                )
+            )
+
+        action = asyncio.create_task(runners[0].handle(command("debit", Phase.ACTION)))
+        async with asyncio.timeout(10):
+            await entered.wait()
+        undo = asyncio.create_task(runners[1].handle(command("credit", Phase.COMPENSATION)))
+        await asyncio.sleep(0.3)  # give the compensation every chance to overtake
+        assert not undo.done()  # it waits for the action's transaction
+        release.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(action, undo)
+        left = await stores[0].transaction(lambda tx: tx.execute("SELECT count(*) FROM debits"))
+    finally:
+        for s in stores:
+            await s.close()
+    assert left == [(0,)]  # the undo ran after the effect, not as a no-op before it

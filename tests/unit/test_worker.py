@@ -596,3 +596,58 @@ async def test_a_queued_start_with_a_used_key_resolves_to_the_first_instance(
         await reader.close()
     assert a.saga_id == b.saga_id
     assert calls.names() == ["first", "second"]  # one instance ran
+
+
+async def test_a_worker_without_the_definition_leaves_the_timers_alone(db: str) -> None:
+    v1: Saga[Any] = Saga("timed", version=1).remote(
+        "ask",
+        participant="nobody",
+        command="ask",
+        compensation="unask",
+        timeout=0.2,
+        retry=RetryPolicy(max_attempts=1),
+    )
+    v2: Saga[Any] = Saga("timed", version=2).remote(
+        "other",
+        participant="nobody",
+        command="ask",
+        compensation="unask",
+        timeout=0.2,
+    )
+
+    async def swallow(body: bytes) -> None:
+        return None
+
+    async def run(app: App, action: Callable[[Worker], Awaitable[Any]]) -> Any:
+        store = SqliteStore(db, owner=True)
+        transport = MemoryTransport()
+        await transport.subscribe("nobody", swallow)
+        try:
+            async with Worker(app, store, transport, poll_interval=0.02) as worker:
+                return await action(worker)
+        finally:
+            await store.close()
+
+    async def start(worker: Worker) -> str:
+        return (await worker.client.start(v1, {})).saga_id
+
+    saga_id = await run(App(sagas=[v1]), start)
+
+    async def linger(worker: Worker) -> float | None:
+        deadline = time.monotonic() + 0.6  # the timer falls due while this worker runs
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return await worker.store.next_due()
+
+    assert await run(App(sagas=[v2]), linger) is not None  # still there for v1's worker
+
+    async def timed_out(worker: Worker) -> Any:
+        async def compensating() -> bool:
+            inst = await worker.store.get(saga_id)
+            return inst is not None and inst.status is SagaStatus.COMPENSATING
+
+        await until(compensating)
+        return await worker.store.get(saga_id)
+
+    inst = await run(App(sagas=[v1]), timed_out)
+    assert inst.step("ask").outcome_known is False

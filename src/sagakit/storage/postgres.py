@@ -13,7 +13,7 @@ leases are judged by the database's clock (Semantics 13).
 
 Schema changes are numbered SQL files in ``sql/postgres``, applied in order under an advisory
 lock by :meth:`PostgresStore.migrate` (``sagakit migrate``); a store opened by a worker applies
-them itself.
+them itself. The statements are named queries in ``sql/postgres/queries.sql`` (``Q["name"]``).
 """
 
 from __future__ import annotations
@@ -49,19 +49,17 @@ from sagakit.ports import (
     Transition,
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
+from sagakit.storage.queries import fill, load_queries
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
 
 _LIVE = ("started", "pending", "compensating", "stuck")
 _UNSETTLED = ("started", "pending", "compensating")
-_NOW = "extract(epoch FROM clock_timestamp())"
-_COLUMNS = (
-    "saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,"
-    " created_at, updated_at, revision, state, owner"
-)
+#: The statements of this module, by name, from ``sql/postgres/queries.sql``.
+Q = load_queries("postgres")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
-NOTIFY_CHANNEL = "sagakit_work"
+NOTIFY_CHANNEL = "sagakit_work"  # named in the queries notify_command and notify_released
 _Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
@@ -155,7 +153,7 @@ class PostgresStore:
         return self._pool
 
     async def _has_schema(self, pool: asyncpg.Pool) -> bool:
-        found = await pool.fetchval("SELECT to_regclass('sagakit_instances') IS NOT NULL")
+        found = await pool.fetchval(Q["has_schema"])
         return bool(found)
 
     async def migrate(self) -> list[int]:
@@ -164,23 +162,18 @@ class PostgresStore:
         applied: list[int] = []
         try:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sagakit.migrate'))")
+                await conn.execute(Q["lock_migrations"])
                 if self.schema:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS sagakit_migrations (version integer PRIMARY KEY,"
-                    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {r[0] for r in await conn.fetch("SELECT version FROM sagakit_migrations")}
+                    # An identifier is no bound parameter: the name (checked by split_url
+                    # against _IDENT) is put into the statement.
+                    await conn.execute(fill(Q["create_schema"], schema=self.schema))
+                await conn.execute(Q["create_migrations_table"])
+                done = {r[0] for r in await conn.fetch(Q["applied_migrations"])}
                 for version, name, sql in migrations():
                     if version in done:
                         continue
                     await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO sagakit_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        name,
-                    )
+                    await conn.execute(Q["record_migration"], version, name)
                     applied.append(version)
         except asyncpg.PostgresError as exc:
             raise StorageError(f"migration failed: {exc}") from exc
@@ -261,7 +254,7 @@ class PostgresStore:
         ]
         letters = batch.dead_letters
         rows = await conn.fetch(
-            _COMMIT_AT_ONCE,
+            Q["commit_at_once"],
             *_columns([_insert_row(cast(SagaInstance, t.instance)) for t in inserts], 12),
             *_columns([_update_row(t) for t in updates], 6),
             side_only,
@@ -292,12 +285,7 @@ class PostgresStore:
             written: set[str] = set()
             if inserts:
                 rows = await conn.fetch(
-                    "INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint,"
-                    " status, correlation_id, idempotency_key, created_at, updated_at, revision,"
-                    " state, owner) SELECT * FROM unnest($1::text[], $2::text[], $3::int[],"
-                    " $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[],"
-                    " $9::float8[], $10::bigint[], $11::text[], $12::text[])"
-                    " ON CONFLICT DO NOTHING RETURNING saga_id",
+                    Q["insert_instances"],
                     *_columns(
                         [_insert_row(cast(SagaInstance, transitions[i].instance)) for i in inserts],
                         12,
@@ -306,11 +294,7 @@ class PostgresStore:
                 written.update(r[0] for r in rows)
             if updates:
                 rows = await conn.fetch(
-                    "UPDATE sagakit_instances AS i SET status = v.status, updated_at ="
-                    " v.updated_at, revision = v.revision, state = v.state FROM unnest($1::text[],"
-                    " $2::bigint[], $3::text[], $4::float8[], $5::bigint[], $6::text[])"
-                    " AS v(saga_id, expected, status, updated_at, revision, state)"
-                    " WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id",
+                    Q["update_instances"],
                     *_columns([_update_row(transitions[i]) for i in updates], 6),
                 )
                 written.update(r[0] for r in rows)
@@ -323,42 +307,29 @@ class PostgresStore:
     async def _side_records(self, conn: _Conn, batch: Batch, ok: builtins.list[Transition]) -> None:
         history = [_history_row(t.saga_id, e) for t in ok for e in t.history]
         if history:
-            await conn.execute(
-                "INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)"
-                " SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],"
-                " $5::text[], $6::int[], $7::text[])",
-                *_columns(history, 7),
-            )
+            await conn.execute(Q["insert_history"], *_columns(history, 7))
         outbox = [
             (m.id, m.source, m.destination, m.saga_id, m.body, self.worker_id)
             for t in ok
             for m in t.outbox
         ]
         if outbox:
-            await conn.execute(
-                "INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-                " $5::bytea[], $6::text[]) ON CONFLICT (id) DO NOTHING",
-                *_columns(outbox, 6),
-            )
+            await conn.execute(Q["insert_outbox"], *_columns(outbox, 6))
         await self._timers(conn, ok)
         consumed = [*batch.outbox_done, *(i for t in ok for i in t.consumed)]
         if consumed:
-            await conn.execute("DELETE FROM sagakit_outbox WHERE id = ANY($1::text[])", consumed)
+            await conn.execute(Q["delete_outbox"], consumed)
         commands = [*batch.commands, *(c for t in ok for c in t.commands)]
         if commands:
             await conn.execute(
-                "UPDATE sagakit_commands AS c SET state = v.state, error = v.error,"
-                f" applied_at = {_NOW} FROM unnest($1::bigint[], $2::text[], $3::text[])"
-                " AS v(id, state, error) WHERE c.id = v.id",
+                Q["apply_commands"],
                 [c.id for c in commands],
                 [c.state.value for c in commands],
                 [c.error for c in commands],
             )
         if batch.dead_letters:
             await conn.execute(
-                "INSERT INTO sagakit_dead_letters (at, source, reason, body)"
-                f" SELECT {_NOW}, * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+                Q["insert_dead_letters"],
                 [d.source for d in batch.dead_letters],
                 [d.reason for d in batch.dead_letters],
                 [d.body for d in batch.dead_letters],
@@ -369,36 +340,17 @@ class PostgresStore:
         clear, names, fired, upserts = _timer_changes(ok)
         if clear:
             await conn.execute(
-                "DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($1::text[])"
-                " AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS u(saga_id,"
-                " name) WHERE u.saga_id = t.saga_id AND u.name = t.name)",
+                Q["clear_timers"],
                 clear,
                 [u[0] for u in upserts],
                 [u[1] for u in upserts],
             )
         if names:
-            await conn.execute(
-                "DELETE FROM sagakit_timers AS t USING unnest($1::text[], $2::text[])"
-                " AS v(saga_id, name) WHERE t.saga_id = v.saga_id AND t.name = v.name",
-                *_columns(names, 2),
-            )
+            await conn.execute(Q["delete_timers"], *_columns(names, 2))
         if fired:
-            await conn.execute(
-                "DELETE FROM sagakit_timers AS t USING unnest($1::text[], $2::text[],"
-                " $3::float8[], $4::int[]) AS v(saga_id, name, due_at, attempt)"
-                " WHERE t.saga_id = v.saga_id AND t.name = v.name AND t.due_at = v.due_at"
-                " AND t.attempt = v.attempt",
-                *_columns(fired, 4),
-            )
+            await conn.execute(Q["delete_fired_timers"], *_columns(fired, 4))
         if upserts:
-            await conn.execute(
-                "INSERT INTO sagakit_timers (saga_id, name, kind, step, phase, attempt, due_at)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-                " $5::text[], $6::int[], $7::float8[]) ON CONFLICT (saga_id, name) DO UPDATE"
-                " SET kind = excluded.kind, step = excluded.step, phase = excluded.phase,"
-                " attempt = excluded.attempt, due_at = excluded.due_at",
-                *_columns(upserts, 7),
-            )
+            await conn.execute(Q["set_timers"], *_columns(upserts, 7))
 
     # -- Leases ---------------------------------------------------------------------------
 
@@ -406,10 +358,7 @@ class PostgresStore:
         self.worker_id = worker_id
         self._lease = lease
         await self._fetch(
-            "INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at,"
-            f" lease_expires_at) VALUES ($1, $2, $3, {_NOW}, {_NOW}, {_NOW} + $4)"
-            " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,"
-            " lease_expires_at = excluded.lease_expires_at",
+            Q["attach_worker"],
             worker_id,
             socket.gethostname(),
             os.getpid(),
@@ -417,27 +366,12 @@ class PostgresStore:
         )
 
     async def heartbeat(self) -> bool:
-        rows = await self._fetch(
-            "WITH old AS (SELECT lease_expires_at FROM sagakit_workers WHERE worker_id = $1"
-            " FOR UPDATE) UPDATE sagakit_workers AS w SET heartbeat_at = "
-            f"{_NOW}, lease_expires_at = {_NOW} + $2 FROM old WHERE w.worker_id = $1"
-            f" RETURNING old.lease_expires_at >= {_NOW}",
-            self.worker_id,
-            self._lease,
-        )
+        rows = await self._fetch(Q["heartbeat"], self.worker_id, self._lease)
         return bool(rows and rows[0][0])
 
     async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
         rows = await self._fetch(
-            "WITH candidates AS (SELECT i.saga_id FROM sagakit_instances AS i"
-            " LEFT JOIN sagakit_workers AS w ON w.worker_id = i.owner"
-            " WHERE i.status = ANY($2::text[]) AND i.fingerprint = ANY($3::text[])"
-            " AND i.owner IS DISTINCT FROM $1"
-            f" AND (i.owner IS NULL OR w.worker_id IS NULL OR w.lease_expires_at < {_NOW})"
-            " ORDER BY i.created_at LIMIT $4 FOR UPDATE OF i SKIP LOCKED)"
-            " UPDATE sagakit_instances AS i SET owner = $1, revision = i.revision + 1"
-            " FROM candidates AS c WHERE i.saga_id = c.saga_id"
-            f" RETURNING {', '.join('i.' + c.strip() for c in _COLUMNS.split(','))}",
+            Q["claim_instances"],
             self.worker_id,
             list(_LIVE),
             list(fingerprints),
@@ -450,36 +384,21 @@ class PostgresStore:
             return
         pool = self._pool
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE sagakit_instances SET owner = NULL, revision = revision + 1"
-                " WHERE owner = $1 AND status = ANY($2::text[])",
-                self.worker_id,
-                list(_LIVE),
-            )
-            await conn.execute("DELETE FROM sagakit_workers WHERE worker_id = $1", self.worker_id)
-            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}, 'released'")
+            await conn.execute(Q["release_instances"], self.worker_id, list(_LIVE))
+            await conn.execute(Q["delete_worker"], self.worker_id)
+            await conn.execute(Q["notify_released"])
         self.worker_id = None
 
     # -- Retention ------------------------------------------------------------------------
 
     async def finished_before(self, age: float, limit: int) -> builtins.list[str]:
-        rows = await self._fetch(
-            "SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')"
-            f" AND updated_at < {_NOW} - $1 ORDER BY updated_at LIMIT $2",
-            age,
-            limit,
-        )
+        rows = await self._fetch(Q["finished_before"], age, limit)
         return [r[0] for r in rows]
 
     async def purge(self, saga_ids: Sequence[str]) -> int:
         pool = await self._ready()
         async with pool.acquire() as conn, conn.transaction():
-            gone = await conn.fetch(
-                "DELETE FROM sagakit_instances WHERE saga_id = ANY($1::text[])"
-                " AND status IN ('completed', 'failed')"
-                " RETURNING saga_id, saga_type, idempotency_key, state",
-                list(saga_ids),
-            )
+            gone = await conn.fetch(Q["purge_instances"], list(saga_ids))
             ids = [r[0] for r in gone]
             keys = [
                 (r[1], r[2], r[0], str(cast(dict[str, JSON], loads(r[3]))["input_digest"]))
@@ -487,65 +406,49 @@ class PostgresStore:
                 if r[2] is not None
             ]
             if keys:
-                await conn.execute(
-                    "INSERT INTO sagakit_retired_keys (saga_type, idempotency_key, saga_id,"
-                    f" input_digest, retired_at) SELECT *, {_NOW} FROM unnest($1::text[],"
-                    " $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
-                    *_columns(keys, 4),
-                )
-            await conn.execute("DELETE FROM sagakit_history WHERE saga_id = ANY($1::text[])", ids)
-            await conn.execute("DELETE FROM sagakit_timers WHERE saga_id = ANY($1::text[])", ids)
+                await conn.execute(Q["retire_keys"], *_columns(keys, 4))
+            await conn.execute(Q["purge_history"], ids)
+            await conn.execute(Q["purge_timers"], ids)
         return len(ids)
 
     async def purge_keys(self, age: float) -> int:
         pool = await self._ready()
         counts = []
         async with pool.acquire() as conn, conn.transaction():
-            for sql in (
-                f"DELETE FROM sagakit_retired_keys WHERE retired_at < {_NOW} - $1",
+            statements: tuple[tuple[str, tuple[object, ...]], ...] = (
+                (Q["purge_retired_keys"], (age,)),
                 # An inbox key outlives its age while its saga is still live (running or
                 # stuck): an operator's retry must still find it.
-                f"DELETE FROM sagakit_inbox AS x WHERE x.at < {_NOW} - $1 AND NOT EXISTS"
-                " (SELECT 1 FROM sagakit_instances AS i WHERE i.saga_id ="
-                " split_part(x.key, ':', 1) AND i.status = ANY($2::text[]))",
-                "DELETE FROM sagakit_commands WHERE state != 'pending'"
-                f" AND created_at < {_NOW} - $1",
-                f"DELETE FROM sagakit_workers WHERE lease_expires_at < {_NOW} - $1",
-            ):
-                args: tuple[object, ...] = (age, list(_LIVE)) if "$2" in sql else (age,)
+                (Q["purge_inbox"], (age, list(_LIVE))),
+                (Q["purge_commands"], (age,)),
+                (Q["purge_workers"], (age,)),
+            )
+            for sql, args in statements:
                 status = await conn.execute(sql, *args)
                 counts.append(int(status.split()[-1]))
         return sum(counts[:3])
 
     async def retired_key(self, saga_type: str, key: str) -> RetiredKey | None:
-        rows = await self._fetch(
-            "SELECT saga_id, input_digest FROM sagakit_retired_keys"
-            " WHERE saga_type = $1 AND idempotency_key = $2",
-            saga_type,
-            key,
-        )
+        rows = await self._fetch(Q["retired_key"], saga_type, key)
         return RetiredKey(rows[0][0], rows[0][1]) if rows else None
 
     # -- InstanceQueries ------------------------------------------------------------------
 
     async def get(self, saga_id: str) -> SagaInstance | None:
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sagakit_instances WHERE saga_id = $1", saga_id
-        )
+        rows = await self._fetch(Q["get_instance"], saga_id)
         return _instance(rows[0]) if rows else None
 
     async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None:
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sagakit_instances"
-            " WHERE saga_type = $1 AND idempotency_key = $2",
-            saga_type,
-            key,
-        )
+        rows = await self._fetch(Q["find_by_key"], saga_type, key)
         return _instance(rows[0]) if rows else None
 
     async def list(self, filter: InstanceFilter) -> builtins.list[SagaInstance]:
+        # The WHERE clause is built here: it names only the filters given, so each query
+        # keeps the plan (and index) of its own filters, which one fixed statement of
+        # "($n IS NULL OR column = $n)" terms would not. The rest of the statement is in the
+        # file, with the limit as $1 and the filters' values from $2 on.
         where: list[str] = []
-        args: list[object] = []
+        args: list[object] = [filter.limit]
 
         def add(clause: str, value: object) -> None:
             args.append(value)
@@ -561,19 +464,11 @@ class PostgresStore:
             add("created_at >= {}", filter.created_after)
         if filter.created_before is not None:
             add("created_at < {}", filter.created_before)
-        sql = f"SELECT {_COLUMNS} FROM sagakit_instances"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        args.append(filter.limit)
-        sql += f" ORDER BY updated_at DESC LIMIT ${len(args)}"
+        sql = fill(Q["list_instances"], where=(" WHERE " + " AND ".join(where)) if where else "")
         return [_instance(r) for r in await self._fetch(sql, *args)]
 
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
-        rows = await self._fetch(
-            "SELECT at, kind, step, phase, attempt, detail FROM sagakit_history"
-            " WHERE saga_id = $1 ORDER BY id",
-            saga_id,
-        )
+        rows = await self._fetch(Q["history"], saga_id)
         return [
             HistoryEntry(
                 r[0], HistoryKind(r[1]), r[2], r[3], r[4], cast(dict[str, JSON], loads(r[5]))
@@ -582,43 +477,25 @@ class PostgresStore:
         ]
 
     async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sagakit_instances WHERE status = ANY($1::text[])"
-            " ORDER BY created_at LIMIT $2",
-            list(_UNSETTLED),
-            limit,
-        )
+        rows = await self._fetch(Q["unsettled"], list(_UNSETTLED), limit)
         return [_instance(r) for r in rows]
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
-        rows = await self._fetch("SELECT status, count(*) FROM sagakit_instances GROUP BY status")
+        rows = await self._fetch(Q["count_by_status"])
         return {SagaStatus(r[0]): int(r[1]) for r in rows}
 
     # -- TimerQueue -----------------------------------------------------------------------
 
     async def now(self) -> float:
-        rows = await self._fetch(f"SELECT {_NOW}")
+        rows = await self._fetch(Q["now"])
         return float(rows[0][0])
 
     async def due(self, limit: int) -> builtins.list[Timer]:
-        rows = await self._fetch(
-            "SELECT t.saga_id, t.name, t.kind, t.step, t.phase, t.attempt, t.due_at"
-            " FROM sagakit_timers AS t LEFT JOIN sagakit_instances AS i ON i.saga_id = t.saga_id"
-            f" WHERE t.due_at <= {_NOW}"
-            " AND ($1::text IS NULL OR i.owner = $1 OR i.saga_id IS NULL)"
-            " ORDER BY t.due_at LIMIT $2",
-            self.worker_id,
-            limit,
-        )
+        rows = await self._fetch(Q["due_timers"], self.worker_id, limit)
         return [Timer(r[0], r[1], TimerKind(r[2]), r[6], r[3], Phase(r[4]), r[5]) for r in rows]
 
     async def next_due(self) -> float | None:
-        rows = await self._fetch(
-            "SELECT min(t.due_at) FROM sagakit_timers AS t LEFT JOIN sagakit_instances AS i"
-            " ON i.saga_id = t.saga_id"
-            " WHERE ($1::text IS NULL OR i.owner = $1 OR i.saga_id IS NULL)",
-            self.worker_id,
-        )
+        rows = await self._fetch(Q["next_due"], self.worker_id)
         return cast("float | None", rows[0][0]) if rows else None
 
     # -- Outbox ---------------------------------------------------------------------------
@@ -627,14 +504,7 @@ class PostgresStore:
         # An orchestrator message is sent by its instance's owner; a participant's reply by
         # the worker that wrote it, or by anyone once that worker's lease is gone.
         rows = await self._fetch(
-            "SELECT o.id, o.source, o.destination, o.body, o.saga_id FROM sagakit_outbox AS o"
-            " LEFT JOIN sagakit_instances AS i ON i.saga_id = o.saga_id AND $3"
-            " LEFT JOIN sagakit_workers AS w ON w.worker_id = o.owner"
-            " WHERE o.source = $1 AND ($2::text IS NULL"
-            " OR ($3 AND i.owner = $2)"
-            " OR (NOT $3 AND (o.owner = $2 OR o.owner IS NULL OR w.worker_id IS NULL"
-            f" OR w.lease_expires_at < {_NOW})))"
-            " ORDER BY o.seq LIMIT $4",
+            Q["pending_outbox"],
             source,
             self.worker_id,
             source == "sagakit.orchestrator",
@@ -648,43 +518,27 @@ class PostgresStore:
         pool = await self._ready()
         async with pool.acquire() as conn, conn.transaction():
             command_id = await conn.fetchval(
-                "INSERT INTO sagakit_commands (saga_id, kind, body, state, created_at)"
-                f" VALUES ($1, $2, $3, $4, {_NOW}) RETURNING id",
+                Q["enqueue_command"],
                 saga_id,
                 kind,
                 dumps(body),
                 CommandState.PENDING.value,
             )
-            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}, 'command'")
+            await conn.execute(Q["notify_command"])
         return int(command_id)
 
     async def pending_commands(self, limit: int) -> builtins.list[QueuedCommand]:
-        rows = await self._fetch(
-            "SELECT c.id, c.saga_id, c.kind, c.body, c.state, c.error, c.created_at"
-            " FROM sagakit_commands AS c WHERE c.state = 'pending' AND ($1::text IS NULL"
-            " OR c.kind = 'start' OR EXISTS (SELECT 1 FROM sagakit_instances AS i"
-            " WHERE i.saga_id = c.saga_id AND i.owner = $1)) ORDER BY c.id LIMIT $2",
-            self.worker_id,
-            limit,
-        )
+        rows = await self._fetch(Q["pending_commands"], self.worker_id, limit)
         return [_command(r) for r in rows]
 
     async def command(self, command_id: int) -> QueuedCommand | None:
-        rows = await self._fetch(
-            "SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands"
-            " WHERE id = $1",
-            command_id,
-        )
+        rows = await self._fetch(Q["get_command"], command_id)
         return _command(rows[0]) if rows else None
 
     # -- DeadLetters ----------------------------------------------------------------------
 
     async def dead_letters(self, limit: int) -> builtins.list[DeadLetter]:
-        rows = await self._fetch(
-            "SELECT id, at, source, reason, body FROM sagakit_dead_letters ORDER BY id DESC"
-            " LIMIT $1",
-            limit,
-        )
+        rows = await self._fetch(Q["dead_letters"], limit)
         return [DeadLetter(r[2], r[3], bytes(r[4]), r[1], r[0]) for r in rows]
 
     # -- ParticipantStore -----------------------------------------------------------------
@@ -717,23 +571,15 @@ class PostgresTx:
         return [tuple(r) for r in rows]
 
     async def inbox_get(self, participant: str, key: str) -> bytes | None:
-        value = await self._conn.fetchval(
-            "SELECT reply FROM sagakit_inbox WHERE participant = $1 AND key = $2", participant, key
-        )
+        value = await self._conn.fetchval(Q["inbox_get"], participant, key)
         return bytes(value) if value is not None else None
 
     async def inbox_put(self, participant: str, key: str, reply: bytes) -> None:
-        await self._execute(
-            f"INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES ($1, $2, $3, {_NOW})",
-            participant,
-            key,
-            reply,
-        )
+        await self._execute(Q["inbox_put"], participant, key, reply)
 
     async def outbox_put(self, message: OutboxMessage) -> None:
         await self._execute(
-            "INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            Q["insert_outbox_message"],
             message.id,
             message.source,
             message.destination,
@@ -743,13 +589,11 @@ class PostgresTx:
         )
 
     async def outbox_done(self, message_ids: Sequence[str]) -> None:
-        await self._execute(
-            "DELETE FROM sagakit_outbox WHERE id = ANY($1::text[])", list(message_ids)
-        )
+        await self._execute(Q["delete_outbox"], list(message_ids))
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._execute(
-            "INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES ($1, $2, $3, $4)",
+            Q["insert_dead_letter"],
             letter.at,
             letter.source,
             letter.reason,
@@ -834,76 +678,6 @@ def _timer_changes(transitions: Sequence[Transition]) -> _TimerChanges:
             for x in latest.values()
         )
     return clear, names, fired, upserts
-
-
-_OK = "(SELECT saga_id FROM ok)"
-#: One batch in one statement: data-modifying CTEs run in one implicit transaction. Side
-#: records are kept only for transitions whose instance write passed its revision check
-#: (``ok``); the timer deletes never touch a timer that is upserted, so no row is modified twice.
-_COMMIT_AT_ONCE = f"""
-WITH ins AS (
-    INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,
-        correlation_id, idempotency_key, created_at, updated_at, revision, state, owner)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-        $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[],
-        $12::text[])
-    ON CONFLICT DO NOTHING RETURNING saga_id
-), upd AS (
-    UPDATE sagakit_instances AS i SET status = v.status, updated_at = v.updated_at,
-        revision = v.revision, state = v.state
-    FROM unnest($13::text[], $14::bigint[], $15::text[], $16::float8[], $17::bigint[],
-        $18::text[]) AS v(saga_id, expected, status, updated_at, revision, state)
-    WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id
-), ok AS (
-    SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd
-    UNION ALL SELECT unnest($19::text[])
-), hist AS (
-    INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT * FROM unnest($20::text[], $21::float8[], $22::text[], $23::text[], $24::text[],
-        $25::int[], $26::text[]) AS h(saga_id, at, kind, step, phase, attempt, detail)
-    WHERE h.saga_id IN {_OK}
-), obx AS (
-    INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)
-    SELECT o.id, o.source, o.destination, o.saga_id, o.body, o.owner
-    FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bytea[], $32::text[],
-        $33::text[]) AS o(id, source, destination, saga_id, body, owner, tsaga)
-    WHERE o.tsaga IN {_OK}
-    ON CONFLICT (id) DO NOTHING
-), tclr AS (
-    DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($34::text[]) AND t.saga_id IN {_OK}
-    AND NOT EXISTS (SELECT 1 FROM unnest($42::text[], $43::text[]) AS u(saga_id, name)
-        WHERE u.saga_id = t.saga_id AND u.name = t.name)
-), tdel AS (
-    DELETE FROM sagakit_timers AS t USING unnest($35::text[], $36::text[]) AS v(saga_id, name)
-    WHERE t.saga_id = v.saga_id AND t.name = v.name AND v.saga_id IN {_OK}
-), tfir AS (
-    DELETE FROM sagakit_timers AS t USING unnest($37::text[], $38::text[], $39::float8[],
-        $40::int[], $41::text[]) AS v(saga_id, name, due_at, attempt, tsaga)
-    WHERE t.saga_id = v.saga_id AND t.name = v.name AND t.due_at = v.due_at
-        AND t.attempt = v.attempt AND v.tsaga IN {_OK}
-), tset AS (
-    INSERT INTO sagakit_timers (saga_id, name, kind, step, phase, attempt, due_at)
-    SELECT v.saga_id, v.name, v.kind, v.step, v.phase, v.attempt, v.due_at
-    FROM unnest($42::text[], $43::text[], $44::text[], $45::text[], $46::text[], $47::int[],
-        $48::float8[], $49::text[]) AS v(saga_id, name, kind, step, phase, attempt, due_at, tsaga)
-    WHERE v.tsaga IN {_OK}
-    ON CONFLICT (saga_id, name) DO UPDATE SET kind = excluded.kind, step = excluded.step,
-        phase = excluded.phase, attempt = excluded.attempt, due_at = excluded.due_at
-), cons AS (
-    DELETE FROM sagakit_outbox WHERE id = ANY($50::text[]) OR id IN (
-        SELECT c.id FROM unnest($51::text[], $52::text[]) AS c(saga_id, id)
-        WHERE c.saga_id IN {_OK})
-), cmd AS (
-    UPDATE sagakit_commands AS c SET state = v.state, error = v.error, applied_at = {_NOW}
-    FROM unnest($53::bigint[], $54::text[], $55::text[], $56::text[])
-        AS v(id, state, error, saga_id)
-    WHERE c.id = v.id AND (v.saga_id IS NULL OR v.saga_id IN {_OK})
-), dl AS (
-    INSERT INTO sagakit_dead_letters (at, source, reason, body)
-    SELECT {_NOW}, * FROM unnest($57::text[], $58::text[], $59::bytea[])
-)
-SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd
-"""
 
 
 def _rounds(transitions: Sequence[Transition]) -> builtins.list[builtins.list[int]]:

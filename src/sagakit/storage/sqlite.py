@@ -5,7 +5,8 @@ acts on it. Database calls never run on the event loop: one connection writes on
 thread (under an asyncio lock, since a participant's transaction spans awaits), another reads
 on a second thread, so a read never sees uncommitted rows. A worker owns the file through an
 exclusive lock on ``<file>-sagakit.lock`` (held by the kernel, so it is released the moment
-the owning process dies); readers and the CLI open the file alongside it.
+the owning process dies); readers and the CLI open the file alongside it. The statements are
+named queries in ``sql/sqlite/queries.sql`` (``Q["name"]``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ from sagakit.ports import (
     Transition,
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
+from sagakit.storage.queries import fill, load_queries
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
+
+#: The statements of this module, by name, from ``sql/sqlite/queries.sql``.
+Q = load_queries("sqlite")
 
 _SETTLED = tuple(s.value for s in SagaStatus if s.settled)
 _TERMINAL = tuple(s.value for s in SagaStatus if s.terminal)
@@ -114,11 +119,12 @@ class SqliteStore:
 
     def _connect(self, synchronous: str, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(Q["set_busy_timeout"])
         if not writer:
             return conn
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(Q["set_journal_mode_wal"])
+        # A PRAGMA takes no bound parameter: the level is put into the statement.
+        conn.execute(fill(Q["set_synchronous"], level=synchronous))
         schema = resources.files("sagakit.storage").joinpath("sql/sqlite/schema.sql").read_text()
         with _transaction(conn):
             for statement in schema.split(";"):
@@ -182,27 +188,18 @@ class SqliteStore:
                 consumed.extend((i,) for i in t.consumed)
                 commands.extend(t.commands)
             if consumed:
-                conn.executemany("DELETE FROM sagakit_outbox WHERE id = ?", consumed)
+                conn.executemany(Q["delete_outbox"], consumed)
             if history:
-                conn.executemany(
-                    "INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    history,
-                )
+                conn.executemany(Q["insert_history"], history)
             if outbox:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    outbox,
-                )
+                conn.executemany(Q["insert_outbox"], outbox)
             if commands:
                 conn.executemany(
-                    "UPDATE sagakit_commands SET state = ?, error = ?, applied_at = ? WHERE id = ?",
-                    [(c.state.value, c.error, now, c.id) for c in commands],
+                    Q["apply_command"], [(c.state.value, c.error, now, c.id) for c in commands]
                 )
             if batch.dead_letters:
                 conn.executemany(
-                    "INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES (?,?,?,?)",
+                    Q["insert_dead_letter"],
                     [(now, d.source, d.reason, d.body) for d in batch.dead_letters],
                 )
         return results
@@ -215,9 +212,7 @@ class SqliteStore:
         state = dumps(_state_json(inst))
         if t.expected_revision is None:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO sagakit_instances (saga_id, saga_type, version,"
-                " fingerprint, status, correlation_id, idempotency_key, created_at, updated_at,"
-                " revision, state, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                Q["insert_instance"],
                 (
                     inst.saga_id,
                     inst.saga_type,
@@ -235,8 +230,7 @@ class SqliteStore:
             )
         else:
             cur = conn.execute(
-                "UPDATE sagakit_instances SET status = ?, updated_at = ?, revision = ?, state = ?"
-                " WHERE saga_id = ? AND revision = ?",
+                Q["update_instance"],
                 (
                     inst.status.value,
                     inst.updated_at,
@@ -254,8 +248,7 @@ class SqliteStore:
             if op.kind is TimerOpKind.SET and op.timer is not None:
                 tm = op.timer
                 conn.execute(
-                    "INSERT OR REPLACE INTO sagakit_timers (saga_id, name, kind, step, phase,"
-                    " attempt, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    Q["set_timer"],
                     (
                         tm.saga_id,
                         tm.name,
@@ -268,19 +261,12 @@ class SqliteStore:
                 )
             elif op.kind is TimerOpKind.CANCEL:
                 if op.names is None:
-                    conn.execute("DELETE FROM sagakit_timers WHERE saga_id = ?", (t.saga_id,))
+                    conn.execute(Q["delete_timers"], (t.saga_id,))
                 else:
-                    conn.executemany(
-                        "DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ?",
-                        [(t.saga_id, n) for n in op.names],
-                    )
+                    conn.executemany(Q["delete_timer"], [(t.saga_id, n) for n in op.names])
             elif op.kind is TimerOpKind.FIRED and op.timer is not None:
                 tm = op.timer
-                conn.execute(
-                    "DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ? AND due_at = ?"
-                    " AND attempt = ?",
-                    (tm.saga_id, tm.name, tm.due_at, tm.attempt),
-                )
+                conn.execute(Q["delete_fired_timer"], (tm.saga_id, tm.name, tm.due_at, tm.attempt))
 
     # -- Leases ---------------------------------------------------------------------------
     # One worker owns a SQLite file (the flock), so a lease is the lock itself: attaching
@@ -294,20 +280,19 @@ class SqliteStore:
 
     async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
         # Stuck instances are claimed too: an operator's retry or resolve needs an owner.
-        marks = ",".join("?" * len(_TERMINAL))
-        prints = ",".join("?" * len(fingerprints))
         if not fingerprints:
             return []
+        # SQLite binds no list: the IN lists' placeholders are put in here, one per value.
+        sql = fill(
+            Q["claim_instances"],
+            terminal=_marks(len(_TERMINAL)),
+            fingerprints=_marks(len(fingerprints)),
+        )
 
         def write() -> builtins.list[tuple[object, ...]]:
             with _transaction(self._conn):
                 return self._conn.execute(
-                    "UPDATE sagakit_instances SET owner = ?, revision = revision + 1"
-                    " WHERE saga_id IN (SELECT saga_id FROM sagakit_instances"
-                    f" WHERE status NOT IN ({marks}) AND fingerprint IN ({prints})"
-                    " AND (owner IS NULL OR owner != ?) LIMIT ?)"
-                    f" RETURNING {self._COLUMNS}",
-                    (self.worker_id, *_TERMINAL, *fingerprints, self.worker_id, limit),
+                    sql, (self.worker_id, *_TERMINAL, *fingerprints, self.worker_id, limit)
                 ).fetchall()
 
         return [_instance(r) for r in await self._write(write)]
@@ -325,11 +310,7 @@ class SqliteStore:
     # -- Retention ------------------------------------------------------------------------
 
     async def finished_before(self, age: float, limit: int) -> builtins.list[str]:
-        rows = await self._query(
-            "SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')"
-            " AND updated_at < ? ORDER BY updated_at LIMIT ?",
-            (self._clock() - age, limit),
-        )
+        rows = await self._query(Q["finished_before"], (self._clock() - age, limit))
         return [cast(str, r[0]) for r in rows]
 
     async def purge(self, saga_ids: Sequence[str]) -> int:
@@ -338,26 +319,15 @@ class SqliteStore:
         def write() -> int:
             with _transaction(self._conn):
                 conn = self._conn
-                conn.execute("CREATE TEMP TABLE IF NOT EXISTS sagakit_purge (saga_id TEXT)")
-                conn.execute("DELETE FROM sagakit_purge")
-                conn.executemany("INSERT INTO sagakit_purge VALUES (?)", ids)
-                conn.execute(
-                    "DELETE FROM sagakit_purge WHERE saga_id NOT IN (SELECT saga_id FROM"
-                    " sagakit_instances WHERE status IN ('completed', 'failed'))"
-                )
-                conn.execute(
-                    "INSERT OR REPLACE INTO sagakit_retired_keys (saga_type, idempotency_key,"
-                    " saga_id, input_digest, retired_at) SELECT saga_type, idempotency_key,"
-                    " saga_id, json_extract(state, '$.input_digest'), ? FROM sagakit_instances"
-                    " WHERE idempotency_key IS NOT NULL AND saga_id IN (SELECT saga_id FROM"
-                    " sagakit_purge)",
-                    (self._clock(),),
-                )
-                for table in ("sagakit_history", "sagakit_timers", "sagakit_instances"):
-                    conn.execute(
-                        f"DELETE FROM {table} WHERE saga_id IN (SELECT saga_id FROM sagakit_purge)"
-                    )
-                count = conn.execute("SELECT count(*) FROM sagakit_purge").fetchone()[0]
+                conn.execute(Q["create_purge_table"])
+                conn.execute(Q["clear_purge_table"])
+                conn.executemany(Q["add_purge_id"], ids)
+                conn.execute(Q["keep_finished_purge_ids"])
+                conn.execute(Q["retire_purged_keys"], (self._clock(),))
+                conn.execute(Q["purge_history"])
+                conn.execute(Q["purge_timers"])
+                conn.execute(Q["purge_instances"])
+                count = conn.execute(Q["count_purged"]).fetchone()[0]
                 return int(count)
 
         return await self._write(write)
@@ -368,56 +338,33 @@ class SqliteStore:
         def write() -> int:
             with _transaction(self._conn):
                 conn = self._conn
-                count = conn.execute(
-                    "DELETE FROM sagakit_retired_keys WHERE retired_at < ?", (cutoff,)
-                ).rowcount
+                count = conn.execute(Q["purge_retired_keys"], (cutoff,)).rowcount
                 # An inbox key outlives its age while its saga is still live (running or
                 # stuck): an operator's retry must still find it.
-                count += conn.execute(
-                    "DELETE FROM sagakit_inbox WHERE at < ? AND NOT EXISTS (SELECT 1 FROM"
-                    " sagakit_instances AS i WHERE i.saga_id = substr(sagakit_inbox.key, 1,"
-                    " instr(sagakit_inbox.key, ':') - 1) AND i.status NOT IN ('completed',"
-                    " 'failed'))",
-                    (cutoff,),
-                ).rowcount
-                count += conn.execute(
-                    "DELETE FROM sagakit_commands WHERE state != 'pending' AND created_at < ?",
-                    (cutoff,),
-                ).rowcount
+                count += conn.execute(Q["purge_inbox"], (cutoff,)).rowcount
+                count += conn.execute(Q["purge_commands"], (cutoff,)).rowcount
                 return int(count)
 
         return await self._write(write)
 
     async def retired_key(self, saga_type: str, key: str) -> RetiredKey | None:
-        rows = await self._query(
-            "SELECT saga_id, input_digest FROM sagakit_retired_keys"
-            " WHERE saga_type = ? AND idempotency_key = ?",
-            (saga_type, key),
-        )
+        rows = await self._query(Q["retired_key"], (saga_type, key))
         return RetiredKey(cast(str, rows[0][0]), cast(str, rows[0][1])) if rows else None
 
     # -- InstanceQueries ------------------------------------------------------------------
 
-    _COLUMNS = (
-        "saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,"
-        " created_at, updated_at, revision, state, owner"
-    )
-
     async def get(self, saga_id: str) -> SagaInstance | None:
-        rows = await self._query(
-            f"SELECT {self._COLUMNS} FROM sagakit_instances WHERE saga_id = ?", (saga_id,)
-        )
+        rows = await self._query(Q["get_instance"], (saga_id,))
         return _instance(rows[0]) if rows else None
 
     async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None:
-        rows = await self._query(
-            f"SELECT {self._COLUMNS} FROM sagakit_instances"
-            " WHERE saga_type = ? AND idempotency_key = ?",
-            (saga_type, key),
-        )
+        rows = await self._query(Q["find_by_key"], (saga_type, key))
         return _instance(rows[0]) if rows else None
 
     async def list(self, filter: InstanceFilter) -> builtins.list[SagaInstance]:
+        # The WHERE clause is built here: it names only the filters given, so each query
+        # keeps the plan (and index) of its own filters, which one fixed statement of
+        # "(? IS NULL OR column = ?)" terms would not. The rest of the statement is in the file.
         where: list[str] = []
         params: list[object] = []
         if filter.status is not None:
@@ -435,19 +382,12 @@ class SqliteStore:
         if filter.created_before is not None:
             where.append("created_at < ?")
             params.append(filter.created_before)
-        sql = f"SELECT {self._COLUMNS} FROM sagakit_instances"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY updated_at DESC LIMIT ?"
+        sql = fill(Q["list_instances"], where=(" WHERE " + " AND ".join(where)) if where else "")
         params.append(filter.limit)
         return [_instance(r) for r in await self._query(sql, params)]
 
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
-        rows = await self._query(
-            "SELECT at, kind, step, phase, attempt, detail FROM sagakit_history"
-            " WHERE saga_id = ? ORDER BY id",
-            (saga_id,),
-        )
+        rows = await self._query(Q["history"], (saga_id,))
         return [
             HistoryEntry(
                 cast(float, r[0]),
@@ -461,16 +401,13 @@ class SqliteStore:
         ]
 
     async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
-        marks = ",".join("?" * len(_SETTLED))
-        rows = await self._query(
-            f"SELECT {self._COLUMNS} FROM sagakit_instances WHERE status NOT IN ({marks})"
-            " ORDER BY created_at LIMIT ?",
-            (*_SETTLED, limit),
-        )
+        # The statuses are bound one placeholder each (SQLite binds no list).
+        sql = fill(Q["unsettled"], settled=_marks(len(_SETTLED)))
+        rows = await self._query(sql, (*_SETTLED, limit))
         return [_instance(r) for r in rows]
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
-        rows = await self._query("SELECT status, count(*) FROM sagakit_instances GROUP BY status")
+        rows = await self._query(Q["count_by_status"])
         return {SagaStatus(cast(str, r[0])): cast(int, r[1]) for r in rows}
 
     # -- TimerQueue -----------------------------------------------------------------------
@@ -479,11 +416,7 @@ class SqliteStore:
         return self._clock()
 
     async def due(self, limit: int) -> builtins.list[Timer]:
-        rows = await self._query(
-            "SELECT saga_id, name, kind, step, phase, attempt, due_at FROM sagakit_timers"
-            " WHERE due_at <= ? ORDER BY due_at LIMIT ?",
-            (self._clock(), limit),
-        )
+        rows = await self._query(Q["due_timers"], (self._clock(), limit))
         return [
             Timer(
                 saga_id=cast(str, r[0]),
@@ -498,17 +431,13 @@ class SqliteStore:
         ]
 
     async def next_due(self) -> float | None:
-        rows = await self._query("SELECT min(due_at) FROM sagakit_timers")
+        rows = await self._query(Q["next_due"])
         return cast("float | None", rows[0][0]) if rows else None
 
     # -- Outbox ---------------------------------------------------------------------------
 
     async def pending(self, source: str, limit: int) -> builtins.list[OutboxMessage]:
-        rows = await self._query(
-            "SELECT id, source, destination, body, saga_id FROM sagakit_outbox"
-            " WHERE source = ? ORDER BY seq LIMIT ?",
-            (source, limit),
-        )
+        rows = await self._query(Q["pending_outbox"], (source, limit))
         return [
             OutboxMessage(
                 cast(str, r[0]),
@@ -526,8 +455,7 @@ class SqliteStore:
         def write() -> int:
             with _transaction(self._conn):
                 cur = self._conn.execute(
-                    "INSERT INTO sagakit_commands (saga_id, kind, body, state, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    Q["enqueue_command"],
                     (saga_id, kind, dumps(body), CommandState.PENDING.value, self._clock()),
                 )
                 return cast(int, cur.lastrowid)
@@ -535,29 +463,17 @@ class SqliteStore:
         return await self._write(write)
 
     async def pending_commands(self, limit: int) -> builtins.list[QueuedCommand]:
-        rows = await self._query(
-            "SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands"
-            " WHERE state = ? ORDER BY id LIMIT ?",
-            (CommandState.PENDING.value, limit),
-        )
+        rows = await self._query(Q["pending_commands"], (CommandState.PENDING.value, limit))
         return [_command(r) for r in rows]
 
     async def command(self, command_id: int) -> QueuedCommand | None:
-        rows = await self._query(
-            "SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands"
-            " WHERE id = ?",
-            (command_id,),
-        )
+        rows = await self._query(Q["get_command"], (command_id,))
         return _command(rows[0]) if rows else None
 
     # -- DeadLetters ----------------------------------------------------------------------
 
     async def dead_letters(self, limit: int) -> builtins.list[DeadLetter]:
-        rows = await self._query(
-            "SELECT id, at, source, reason, body FROM sagakit_dead_letters ORDER BY id DESC"
-            " LIMIT ?",
-            (limit,),
-        )
+        rows = await self._query(Q["dead_letters"], (limit,))
         return [
             DeadLetter(
                 cast(str, r[2]),
@@ -577,9 +493,9 @@ class SqliteStore:
                 # BEGIN and COMMIT inside the try: a cancelled await does not stop them on the
                 # thread, and a failed COMMIT leaves the transaction open. Either way it is
                 # rolled back (on the same FIFO thread, so after them) before the lock is freed.
-                await self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"), write=True)
+                await self._run(lambda: self._conn.execute(Q["begin_immediate"]), write=True)
                 result = await fn(_SqliteTx(self))
-                await self._run(lambda: self._conn.execute("COMMIT"), write=True)
+                await self._run(lambda: self._conn.execute(Q["commit"]), write=True)
             except BaseException:
                 await asyncio.shield(self._run(self._rollback, write=True))
                 raise
@@ -587,7 +503,7 @@ class SqliteStore:
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+            self._conn.execute(Q["rollback"])
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -614,41 +530,32 @@ class _SqliteTx:
 
     async def inbox_get(self, participant: str, key: str) -> bytes | None:
         row = await self._do(
-            lambda: self._conn.execute(
-                "SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?",
-                (participant, key),
-            ).fetchone()
+            lambda: self._conn.execute(Q["inbox_get"], (participant, key)).fetchone()
         )
         return bytes(row[0]) if row else None
 
     async def inbox_put(self, participant: str, key: str, reply: bytes) -> None:
         await self._do(
-            lambda: self._conn.execute(
-                "INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?)",
-                (participant, key, reply, time.time()),
-            )
+            lambda: self._conn.execute(Q["inbox_put"], (participant, key, reply, time.time()))
         )
 
     async def outbox_put(self, message: OutboxMessage) -> None:
         await self._do(
             lambda: self._conn.execute(
-                "INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body)"
-                " VALUES (?, ?, ?, ?, ?)",
+                Q["insert_outbox"],
                 (message.id, message.source, message.destination, message.saga_id, message.body),
             )
         )
 
     async def outbox_done(self, message_ids: Sequence[str]) -> None:
         await self._do(
-            lambda: self._conn.executemany(
-                "DELETE FROM sagakit_outbox WHERE id = ?", [(i,) for i in message_ids]
-            )
+            lambda: self._conn.executemany(Q["delete_outbox"], [(i,) for i in message_ids])
         )
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._do(
             lambda: self._conn.execute(
-                "INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES (?, ?, ?, ?)",
+                Q["insert_dead_letter"],
                 (letter.at, letter.source, letter.reason, letter.body),
             )
         )
@@ -656,14 +563,19 @@ class _SqliteTx:
 
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(Q["begin_immediate"])
     try:
         yield
-        conn.execute("COMMIT")
+        conn.execute(Q["commit"])
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            conn.execute(Q["rollback"])
         raise
+
+
+def _marks(count: int) -> str:
+    """``count`` ``?`` placeholders for an ``IN`` list."""
+    return ",".join("?" * count)
 
 
 def _take_lock(path: str) -> IO[str]:

@@ -1,0 +1,403 @@
+-- sagakit's queries on PostgreSQL, by name (loaded by sagakit.storage.queries).
+-- Not a migration: only files named NNNN_name.sql are applied by `sagakit migrate`.
+-- Times are judged by the database's clock: extract(epoch FROM clock_timestamp()).
+-- A {marker} stands for a part assembled in Python at run time: a filter's WHERE clause, a
+-- schema name (see postgres.py).
+
+-- Schema and migrations ------------------------------------------------------------------------
+
+-- name: has_schema
+-- Whether the sagakit tables exist in the search path (a reader that does not migrate).
+SELECT to_regclass('sagakit_instances') IS NOT NULL;
+
+-- name: lock_migrations
+-- Serialise concurrent migrators for the rest of the transaction.
+SELECT pg_advisory_xact_lock(hashtext('sagakit.migrate'));
+
+-- name: create_schema
+-- The URL's ?schema= (a checked identifier: an identifier cannot be a bound parameter).
+CREATE SCHEMA IF NOT EXISTS "{schema}";
+
+-- name: create_migrations_table
+-- The record of applied migrations.
+CREATE TABLE IF NOT EXISTS sagakit_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now());
+
+-- name: applied_migrations
+-- The versions already applied.
+SELECT version FROM sagakit_migrations;
+
+-- name: record_migration
+-- Record a migration just applied.
+INSERT INTO sagakit_migrations (version, name) VALUES ($1, $2);
+
+-- TransitionStore: a batch's writes -----------------------------------------------------------
+
+-- The data-modifying CTEs of commit_at_once run in one implicit transaction. Side records are
+-- kept only for transitions whose instance write passed its revision check (ok); the timer
+-- deletes never touch a timer that is upserted, so no row is modified twice.
+
+-- name: commit_at_once
+-- A batch with one transition per instance, in one statement (one round trip).
+WITH ins AS (
+    INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,
+        correlation_id, idempotency_key, created_at, updated_at, revision, state, owner)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+        $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[],
+        $12::text[])
+    ON CONFLICT DO NOTHING RETURNING saga_id
+), upd AS (
+    UPDATE sagakit_instances AS i SET status = v.status, updated_at = v.updated_at,
+        revision = v.revision, state = v.state
+    FROM unnest($13::text[], $14::bigint[], $15::text[], $16::float8[], $17::bigint[],
+        $18::text[]) AS v(saga_id, expected, status, updated_at, revision, state)
+    WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id
+), ok AS (
+    SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd
+    UNION ALL SELECT unnest($19::text[])
+), hist AS (
+    INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT * FROM unnest($20::text[], $21::float8[], $22::text[], $23::text[], $24::text[],
+        $25::int[], $26::text[]) AS h(saga_id, at, kind, step, phase, attempt, detail)
+    WHERE h.saga_id IN (SELECT saga_id FROM ok)
+), obx AS (
+    INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)
+    SELECT o.id, o.source, o.destination, o.saga_id, o.body, o.owner
+    FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bytea[], $32::text[],
+        $33::text[]) AS o(id, source, destination, saga_id, body, owner, tsaga)
+    WHERE o.tsaga IN (SELECT saga_id FROM ok)
+    ON CONFLICT (id) DO NOTHING
+), tclr AS (
+    DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($34::text[])
+    AND t.saga_id IN (SELECT saga_id FROM ok)
+    AND NOT EXISTS (SELECT 1 FROM unnest($42::text[], $43::text[]) AS u(saga_id, name)
+        WHERE u.saga_id = t.saga_id AND u.name = t.name)
+), tdel AS (
+    DELETE FROM sagakit_timers AS t USING unnest($35::text[], $36::text[]) AS v(saga_id, name)
+    WHERE t.saga_id = v.saga_id AND t.name = v.name AND v.saga_id IN (SELECT saga_id FROM ok)
+), tfir AS (
+    DELETE FROM sagakit_timers AS t USING unnest($37::text[], $38::text[], $39::float8[],
+        $40::int[], $41::text[]) AS v(saga_id, name, due_at, attempt, tsaga)
+    WHERE t.saga_id = v.saga_id AND t.name = v.name AND t.due_at = v.due_at
+        AND t.attempt = v.attempt AND v.tsaga IN (SELECT saga_id FROM ok)
+), tset AS (
+    INSERT INTO sagakit_timers (saga_id, name, kind, step, phase, attempt, due_at)
+    SELECT v.saga_id, v.name, v.kind, v.step, v.phase, v.attempt, v.due_at
+    FROM unnest($42::text[], $43::text[], $44::text[], $45::text[], $46::text[], $47::int[],
+        $48::float8[], $49::text[]) AS v(saga_id, name, kind, step, phase, attempt, due_at, tsaga)
+    WHERE v.tsaga IN (SELECT saga_id FROM ok)
+    ON CONFLICT (saga_id, name) DO UPDATE SET kind = excluded.kind, step = excluded.step,
+        phase = excluded.phase, attempt = excluded.attempt, due_at = excluded.due_at
+), cons AS (
+    DELETE FROM sagakit_outbox WHERE id = ANY($50::text[]) OR id IN (
+        SELECT c.id FROM unnest($51::text[], $52::text[]) AS c(saga_id, id)
+        WHERE c.saga_id IN (SELECT saga_id FROM ok))
+), cmd AS (
+    UPDATE sagakit_commands AS c SET state = v.state, error = v.error,
+        applied_at = extract(epoch FROM clock_timestamp())
+    FROM unnest($53::bigint[], $54::text[], $55::text[], $56::text[])
+        AS v(id, state, error, saga_id)
+    WHERE c.id = v.id AND (v.saga_id IS NULL OR v.saga_id IN (SELECT saga_id FROM ok))
+), dl AS (
+    INSERT INTO sagakit_dead_letters (at, source, reason, body)
+    SELECT extract(epoch FROM clock_timestamp()), *
+    FROM unnest($57::text[], $58::text[], $59::bytea[])
+)
+SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd;
+
+-- The ordered path: a batch that repeats a saga commits in rounds, one statement per kind.
+
+-- name: insert_instances
+-- Create instances (starts); a duplicate saga_id or idempotency key is skipped, not returned.
+INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status, correlation_id,
+    idempotency_key, created_at, updated_at, revision, state, owner)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[], $12::text[])
+ON CONFLICT DO NOTHING RETURNING saga_id;
+
+-- name: update_instances
+-- Advance instances whose revision is still the expected one (optimistic concurrency).
+UPDATE sagakit_instances AS i SET status = v.status, updated_at = v.updated_at,
+    revision = v.revision, state = v.state
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::float8[], $5::bigint[], $6::text[])
+    AS v(saga_id, expected, status, updated_at, revision, state)
+WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id;
+
+-- name: insert_history
+-- Append history entries (read back through index sagakit_history_saga).
+INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
+SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[], $6::int[],
+    $7::text[]);
+
+-- name: insert_outbox
+-- Queue outgoing messages, with the worker that wrote them; an id already queued is kept.
+INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+ON CONFLICT (id) DO NOTHING;
+
+-- name: delete_outbox
+-- Drop messages from the outbox once their consumer has committed (or they were sent).
+DELETE FROM sagakit_outbox WHERE id = ANY($1::text[]);
+
+-- name: apply_commands
+-- Record the outcome of operator commands.
+UPDATE sagakit_commands AS c SET state = v.state, error = v.error,
+    applied_at = extract(epoch FROM clock_timestamp())
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS v(id, state, error)
+WHERE c.id = v.id;
+
+-- name: insert_dead_letters
+-- Keep messages that could not be handled, with the reasons.
+INSERT INTO sagakit_dead_letters (at, source, reason, body)
+SELECT extract(epoch FROM clock_timestamp()), *
+FROM unnest($1::text[], $2::text[], $3::bytea[]);
+
+-- name: clear_timers
+-- Cancel every timer of some instances, except those set again in the same batch.
+DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($1::text[])
+AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS u(saga_id, name)
+    WHERE u.saga_id = t.saga_id AND u.name = t.name);
+
+-- name: delete_timers
+-- Cancel timers by instance and name.
+DELETE FROM sagakit_timers AS t USING unnest($1::text[], $2::text[]) AS v(saga_id, name)
+WHERE t.saga_id = v.saga_id AND t.name = v.name;
+
+-- name: delete_fired_timers
+-- Drop timers that fired, unless set again since (then their due_at or attempt differ).
+DELETE FROM sagakit_timers AS t
+USING unnest($1::text[], $2::text[], $3::float8[], $4::int[]) AS v(saga_id, name, due_at, attempt)
+WHERE t.saga_id = v.saga_id AND t.name = v.name AND t.due_at = v.due_at
+    AND t.attempt = v.attempt;
+
+-- name: set_timers
+-- Set (or reset) timers, keyed by instance and name.
+INSERT INTO sagakit_timers (saga_id, name, kind, step, phase, attempt, due_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+    $7::float8[])
+ON CONFLICT (saga_id, name) DO UPDATE SET kind = excluded.kind, step = excluded.step,
+    phase = excluded.phase, attempt = excluded.attempt, due_at = excluded.due_at;
+
+-- Leases ---------------------------------------------------------------------------------------
+
+-- name: attach_worker
+-- Register a worker and its first lease (or renew the lease of a worker id come back).
+INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at, lease_expires_at)
+VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()),
+    extract(epoch FROM clock_timestamp()), extract(epoch FROM clock_timestamp()) + $4)
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+    lease_expires_at = excluded.lease_expires_at;
+
+-- name: heartbeat
+-- Renew a worker's lease; returns whether the lease it renews had not expired yet.
+WITH old AS (
+    SELECT lease_expires_at FROM sagakit_workers WHERE worker_id = $1 FOR UPDATE)
+UPDATE sagakit_workers AS w SET heartbeat_at = extract(epoch FROM clock_timestamp()),
+    lease_expires_at = extract(epoch FROM clock_timestamp()) + $2
+FROM old WHERE w.worker_id = $1
+RETURNING old.lease_expires_at >= extract(epoch FROM clock_timestamp());
+
+-- name: claim_instances
+-- Take over unsettled instances whose owner has no live lease (revision bump = fencing).
+WITH candidates AS (
+    SELECT i.saga_id FROM sagakit_instances AS i
+    LEFT JOIN sagakit_workers AS w ON w.worker_id = i.owner
+    WHERE i.status = ANY($2::text[]) AND i.fingerprint = ANY($3::text[])
+        AND i.owner IS DISTINCT FROM $1
+        AND (i.owner IS NULL OR w.worker_id IS NULL
+            OR w.lease_expires_at < extract(epoch FROM clock_timestamp()))
+    ORDER BY i.created_at LIMIT $4 FOR UPDATE OF i SKIP LOCKED)
+UPDATE sagakit_instances AS i SET owner = $1, revision = i.revision + 1
+FROM candidates AS c WHERE i.saga_id = c.saga_id
+RETURNING i.saga_id, i.saga_type, i.version, i.fingerprint, i.status, i.correlation_id,
+    i.idempotency_key, i.created_at, i.updated_at, i.revision, i.state, i.owner;
+
+-- name: release_instances
+-- A stopping worker gives up its live instances (revision bump = fencing).
+UPDATE sagakit_instances SET owner = NULL, revision = revision + 1
+WHERE owner = $1 AND status = ANY($2::text[]);
+
+-- name: delete_worker
+-- A stopping worker drops its lease.
+DELETE FROM sagakit_workers WHERE worker_id = $1;
+
+-- name: notify_released
+-- Wake the other workers (channel sagakit_work) to claim what a stopping worker released.
+NOTIFY sagakit_work, 'released';
+
+-- Retention ------------------------------------------------------------------------------------
+
+-- name: finished_before
+-- Finished instances updated before a cutoff, oldest first (index sagakit_instances_finished).
+SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')
+    AND updated_at < extract(epoch FROM clock_timestamp()) - $1
+ORDER BY updated_at LIMIT $2;
+
+-- name: purge_instances
+-- Purge: delete the finished ones of the instances asked for, returning what retires their key.
+DELETE FROM sagakit_instances WHERE saga_id = ANY($1::text[])
+    AND status IN ('completed', 'failed')
+RETURNING saga_id, saga_type, idempotency_key, state;
+
+-- name: retire_keys
+-- Purge: keep the idempotency keys of purged instances, so a duplicate start is still answered.
+INSERT INTO sagakit_retired_keys (saga_type, idempotency_key, saga_id, input_digest, retired_at)
+SELECT *, extract(epoch FROM clock_timestamp())
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: purge_history
+-- Purge: the history of the purged instances (index sagakit_history_saga).
+DELETE FROM sagakit_history WHERE saga_id = ANY($1::text[]);
+
+-- name: purge_timers
+-- Purge: the timers of the purged instances.
+DELETE FROM sagakit_timers WHERE saga_id = ANY($1::text[]);
+
+-- name: purge_retired_keys
+-- Retention: forget retired idempotency keys older than the cutoff (sagakit_retired_keys_at).
+DELETE FROM sagakit_retired_keys
+WHERE retired_at < extract(epoch FROM clock_timestamp()) - $1;
+
+-- name: purge_inbox
+-- Retention: old inbox keys, but a live saga's stay for an operator's retry (sagakit_inbox_at).
+DELETE FROM sagakit_inbox AS x
+WHERE x.at < extract(epoch FROM clock_timestamp()) - $1 AND NOT EXISTS (
+    SELECT 1 FROM sagakit_instances AS i
+    WHERE i.saga_id = split_part(x.key, ':', 1) AND i.status = ANY($2::text[]));
+
+-- name: purge_commands
+-- Retention: operator commands already applied or refused, older than the cutoff.
+DELETE FROM sagakit_commands
+WHERE state != 'pending' AND created_at < extract(epoch FROM clock_timestamp()) - $1;
+
+-- name: purge_workers
+-- Retention: workers whose lease expired longer ago than the cutoff.
+DELETE FROM sagakit_workers
+WHERE lease_expires_at < extract(epoch FROM clock_timestamp()) - $1;
+
+-- name: retired_key
+-- The instance an idempotency key named before it was purged (primary key of the table).
+SELECT saga_id, input_digest FROM sagakit_retired_keys
+WHERE saga_type = $1 AND idempotency_key = $2;
+
+-- InstanceQueries ------------------------------------------------------------------------------
+
+-- name: get_instance
+-- One instance by id.
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances WHERE saga_id = $1;
+
+-- name: find_by_key
+-- The instance started under an idempotency key (index sagakit_instances_key).
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances WHERE saga_type = $1 AND idempotency_key = $2;
+
+-- name: list_instances
+-- Filtered listing, latest first (indexes sagakit_instances_status/_type/_correlation/_created).
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances{where}
+ORDER BY updated_at DESC LIMIT $1;
+
+-- name: history
+-- An instance's history in order (index sagakit_history_saga).
+SELECT at, kind, step, phase, attempt, detail FROM sagakit_history
+WHERE saga_id = $1 ORDER BY id;
+
+-- name: unsettled
+-- Instances still moving (started, pending, compensating), oldest first.
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances WHERE status = ANY($1::text[])
+ORDER BY created_at LIMIT $2;
+
+-- name: count_by_status
+-- How many instances are in each status.
+SELECT status, count(*) FROM sagakit_instances GROUP BY status;
+
+-- TimerQueue -----------------------------------------------------------------------------------
+
+-- name: now
+-- The database's clock, which judges due timers and expired leases.
+SELECT extract(epoch FROM clock_timestamp());
+
+-- name: due_timers
+-- Due timers of this worker's (or no) instance, earliest first (index sagakit_timers_due).
+SELECT t.saga_id, t.name, t.kind, t.step, t.phase, t.attempt, t.due_at
+FROM sagakit_timers AS t LEFT JOIN sagakit_instances AS i ON i.saga_id = t.saga_id
+WHERE t.due_at <= extract(epoch FROM clock_timestamp())
+    AND ($1::text IS NULL OR i.owner = $1 OR i.saga_id IS NULL)
+ORDER BY t.due_at LIMIT $2;
+
+-- name: next_due
+-- When this worker's next timer is due, so the timer loop can sleep until then.
+SELECT min(t.due_at) FROM sagakit_timers AS t
+LEFT JOIN sagakit_instances AS i ON i.saga_id = t.saga_id
+WHERE ($1::text IS NULL OR i.owner = $1 OR i.saga_id IS NULL);
+
+-- Outbox ---------------------------------------------------------------------------------------
+
+-- name: pending_outbox
+-- A source's messages this worker sends, in order (index sagakit_outbox_source).
+SELECT o.id, o.source, o.destination, o.body, o.saga_id FROM sagakit_outbox AS o
+LEFT JOIN sagakit_instances AS i ON i.saga_id = o.saga_id AND $3
+LEFT JOIN sagakit_workers AS w ON w.worker_id = o.owner
+WHERE o.source = $1 AND ($2::text IS NULL
+    OR ($3 AND i.owner = $2)
+    OR (NOT $3 AND (o.owner = $2 OR o.owner IS NULL OR w.worker_id IS NULL
+        OR w.lease_expires_at < extract(epoch FROM clock_timestamp()))))
+ORDER BY o.seq LIMIT $4;
+
+-- CommandQueue ---------------------------------------------------------------------------------
+
+-- name: enqueue_command
+-- Queue an operator command.
+INSERT INTO sagakit_commands (saga_id, kind, body, state, created_at)
+VALUES ($1, $2, $3, $4, extract(epoch FROM clock_timestamp())) RETURNING id;
+
+-- name: notify_command
+-- Wake the workers (channel sagakit_work): a command is queued.
+NOTIFY sagakit_work, 'command';
+
+-- name: pending_commands
+-- Pending commands this worker applies: starts and its instances' (sagakit_commands_pending).
+SELECT c.id, c.saga_id, c.kind, c.body, c.state, c.error, c.created_at
+FROM sagakit_commands AS c
+WHERE c.state = 'pending' AND ($1::text IS NULL OR c.kind = 'start' OR EXISTS (
+    SELECT 1 FROM sagakit_instances AS i WHERE i.saga_id = c.saga_id AND i.owner = $1))
+ORDER BY c.id LIMIT $2;
+
+-- name: get_command
+-- One command by id, to follow its outcome.
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands WHERE id = $1;
+
+-- DeadLetters ----------------------------------------------------------------------------------
+
+-- name: dead_letters
+-- The latest dead letters first.
+SELECT id, at, source, reason, body FROM sagakit_dead_letters ORDER BY id DESC LIMIT $1;
+
+-- ParticipantStore -----------------------------------------------------------------------------
+
+-- name: inbox_get
+-- A participant's stored reply under an idempotency key (primary key of sagakit_inbox).
+SELECT reply FROM sagakit_inbox WHERE participant = $1 AND key = $2;
+
+-- name: inbox_put
+-- Store a participant's reply under its idempotency key, at the database's time.
+INSERT INTO sagakit_inbox (participant, key, reply, at)
+VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()));
+
+-- name: insert_outbox_message
+-- A participant queues a reply in its transaction; a message id already queued is kept.
+INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING;
+
+-- name: insert_dead_letter
+-- A participant keeps a message it could not handle, with the reason.
+INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES ($1, $2, $3, $4);

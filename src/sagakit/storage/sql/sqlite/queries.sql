@@ -1,0 +1,248 @@
+-- sagakit's queries on SQLite, by name (loaded by sagakit.storage.queries).
+-- A {marker} stands for a part assembled in Python at run time: a filter's WHERE clause, the
+-- ? placeholders of an IN list, a PRAGMA value (see sqlite.py).
+
+-- Connection and transactions ----------------------------------------------------------------
+
+-- name: set_busy_timeout
+-- Every connection waits up to 10 s for a lock held by another connection or process.
+PRAGMA busy_timeout = 10000;
+
+-- name: set_journal_mode_wal
+-- The writer puts the file in WAL mode: the reader and the writer do not block each other.
+PRAGMA journal_mode = WAL;
+
+-- name: set_synchronous
+-- The writer connection's durability (the store's synchronous option, FULL by default).
+PRAGMA synchronous = {level};
+
+-- name: begin_immediate
+-- Open a write transaction, taking the write lock at once (no failed lock upgrade later).
+BEGIN IMMEDIATE;
+
+-- name: commit
+-- Commit the open transaction.
+COMMIT;
+
+-- name: rollback
+-- Roll back the open transaction.
+ROLLBACK;
+
+-- TransitionStore: a batch's writes -----------------------------------------------------------
+
+-- name: insert_instance
+-- Create an instance; a duplicate saga_id or idempotency key is ignored (rowcount 0).
+INSERT OR IGNORE INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,
+    correlation_id, idempotency_key, created_at, updated_at, revision, state, owner)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: update_instance
+-- Advance an instance if its revision is still the expected one (optimistic concurrency).
+UPDATE sagakit_instances SET status = ?, updated_at = ?, revision = ?, state = ?
+WHERE saga_id = ? AND revision = ?;
+
+-- name: insert_history
+-- Append a history entry of an instance (read back through index sagakit_history_saga).
+INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
+VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- name: insert_outbox
+-- Queue an outgoing message; a message id already queued is ignored (idempotent re-send).
+INSERT OR IGNORE INTO sagakit_outbox (id, source, destination, saga_id, body)
+VALUES (?, ?, ?, ?, ?);
+
+-- name: delete_outbox
+-- Drop a message from the outbox once its consumer has committed (or it was sent).
+DELETE FROM sagakit_outbox WHERE id = ?;
+
+-- name: apply_command
+-- Record the outcome of an operator command.
+UPDATE sagakit_commands SET state = ?, error = ?, applied_at = ? WHERE id = ?;
+
+-- name: insert_dead_letter
+-- Keep a message that could not be handled, with the reason.
+INSERT INTO sagakit_dead_letters (at, source, reason, body) VALUES (?, ?, ?, ?);
+
+-- name: set_timer
+-- Set (or reset) a timer of an instance, keyed by its name.
+INSERT OR REPLACE INTO sagakit_timers (saga_id, name, kind, step, phase, attempt, due_at)
+VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- name: delete_timers
+-- Cancel every timer of an instance.
+DELETE FROM sagakit_timers WHERE saga_id = ?;
+
+-- name: delete_timer
+-- Cancel one timer of an instance by name.
+DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ?;
+
+-- name: delete_fired_timer
+-- Drop a timer that fired, unless it was set again since (then its due_at or attempt differ).
+DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ? AND due_at = ? AND attempt = ?;
+
+-- Leases ---------------------------------------------------------------------------------------
+
+-- name: claim_instances
+-- Take over unfinished instances (stuck too) of known definitions (revision bump = fencing).
+UPDATE sagakit_instances SET owner = ?, revision = revision + 1
+WHERE saga_id IN (
+    SELECT saga_id FROM sagakit_instances
+    WHERE status NOT IN ({terminal}) AND fingerprint IN ({fingerprints})
+        AND (owner IS NULL OR owner != ?)
+    LIMIT ?)
+RETURNING saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner;
+
+-- Retention ------------------------------------------------------------------------------------
+
+-- name: finished_before
+-- Finished instances last updated before a cutoff, oldest first (index sagakit_instances_status).
+SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')
+    AND updated_at < ? ORDER BY updated_at LIMIT ?;
+
+-- name: create_purge_table
+-- Purge: the connection's scratch table of the instances to delete.
+CREATE TEMP TABLE IF NOT EXISTS sagakit_purge (saga_id TEXT);
+
+-- name: clear_purge_table
+-- Purge: empty the scratch table left by a previous purge.
+DELETE FROM sagakit_purge;
+
+-- name: add_purge_id
+-- Purge: one instance asked for.
+INSERT INTO sagakit_purge VALUES (?);
+
+-- name: keep_finished_purge_ids
+-- Purge: only finished instances are deleted; forget the others asked for.
+DELETE FROM sagakit_purge WHERE saga_id NOT IN (
+    SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed'));
+
+-- name: retire_purged_keys
+-- Purge: keep the idempotency keys of purged instances, so a duplicate start is still answered.
+INSERT OR REPLACE INTO sagakit_retired_keys (saga_type, idempotency_key, saga_id, input_digest,
+    retired_at)
+SELECT saga_type, idempotency_key, saga_id, json_extract(state, '$.input_digest'), ?
+FROM sagakit_instances
+WHERE idempotency_key IS NOT NULL AND saga_id IN (SELECT saga_id FROM sagakit_purge);
+
+-- name: purge_history
+-- Purge: the history of the purged instances (index sagakit_history_saga).
+DELETE FROM sagakit_history WHERE saga_id IN (SELECT saga_id FROM sagakit_purge);
+
+-- name: purge_timers
+-- Purge: the timers of the purged instances.
+DELETE FROM sagakit_timers WHERE saga_id IN (SELECT saga_id FROM sagakit_purge);
+
+-- name: purge_instances
+-- Purge: the purged instances themselves.
+DELETE FROM sagakit_instances WHERE saga_id IN (SELECT saga_id FROM sagakit_purge);
+
+-- name: count_purged
+-- Purge: how many instances were purged.
+SELECT count(*) FROM sagakit_purge;
+
+-- name: purge_retired_keys
+-- Retention: forget retired idempotency keys older than the cutoff.
+DELETE FROM sagakit_retired_keys WHERE retired_at < ?;
+
+-- name: purge_inbox
+-- Retention: old inbox keys, but a live saga's stay for an operator's retry (sagakit_inbox_at).
+DELETE FROM sagakit_inbox WHERE at < ? AND NOT EXISTS (
+    SELECT 1 FROM sagakit_instances AS i
+    WHERE i.saga_id = substr(sagakit_inbox.key, 1, instr(sagakit_inbox.key, ':') - 1)
+        AND i.status NOT IN ('completed', 'failed'));
+
+-- name: purge_commands
+-- Retention: operator commands already applied or refused, older than the cutoff.
+DELETE FROM sagakit_commands WHERE state != 'pending' AND created_at < ?;
+
+-- name: retired_key
+-- The instance an idempotency key named before it was purged (primary key of the table).
+SELECT saga_id, input_digest FROM sagakit_retired_keys
+WHERE saga_type = ? AND idempotency_key = ?;
+
+-- InstanceQueries ------------------------------------------------------------------------------
+
+-- name: get_instance
+-- One instance by id.
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances WHERE saga_id = ?;
+
+-- name: find_by_key
+-- The instance started under an idempotency key (index sagakit_instances_key).
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances WHERE saga_type = ? AND idempotency_key = ?;
+
+-- name: list_instances
+-- Filtered listing, latest first (indexes sagakit_instances_status/_type/_correlation/_created).
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances{where}
+ORDER BY updated_at DESC LIMIT ?;
+
+-- name: history
+-- An instance's history in order (index sagakit_history_saga).
+SELECT at, kind, step, phase, attempt, detail FROM sagakit_history
+WHERE saga_id = ? ORDER BY id;
+
+-- name: unsettled
+-- Instances still moving (not completed, failed or stuck), oldest first.
+SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner
+FROM sagakit_instances WHERE status NOT IN ({settled})
+ORDER BY created_at LIMIT ?;
+
+-- name: count_by_status
+-- How many instances are in each status.
+SELECT status, count(*) FROM sagakit_instances GROUP BY status;
+
+-- TimerQueue -----------------------------------------------------------------------------------
+
+-- name: due_timers
+-- Timers due by now, earliest first (index sagakit_timers_due).
+SELECT saga_id, name, kind, step, phase, attempt, due_at FROM sagakit_timers
+WHERE due_at <= ? ORDER BY due_at LIMIT ?;
+
+-- name: next_due
+-- When the next timer is due, so the timer loop can sleep until then (index sagakit_timers_due).
+SELECT min(due_at) FROM sagakit_timers;
+
+-- Outbox ---------------------------------------------------------------------------------------
+
+-- name: pending_outbox
+-- A source's queued messages in order, for the sender (index sagakit_outbox_source).
+SELECT id, source, destination, body, saga_id FROM sagakit_outbox
+WHERE source = ? ORDER BY seq LIMIT ?;
+
+-- CommandQueue ---------------------------------------------------------------------------------
+
+-- name: enqueue_command
+-- Queue an operator command.
+INSERT INTO sagakit_commands (saga_id, kind, body, state, created_at) VALUES (?, ?, ?, ?, ?);
+
+-- name: pending_commands
+-- Commands waiting to be applied, in order (index sagakit_commands_pending).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE state = ? ORDER BY id LIMIT ?;
+
+-- name: get_command
+-- One command by id, to follow its outcome.
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands WHERE id = ?;
+
+-- DeadLetters ----------------------------------------------------------------------------------
+
+-- name: dead_letters
+-- The latest dead letters first.
+SELECT id, at, source, reason, body FROM sagakit_dead_letters ORDER BY id DESC LIMIT ?;
+
+-- ParticipantStore -----------------------------------------------------------------------------
+
+-- name: inbox_get
+-- A participant's stored reply under an idempotency key (primary key of sagakit_inbox).
+SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?;
+
+-- name: inbox_put
+-- Store a participant's reply under its idempotency key.
+INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?);

@@ -199,6 +199,7 @@ class Worker:
         self._timer_wake = asyncio.Event()
         self._command_wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
+        self._command_cursor = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._committer: asyncio.Task[None] | None = None
         self._local_tasks: set[asyncio.Task[None]] = set()
@@ -1034,8 +1035,12 @@ class Worker:
     async def _command_loop(self) -> None:
         while True:
             try:
-                for command in await self.store.pending_commands(100):
+                # A cursor walks the queue, so commands this worker cannot apply (another
+                # saga type, another owner) never hide the ones behind them.
+                batch = await self.store.pending_commands(100, self._command_cursor)
+                for command in batch:
                     self._submit_command(command)
+                self._command_cursor = batch[-1].id if len(batch) == 100 else 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

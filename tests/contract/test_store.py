@@ -1219,3 +1219,16 @@ class TestRetention:
         retired = await store.retired_key("order", "k1")
         assert retired is not None and retired.saga_id == "s1"
         assert retired.input_digest == done.input_digest
+
+
+class TestCommandCursor:
+    async def test_pending_commands_after_a_cursor(self, store: Store) -> None:
+        ids = [await store.enqueue(f"s{i}", "abort", {}) for i in range(3)]
+        assert [c.id for c in await store.pending_commands(10, ids[0])] == ids[1:]
+
+    async def test_an_answered_command_is_never_overwritten(self, store: Store) -> None:
+        command = await store.enqueue("s1", "abort", {})
+        await store.commit(Batch(commands=[CommandResult(command, CommandState.APPLIED)]))
+        await store.commit(Batch(commands=[CommandResult(command, CommandState.REFUSED, "late")]))
+        answered = await store.command(command)
+        assert answered is not None and answered.state is CommandState.APPLIED

@@ -201,6 +201,8 @@ class PostgresStore:
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever another process queues work (LISTEN/NOTIFY)."""
         await self._ready()
+        if self._listener is not None:  # a worker started again on this store
+            await self._listener.close()
         self._listener = await self._connect()
         await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: callback())
 
@@ -527,8 +529,8 @@ class PostgresStore:
             await conn.execute(Q["notify_command"])
         return int(command_id)
 
-    async def pending_commands(self, limit: int) -> builtins.list[QueuedCommand]:
-        rows = await self._fetch(Q["pending_commands"], self.worker_id, limit)
+    async def pending_commands(self, limit: int, after: int = 0) -> builtins.list[QueuedCommand]:
+        rows = await self._fetch(Q["pending_commands"], self.worker_id, limit, after)
         return [_command(r) for r in rows]
 
     async def command(self, command_id: int) -> QueuedCommand | None:

@@ -462,8 +462,8 @@ class SqliteStore:
 
         return await self._write(write)
 
-    async def pending_commands(self, limit: int) -> builtins.list[QueuedCommand]:
-        rows = await self._query(Q["pending_commands"], (CommandState.PENDING.value, limit))
+    async def pending_commands(self, limit: int, after: int = 0) -> builtins.list[QueuedCommand]:
+        rows = await self._query(Q["pending_commands"], (CommandState.PENDING.value, after, limit))
         return [_command(r) for r in rows]
 
     async def command(self, command_id: int) -> QueuedCommand | None:

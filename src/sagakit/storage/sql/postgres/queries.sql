@@ -99,7 +99,8 @@ WITH ins AS (
         applied_at = extract(epoch FROM clock_timestamp())
     FROM unnest($53::bigint[], $54::text[], $55::text[], $56::text[])
         AS v(id, state, error, saga_id)
-    WHERE c.id = v.id AND (v.saga_id IS NULL OR v.saga_id IN (SELECT saga_id FROM ok))
+    WHERE c.id = v.id AND c.state = 'pending'
+        AND (v.saga_id IS NULL OR v.saga_id IN (SELECT saga_id FROM ok))
 ), dl AS (
     INSERT INTO sagakit_dead_letters (at, source, reason, body)
     SELECT extract(epoch FROM clock_timestamp()), *
@@ -146,7 +147,7 @@ DELETE FROM sagakit_outbox WHERE id = ANY($1::text[]);
 UPDATE sagakit_commands AS c SET state = v.state, error = v.error,
     applied_at = extract(epoch FROM clock_timestamp())
 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS v(id, state, error)
-WHERE c.id = v.id;
+WHERE c.id = v.id AND c.state = 'pending';
 
 -- name: insert_dead_letters
 -- Keep messages that could not be handled, with the reasons.
@@ -368,7 +369,7 @@ NOTIFY sagakit_work, 'command';
 -- Pending commands this worker applies: starts and its instances' (sagakit_commands_pending).
 SELECT c.id, c.saga_id, c.kind, c.body, c.state, c.error, c.created_at
 FROM sagakit_commands AS c
-WHERE c.state = 'pending' AND ($1::text IS NULL OR c.kind = 'start' OR EXISTS (
+WHERE c.state = 'pending' AND c.id > $3 AND ($1::text IS NULL OR c.kind = 'start' OR EXISTS (
     SELECT 1 FROM sagakit_instances AS i WHERE i.saga_id = c.saga_id AND i.owner = $1))
 ORDER BY c.id LIMIT $2;
 

@@ -57,7 +57,7 @@ DELETE FROM sagakit_outbox WHERE id = ?;
 
 -- name: apply_command
 -- Record the outcome of an operator command.
-UPDATE sagakit_commands SET state = ?, error = ?, applied_at = ? WHERE id = ?;
+UPDATE sagakit_commands SET state = ?, error = ?, applied_at = ? WHERE id = ? AND state = 'pending';
 
 -- name: insert_dead_letter
 -- Keep a message that could not be handled, with the reason.
@@ -223,9 +223,9 @@ WHERE source = ? ORDER BY seq LIMIT ?;
 INSERT INTO sagakit_commands (saga_id, kind, body, state, created_at) VALUES (?, ?, ?, ?, ?);
 
 -- name: pending_commands
--- Commands waiting to be applied, in order (index sagakit_commands_pending).
+-- Commands waiting to be applied, in order, after a cursor (index sagakit_commands_pending).
 SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
-WHERE state = ? ORDER BY id LIMIT ?;
+WHERE state = ? AND id > ? ORDER BY id LIMIT ?;
 
 -- name: get_command
 -- One command by id, to follow its outcome.

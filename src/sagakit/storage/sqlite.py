@@ -51,7 +51,7 @@ T = TypeVar("T")
 Q = load_queries("sqlite")
 
 _SETTLED = tuple(s.value for s in SagaStatus if s.settled)
-_TERMINAL = tuple(s.value for s in SagaStatus if s.terminal)
+_LIVE = tuple(s.value for s in SagaStatus if not s.terminal)
 
 
 def sqlite_path(url: str) -> str:
@@ -285,14 +285,14 @@ class SqliteStore:
         # SQLite binds no list: the IN lists' placeholders are put in here, one per value.
         sql = fill(
             Q["claim_instances"],
-            terminal=_marks(len(_TERMINAL)),
+            live=_marks(len(_LIVE)),
             fingerprints=_marks(len(fingerprints)),
         )
 
         def write() -> builtins.list[tuple[object, ...]]:
             with _transaction(self._conn):
                 return self._conn.execute(
-                    sql, (self.worker_id, *_TERMINAL, *fingerprints, self.worker_id, limit)
+                    sql, (self.worker_id, *_LIVE, *fingerprints, self.worker_id, limit)
                 ).fetchall()
 
         return [_instance(r) for r in await self._write(write)]

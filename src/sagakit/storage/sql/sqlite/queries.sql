@@ -83,11 +83,11 @@ DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ? AND due_at = ? AND att
 -- Leases ---------------------------------------------------------------------------------------
 
 -- name: claim_instances
--- Take over unfinished instances (stuck too) of known definitions (revision bump = fencing).
+-- Take over live instances (stuck too) of known definitions; uses sagakit_instances_status.
 UPDATE sagakit_instances SET owner = ?, revision = revision + 1
 WHERE saga_id IN (
     SELECT saga_id FROM sagakit_instances
-    WHERE status NOT IN ({terminal}) AND fingerprint IN ({fingerprints})
+    WHERE status IN ({live}) AND fingerprint IN ({fingerprints})
         AND (owner IS NULL OR owner != ?)
     LIMIT ?)
 RETURNING saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,

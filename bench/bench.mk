@@ -10,7 +10,7 @@ DBOS_VERSION ?= 3.4.*
 BENCH_PYTHON ?= python3
 BENCH_ARGS   ?=
 
-.PHONY: bench bench-quick bench-scale bench-venv
+.PHONY: bench bench-quick bench-scale bench-venv bench-workers
 
 $(DBOS_STAMP): bench/bench.mk
 	test -x $(DBOS_VENV)/bin/python || $(BENCH_PYTHON) -m venv $(DBOS_VENV)
@@ -26,6 +26,11 @@ bench-venv: $(STAMP) $(DBOS_STAMP)
 bench: bench-venv
 	$(BIN)/python bench/run.py --sagakit-python $(BIN)/python \
 		--dbos-python $(DBOS_VENV)/bin/python $(BENCH_ARGS)
+	$(BIN)/python bench/workers.py --workers 1,2,4 --sagas 4000
+
+# 1, 2 and 4 worker processes sharing one PostgreSQL (bench/workers.py).
+bench-workers: $(STAMP)
+	$(BIN)/python bench/workers.py --workers 1,2,4 --sagas 4000
 
 # C = 64 only, one pair each (< 3 min).
 bench-quick: bench-venv

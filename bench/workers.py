@@ -50,11 +50,19 @@ async def one_process(url: str, share: int, offset: int, concurrency: int, start
         ended = time.time()
     await store.close()
     wrong = [o for o in outcomes.values() if o.startswith("wrong")]
-    print(json.dumps({
-        "began": began, "ended": ended, "sagas": share, "wrong": len(wrong),
-        "problems": problems[:5], "cpu_seconds": timing.cpu_seconds,
-        "p50_ms": c.percentile(timing.latencies, 0.5) * 1000,
-    }))
+    print(
+        json.dumps(
+            {
+                "began": began,
+                "ended": ended,
+                "sagas": share,
+                "wrong": len(wrong),
+                "problems": problems[:5],
+                "cpu_seconds": timing.cpu_seconds,
+                "p50_ms": c.percentile(timing.latencies, 0.5) * 1000,
+            }
+        )
+    )
     return 1 if wrong or problems else 0
 
 
@@ -68,8 +76,16 @@ def measure(pg_url: str, workers: int, sagas: int, concurrency: int) -> dict[str
     share = sagas // workers
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--one", url, str(share), str(k * share), str(concurrency),
-             str(start_at)],
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                url,
+                str(share),
+                str(k * share),
+                str(concurrency),
+                str(start_at),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -110,14 +126,24 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    points = [measure(args.pg_url, int(w), args.sagas, args.concurrency)
-              for w in args.workers.split(",")]
+    points = [
+        measure(args.pg_url, int(w), args.sagas, args.concurrency) for w in args.workers.split(",")
+    ]
+    result = {
+        "cpus": os.cpu_count(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "points": points,
+    }
+    out = HERE / "results" / f"workers-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
-        print(json.dumps({"cpus": os.cpu_count(), "points": points}, indent=2))
+        print(json.dumps(result, indent=2))
     else:
         for p in points:
-            print(f"{p['workers']} worker(s): {p['sagas_per_second']:8.1f} sagas/s "
-                  f"({p['sagas']} sagas in {p['seconds']} s, ok={p['ok']})")
+            print(
+                f"{p['workers']} worker(s): {p['sagas_per_second']:8.1f} sagas/s "
+                f"({p['sagas']} sagas in {p['seconds']} s, ok={p['ok']})"
+            )
     return 0 if all(p["ok"] for p in points) else 1
 
 

@@ -50,6 +50,7 @@ from sagakit.ports import (
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage.queries import fill, load_queries
+from sagakit.storage.rows import command_from_row, history_row, instance_from_row, state_text
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
@@ -243,7 +244,7 @@ class PostgresStore:
         updates = [t for t in transitions if t.instance and t.expected_revision is not None]
         side_only = [t.saga_id for t in transitions if t.instance is None]
         every = transitions  # side records are filtered in SQL to the transitions that wrote
-        history = [_history_row(t.saga_id, e) for t in every for e in t.history]
+        history = [history_row(t.saga_id, e) for t in every for e in t.history]
         outbox = [
             (m.id, m.source, m.destination, m.saga_id, m.body, self.worker_id, t.saga_id)
             for t in every
@@ -307,7 +308,7 @@ class PostgresStore:
         return results
 
     async def _side_records(self, conn: _Conn, batch: Batch, ok: builtins.list[Transition]) -> None:
-        history = [_history_row(t.saga_id, e) for t in ok for e in t.history]
+        history = [history_row(t.saga_id, e) for t in ok for e in t.history]
         if history:
             await conn.execute(Q["insert_history"], *_columns(history, 7))
         outbox = [
@@ -379,7 +380,7 @@ class PostgresStore:
             list(fingerprints),
             limit,
         )
-        return [_instance(r) for r in rows]
+        return [instance_from_row(r) for r in rows]
 
     async def detach(self) -> None:
         if self.worker_id is None or self._pool is None:
@@ -438,11 +439,11 @@ class PostgresStore:
 
     async def get(self, saga_id: str) -> SagaInstance | None:
         rows = await self._fetch(Q["get_instance"], saga_id)
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None:
         rows = await self._fetch(Q["find_by_key"], saga_type, key)
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def list(self, filter: InstanceFilter) -> builtins.list[SagaInstance]:
         # The WHERE clause is built here: it names only the filters given, so each query
@@ -467,7 +468,7 @@ class PostgresStore:
         if filter.created_before is not None:
             add("created_at < {}", filter.created_before)
         sql = fill(Q["list_instances"], where=(" WHERE " + " AND ".join(where)) if where else "")
-        return [_instance(r) for r in await self._fetch(sql, *args)]
+        return [instance_from_row(r) for r in await self._fetch(sql, *args)]
 
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         rows = await self._fetch(Q["history"], saga_id)
@@ -480,7 +481,7 @@ class PostgresStore:
 
     async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
         rows = await self._fetch(Q["unsettled"], list(_UNSETTLED), limit)
-        return [_instance(r) for r in rows]
+        return [instance_from_row(r) for r in rows]
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
         rows = await self._fetch(Q["count_by_status"])
@@ -531,11 +532,11 @@ class PostgresStore:
 
     async def pending_commands(self, limit: int, after: int = 0) -> builtins.list[QueuedCommand]:
         rows = await self._fetch(Q["pending_commands"], self.worker_id, limit, after)
-        return [_command(r) for r in rows]
+        return [command_from_row(r) for r in rows]
 
     async def command(self, command_id: int) -> QueuedCommand | None:
         rows = await self._fetch(Q["get_command"], command_id)
-        return _command(rows[0]) if rows else None
+        return command_from_row(rows[0]) if rows else None
 
     # -- DeadLetters ----------------------------------------------------------------------
 
@@ -702,22 +703,6 @@ def _columns(rows: Sequence[Sequence[object]], width: int) -> builtins.list[buil
     return [[row[i] for row in rows] for i in range(width)]
 
 
-def _state_json(inst: SagaInstance) -> str:
-    return dumps(
-        {
-            "data": inst.data,
-            "steps": inst.steps_to_json(),
-            "reason": inst.reason,
-            "stuck_reason": inst.stuck_reason,
-            "stuck_step": inst.stuck_step,
-            "deadline_at": inst.deadline_at,
-            "deadline_passed": inst.deadline_passed,
-            "point_of_no_return": inst.point_of_no_return,
-            "input_digest": inst.input_digest,
-        }
-    )
-
-
 def _insert_row(inst: SagaInstance) -> tuple[object, ...]:
     return (
         inst.saga_id,
@@ -730,7 +715,7 @@ def _insert_row(inst: SagaInstance) -> tuple[object, ...]:
         inst.created_at,
         inst.updated_at,
         inst.revision,
-        _state_json(inst),
+        state_text(inst),
         inst.owner,
     )
 
@@ -743,49 +728,7 @@ def _update_row(t: Transition) -> tuple[object, ...]:
         inst.status.value,
         inst.updated_at,
         inst.revision,
-        _state_json(inst),
-    )
-
-
-def _history_row(saga_id: str, e: HistoryEntry) -> tuple[object, ...]:
-    return (saga_id, e.at, e.kind.value, e.step, e.phase, e.attempt, dumps(e.detail))
-
-
-def _instance(row: asyncpg.Record) -> SagaInstance:
-    state = cast(dict[str, JSON], loads(row[10]))
-    return SagaInstance(
-        saga_id=row[0],
-        saga_type=row[1],
-        version=row[2],
-        fingerprint=row[3],
-        status=SagaStatus(row[4]),
-        correlation_id=row[5],
-        idempotency_key=row[6],
-        created_at=row[7],
-        updated_at=row[8],
-        revision=row[9],
-        data=state["data"],
-        steps=SagaInstance.steps_from_json(state["steps"]),
-        reason=cast("str | None", state["reason"]),
-        stuck_reason=cast("str | None", state["stuck_reason"]),
-        stuck_step=cast("str | None", state["stuck_step"]),
-        deadline_at=cast("float | None", state["deadline_at"]),
-        deadline_passed=bool(state["deadline_passed"]),
-        point_of_no_return=cast("str | None", state["point_of_no_return"]),
-        input_digest=cast(str, state["input_digest"]),
-        owner=row[11],
-    )
-
-
-def _command(row: asyncpg.Record) -> QueuedCommand:
-    return QueuedCommand(
-        id=row[0],
-        saga_id=row[1],
-        kind=row[2],
-        body=cast(dict[str, JSON], loads(row[3])),
-        state=CommandState(row[4]),
-        error=row[5],
-        created_at=row[6],
+        state_text(inst),
     )
 
 

@@ -43,6 +43,7 @@ from sagakit.ports import (
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage.queries import fill, load_queries
+from sagakit.storage.rows import command_from_row, history_row, instance_from_row, state_text
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
@@ -182,7 +183,7 @@ class SqliteStore:
                 results.append(ok)
                 if not ok:
                     continue
-                history.extend(_history_row(t.saga_id, e) for e in t.history)
+                history.extend(history_row(t.saga_id, e) for e in t.history)
                 outbox.extend((m.id, m.source, m.destination, m.saga_id, m.body) for m in t.outbox)
                 self._timer_ops(conn, t)
                 consumed.extend((i,) for i in t.consumed)
@@ -209,7 +210,7 @@ class SqliteStore:
         inst = t.instance
         if inst is None:
             return True
-        state = dumps(_state_json(inst))
+        state = state_text(inst)
         if t.expected_revision is None:
             cur = conn.execute(
                 Q["insert_instance"],
@@ -295,7 +296,7 @@ class SqliteStore:
                     sql, (self.worker_id, *_LIVE, *fingerprints, self.worker_id, limit)
                 ).fetchall()
 
-        return [_instance(r) for r in await self._write(write)]
+        return [instance_from_row(r) for r in await self._write(write)]
 
     async def detach(self) -> None:
         self.worker_id = None
@@ -355,11 +356,11 @@ class SqliteStore:
 
     async def get(self, saga_id: str) -> SagaInstance | None:
         rows = await self._query(Q["get_instance"], (saga_id,))
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None:
         rows = await self._query(Q["find_by_key"], (saga_type, key))
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def list(self, filter: InstanceFilter) -> builtins.list[SagaInstance]:
         # The WHERE clause is built here: it names only the filters given, so each query
@@ -384,7 +385,7 @@ class SqliteStore:
             params.append(filter.created_before)
         sql = fill(Q["list_instances"], where=(" WHERE " + " AND ".join(where)) if where else "")
         params.append(filter.limit)
-        return [_instance(r) for r in await self._query(sql, params)]
+        return [instance_from_row(r) for r in await self._query(sql, params)]
 
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         rows = await self._query(Q["history"], (saga_id,))
@@ -404,7 +405,7 @@ class SqliteStore:
         # The statuses are bound one placeholder each (SQLite binds no list).
         sql = fill(Q["unsettled"], settled=_marks(len(_SETTLED)))
         rows = await self._query(sql, (*_SETTLED, limit))
-        return [_instance(r) for r in rows]
+        return [instance_from_row(r) for r in rows]
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
         rows = await self._query(Q["count_by_status"])
@@ -464,11 +465,11 @@ class SqliteStore:
 
     async def pending_commands(self, limit: int, after: int = 0) -> builtins.list[QueuedCommand]:
         rows = await self._query(Q["pending_commands"], (CommandState.PENDING.value, after, limit))
-        return [_command(r) for r in rows]
+        return [command_from_row(r) for r in rows]
 
     async def command(self, command_id: int) -> QueuedCommand | None:
         rows = await self._query(Q["get_command"], (command_id,))
-        return _command(rows[0]) if rows else None
+        return command_from_row(rows[0]) if rows else None
 
     # -- DeadLetters ----------------------------------------------------------------------
 
@@ -597,59 +598,3 @@ def _take_lock(path: str) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-def _state_json(inst: SagaInstance) -> JSON:
-    return {
-        "data": inst.data,
-        "steps": inst.steps_to_json(),
-        "reason": inst.reason,
-        "stuck_reason": inst.stuck_reason,
-        "stuck_step": inst.stuck_step,
-        "deadline_at": inst.deadline_at,
-        "deadline_passed": inst.deadline_passed,
-        "point_of_no_return": inst.point_of_no_return,
-        "input_digest": inst.input_digest,
-    }
-
-
-def _instance(row: tuple[object, ...]) -> SagaInstance:
-    state = cast(dict[str, JSON], loads(cast(str, row[10])))
-    return SagaInstance(
-        saga_id=cast(str, row[0]),
-        saga_type=cast(str, row[1]),
-        version=cast(int, row[2]),
-        fingerprint=cast(str, row[3]),
-        status=SagaStatus(cast(str, row[4])),
-        correlation_id=cast(str, row[5]),
-        idempotency_key=cast("str | None", row[6]),
-        created_at=cast(float, row[7]),
-        updated_at=cast(float, row[8]),
-        revision=cast(int, row[9]),
-        data=state["data"],
-        steps=SagaInstance.steps_from_json(state["steps"]),
-        reason=cast("str | None", state["reason"]),
-        stuck_reason=cast("str | None", state["stuck_reason"]),
-        stuck_step=cast("str | None", state["stuck_step"]),
-        deadline_at=cast("float | None", state["deadline_at"]),
-        deadline_passed=bool(state["deadline_passed"]),
-        point_of_no_return=cast("str | None", state["point_of_no_return"]),
-        input_digest=cast(str, state["input_digest"]),
-        owner=cast("str | None", row[11]),
-    )
-
-
-def _history_row(saga_id: str, e: HistoryEntry) -> tuple[object, ...]:
-    return (saga_id, e.at, e.kind.value, e.step, e.phase, e.attempt, dumps(e.detail))
-
-
-def _command(row: tuple[object, ...]) -> QueuedCommand:
-    return QueuedCommand(
-        id=cast(int, row[0]),
-        saga_id=cast(str, row[1]),
-        kind=cast(str, row[2]),
-        body=cast(dict[str, JSON], loads(cast(str, row[3]))),
-        state=CommandState(cast(str, row[4])),
-        error=cast("str | None", row[5]),
-        created_at=cast(float, row[6]),
-    )

@@ -1,0 +1,82 @@
+"""How an instance, a history entry and a command map to table rows, on every store.
+
+Both stores keep the same columns in the same order (the schema files), so one encoding
+serves both: the indexed fields as columns, the rest of the instance state as JSON text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, cast
+
+from sagakit.encoding import JSON, dumps, loads
+from sagakit.ports import CommandState, QueuedCommand
+from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
+
+
+class Row(Protocol):
+    """A result row: a tuple (sqlite3) or a Record (asyncpg)."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+def state_text(inst: SagaInstance) -> str:
+    """The ``state`` column: what no query filters on, as JSON."""
+    return dumps(
+        {
+            "data": inst.data,
+            "steps": inst.steps_to_json(),
+            "reason": inst.reason,
+            "stuck_reason": inst.stuck_reason,
+            "stuck_step": inst.stuck_step,
+            "deadline_at": inst.deadline_at,
+            "deadline_passed": inst.deadline_passed,
+            "point_of_no_return": inst.point_of_no_return,
+            "input_digest": inst.input_digest,
+        }
+    )
+
+
+def instance_from_row(row: Row) -> SagaInstance:
+    """An instance from a row of (saga_id, saga_type, version, fingerprint, status,
+    correlation_id, idempotency_key, created_at, updated_at, revision, state, owner): the
+    order of every instance query in the .sql files."""
+    state = cast(dict[str, JSON], loads(cast(str, row[10])))
+    return SagaInstance(
+        saga_id=cast(str, row[0]),
+        saga_type=cast(str, row[1]),
+        version=cast(int, row[2]),
+        fingerprint=cast(str, row[3]),
+        status=SagaStatus(cast(str, row[4])),
+        correlation_id=cast(str, row[5]),
+        idempotency_key=cast("str | None", row[6]),
+        created_at=cast(float, row[7]),
+        updated_at=cast(float, row[8]),
+        revision=cast(int, row[9]),
+        data=state["data"],
+        steps=SagaInstance.steps_from_json(state["steps"]),
+        reason=cast("str | None", state["reason"]),
+        stuck_reason=cast("str | None", state["stuck_reason"]),
+        stuck_step=cast("str | None", state["stuck_step"]),
+        deadline_at=cast("float | None", state["deadline_at"]),
+        deadline_passed=bool(state["deadline_passed"]),
+        point_of_no_return=cast("str | None", state["point_of_no_return"]),
+        input_digest=cast(str, state["input_digest"]),
+        owner=cast("str | None", row[11]),
+    )
+
+
+def history_row(saga_id: str, e: HistoryEntry) -> tuple[object, ...]:
+    return (saga_id, e.at, e.kind.value, e.step, e.phase, e.attempt, dumps(e.detail))
+
+
+def command_from_row(row: Row) -> QueuedCommand:
+    """A command from (id, saga_id, kind, body, state, error, created_at)."""
+    return QueuedCommand(
+        id=cast(int, row[0]),
+        saga_id=cast(str, row[1]),
+        kind=cast(str, row[2]),
+        body=cast(dict[str, JSON], loads(cast(str, row[3]))),
+        state=CommandState(cast(str, row[4])),
+        error=cast("str | None", row[5]),
+        created_at=cast(float, row[6]),
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sagakit import SagaStatus, open_store
+from sagakit.state import HistoryKind
 from sagakit.examples.orders import app, check_ledgers
 from sagakit.testing import check_invariants
 from sagakit.testing.faults import CRASH_EXIT_CODE
@@ -53,6 +54,11 @@ async def verify(url: str) -> list[str]:
             assert definition is not None
             history = await store.history(found.saga_id)
             problems += [f"{order_id}: {v}" for v in check_invariants(found, definition, history)]
+            # Recovery redelivers what was committed at once: no step should have to wait
+            # for its timeout to get an answer that a participant had already committed.
+            timed_out = [h.step for h in history if h.kind is HistoryKind.TIMED_OUT]
+            if timed_out:
+                problems.append(f"{order_id}: waited for a timeout on {timed_out}")
         problems += await store.transaction(check_ledgers)
         if await store.next_due() is not None:
             problems.append("timers left behind")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sagakit import SagaStatus, open_store
-from sagakit.state import HistoryKind
 from sagakit.examples.orders import app, check_ledgers
+from sagakit.state import HistoryKind
 from sagakit.testing import check_invariants
 from sagakit.testing.faults import CRASH_EXIT_CODE
 

@@ -274,6 +274,17 @@ class Worker:
             self._queue.put_nowait(_Item("", source="stop"))
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
+        # Whatever is still queued was never decided: its callers hear so instead of waiting
+        # forever (messages and timers come back on restart; a start may be called again).
+        stopped = StorageError("the worker stopped before this was committed")
+        while not self._queue.empty():
+            left = self._queue.get_nowait()
+            if left.future is not None and not left.future.done():
+                left.future.set_exception(stopped)
+        for _, future in self._done_pending:
+            if not future.done():
+                future.set_exception(stopped)
+        self._done_pending = []
         with contextlib.suppress(Exception):
             await self.store.detach()
         self._stopped.set()

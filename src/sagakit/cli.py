@@ -554,8 +554,14 @@ async def _list(
         instances = await client.list(
             status=status, saga_type=saga_type, correlation_id=correlation_id, limit=limit
         )
+        stalled = await client.stalled_many(instances)
     if as_json:
-        _print_json([_summary_json(i) for i in instances])
+        _print_json(
+            [
+                {**_summary_json(i), "stalled": why}
+                for i, why in zip(instances, stalled, strict=True)
+            ]
+        )
         return 0
     rows = [
         [
@@ -563,9 +569,9 @@ async def _list(
             f"{i.saga_type} v{i.version}",
             i.status.value,
             _human_time(i.updated_at),
-            _clip(i.status_reason or "", 60),
+            _clip(i.status_reason or (f"not advancing: {why}" if why else ""), 60),
         ]
-        for i in instances
+        for i, why in zip(instances, stalled, strict=True)
     ]
     _print_table(["SAGA ID", "TYPE", "STATUS", "UPDATED (UTC)", "REASON"], rows)
     print(f"({len(instances)} instance(s))")
@@ -580,14 +586,17 @@ async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
     async with _reader(url) as client:
         instance = await client.get(saga_id)
         history = await client.history(saga_id)
+        stalled = await client.stalled(instance)
     if as_json:
-        _print_json(_detail_json(instance, history))
+        _print_json({**_detail_json(instance, history), "stalled": stalled})
         return 0
     fields = [
         ("saga", instance.saga_id),
         ("type", f"{instance.saga_type} v{instance.version}"),
         ("status", instance.status.value),
         ("reason", instance.status_reason or "-"),
+        ("owner", instance.owner or "-"),
+        ("not advancing", stalled or "-"),
         ("stuck step", instance.stuck_step or "-"),
         ("point of no return", instance.point_of_no_return or "-"),
         ("correlation id", instance.correlation_id),

@@ -192,6 +192,29 @@ class Client:
             )
         )
 
+    async def stalled(self, instance: SagaInstance) -> str | None:
+        """Why ``instance`` is not advancing, when no running worker can advance it
+        (Semantics 1); None when it is finished or some live worker runs its definition."""
+        return (await self.stalled_many([instance]))[0]
+
+    async def stalled_many(
+        self, instances: builtins.list[SagaInstance]
+    ) -> builtins.list[str | None]:
+        """:meth:`stalled` for many instances, with one look at the running workers."""
+        live = await self.store.live_fingerprints() if instances else set()
+        reasons: list[str | None] = []
+        for instance in instances:
+            if instance.status.terminal or instance.fingerprint in live:
+                reasons.append(None)
+                continue
+            what = f"{instance.saga_type} v{instance.version} (fingerprint {instance.fingerprint})"
+            reasons.append(
+                f"no worker is running; {what} waits for one"
+                if not live
+                else f"no running worker has the definition {what}"
+            )
+        return reasons
+
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         await self.get(saga_id)
         return await self.store.history(saga_id)

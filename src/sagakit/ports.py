@@ -170,6 +170,10 @@ class InstanceQueries(Protocol):
 
     async def count_by_status(self) -> dict[SagaStatus, int]: ...
 
+    async def live_fingerprints(self) -> set[str]:
+        """The definitions that workers with a live lease run (Semantics 1)."""
+        ...
+
 
 class Leases(Protocol):
     """Which worker advances which instance (F3).
@@ -181,7 +185,9 @@ class Leases(Protocol):
     and operator commands are those of its own instances.
     """
 
-    async def attach(self, worker_id: str, lease: float) -> None: ...
+    async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
+        """Register as worker ``worker_id``, running the definitions ``fingerprints``."""
+        ...
 
     async def heartbeat(self) -> bool:
         """Renew the lease; False when this worker was declared dead meanwhile."""

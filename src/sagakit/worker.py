@@ -234,7 +234,9 @@ class Worker:
         self._running = True
         self._committer = asyncio.create_task(self._commit_loop(), name="sagakit-committer")
         try:
-            await self.store.attach(self.worker_id, self._lease)
+            await self.store.attach(
+                self.worker_id, self._lease, [d.fingerprint for d in self.app.definitions]
+            )
             await self.store.listen(self._wake)
             await self._sync_clock()
             # Claim before anything is delivered: a reply republished after a restart must
@@ -934,7 +936,9 @@ class Worker:
                     # Declared dead while paused: what we hold may have been taken over.
                     log.warning("worker %s lost its lease; dropping what it held", self.worker_id)
                     self._cache.clear()
-                    await self.store.attach(self.worker_id, self._lease)
+                    await self.store.attach(
+                        self.worker_id, self._lease, [d.fingerprint for d in self.app.definitions]
+                    )
                 await self._sync_clock()
                 await self._take_over()
             except asyncio.CancelledError:

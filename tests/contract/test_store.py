@@ -1232,3 +1232,13 @@ class TestCommandCursor:
         await store.commit(Batch(commands=[CommandResult(command, CommandState.REFUSED, "late")]))
         answered = await store.command(command)
         assert answered is not None and answered.state is CommandState.APPLIED
+
+
+class TestLiveDefinitions:
+    async def test_attached_workers_publish_their_definitions(self, store: Store) -> None:
+        assert await store.live_fingerprints() == set()
+        await store.attach("w1", 30.0, ["f1", "f2"])
+        assert await store.live_fingerprints() == {"f1", "f2"}
+        assert await store.heartbeat()
+        await store.detach()
+        assert await store.live_fingerprints() == set()

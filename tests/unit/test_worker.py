@@ -651,3 +651,33 @@ async def test_a_worker_without_the_definition_leaves_the_timers_alone(db: str) 
 
     inst = await run(App(sagas=[v1]), timed_out)
     assert inst.step("ask").outcome_known is False
+
+
+async def test_show_says_why_an_instance_is_not_advancing(db: str) -> None:
+    from sagakit import Client
+
+    release = asyncio.Event()
+    v1: Saga[Any] = Saga("explained", version=1)
+
+    async def wait(ctx: StepContext[Any]) -> None:
+        await release.wait()
+
+    async def undo(ctx: StepContext[Any]) -> None:
+        return None
+
+    v1.local("wait", wait, compensation=undo)
+    v2: Saga[Any] = Saga("explained", version=2)
+    v2.local("other", wait, compensation=undo)
+    store = SqliteStore(db, owner=True)
+    try:
+        async with Worker(App(sagas=[v1]), store) as worker:
+            handle = await worker.client.start(v1, {})
+            inst = await handle.get()
+            assert await worker.client.stalled(inst) is None  # its worker runs it
+        assert "no worker is running" in (await Client(store).stalled(inst) or "")
+        async with Worker(App(sagas=[v2]), store):
+            why = await Client(store).stalled(inst)
+    finally:
+        release.set()
+        await store.close()
+    assert why is not None and "no running worker has the definition explained v1" in why

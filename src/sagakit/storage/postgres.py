@@ -357,7 +357,7 @@ class PostgresStore:
 
     # -- Leases ---------------------------------------------------------------------------
 
-    async def attach(self, worker_id: str, lease: float) -> None:
+    async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
         self.worker_id = worker_id
         self._lease = lease
         await self._fetch(
@@ -366,7 +366,12 @@ class PostgresStore:
             socket.gethostname(),
             os.getpid(),
             lease,
+            dumps(list[JSON](sorted(fingerprints))),
         )
+
+    async def live_fingerprints(self) -> set[str]:
+        rows = await self._fetch(Q["live_fingerprints"])
+        return {str(p) for r in rows for p in cast(list[JSON], loads(r[0]))}
 
     async def heartbeat(self) -> bool:
         rows = await self._fetch(Q["heartbeat"], self.worker_id, self._lease)

@@ -86,6 +86,7 @@ class SqliteStore:
         self._clock = clock
         self._lock_file: IO[str] | None = None
         self.worker_id: str | None = None
+        self._lease = 10.0
         memory = path == ":memory:"
         if not memory and not create and not os.path.exists(path):
             raise StorageError(f"database file not found: {path}")
@@ -273,11 +274,32 @@ class SqliteStore:
     # One worker owns a SQLite file (the flock), so a lease is the lock itself: attaching
     # claims every unsettled instance, and nothing can be taken over while the owner lives.
 
-    async def attach(self, worker_id: str, lease: float) -> None:
+    async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
         self.worker_id = worker_id
+        self._lease = lease
+        prints = dumps(list[JSON](sorted(fingerprints)))
+
+        def write() -> None:
+            with _transaction(self._conn):
+                self._conn.execute(Q["clear_workers"], (worker_id,))
+                self._conn.execute(Q["replace_worker"], (worker_id, prints, self._clock() + lease))
+
+        await self._write(write)
 
     async def heartbeat(self) -> bool:
+        # The file lock is the real lease; this one lets readers see that a worker is alive.
+        until = self._clock() + self._lease
+
+        def write() -> None:
+            with _transaction(self._conn):
+                self._conn.execute(Q["renew_worker"], (until, self.worker_id))
+
+        await self._write(write)
         return True
+
+    async def live_fingerprints(self) -> set[str]:
+        rows = await self._query(Q["live_fingerprints"], (self._clock(),))
+        return {str(p) for r in rows for p in cast(list[JSON], loads(cast(str, r[0])))}
 
     async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
         # Stuck instances are claimed too: an operator's retry or resolve needs an owner.
@@ -299,6 +321,14 @@ class SqliteStore:
         return [instance_from_row(r) for r in await self._write(write)]
 
     async def detach(self) -> None:
+        if self.worker_id is not None:
+            worker_id = self.worker_id
+
+            def write() -> None:
+                with _transaction(self._conn):
+                    self._conn.execute(Q["delete_worker"], (worker_id,))
+
+            await self._write(write)
         self.worker_id = None
 
     async def migrate(self) -> builtins.list[int]:

@@ -184,12 +184,18 @@ ON CONFLICT (saga_id, name) DO UPDATE SET kind = excluded.kind, step = excluded.
 -- Leases ---------------------------------------------------------------------------------------
 
 -- name: attach_worker
--- Register a worker and its first lease (or renew the lease of a worker id come back).
-INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at, lease_expires_at)
+-- Register a worker, the definitions it runs and its first lease (or renew a worker come back).
+INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at, lease_expires_at,
+    fingerprints)
 VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()),
-    extract(epoch FROM clock_timestamp()), extract(epoch FROM clock_timestamp()) + $4)
+    extract(epoch FROM clock_timestamp()), extract(epoch FROM clock_timestamp()) + $4, $5)
 ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-    lease_expires_at = excluded.lease_expires_at;
+    lease_expires_at = excluded.lease_expires_at, fingerprints = excluded.fingerprints;
+
+-- name: live_fingerprints
+-- The definitions that workers with a live lease run (why an instance is not advancing).
+SELECT fingerprints FROM sagakit_workers
+WHERE lease_expires_at >= extract(epoch FROM clock_timestamp());
 
 -- name: heartbeat
 -- Renew a worker's lease; returns whether the lease it renews had not expired yet.

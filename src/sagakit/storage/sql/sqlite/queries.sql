@@ -246,3 +246,23 @@ SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?;
 -- name: inbox_put
 -- Store a participant's reply under its idempotency key.
 INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?);
+
+-- name: replace_worker
+-- The owning worker, its definitions and lease (one worker per file: it replaces any other).
+INSERT OR REPLACE INTO sagakit_workers (worker_id, fingerprints, lease_expires_at) VALUES (?, ?, ?);
+
+-- name: clear_workers
+-- Forget earlier owners of the file (they are dead: the file lock is this worker's).
+DELETE FROM sagakit_workers WHERE worker_id != ?;
+
+-- name: renew_worker
+-- Renew the owning worker's lease.
+UPDATE sagakit_workers SET lease_expires_at = ? WHERE worker_id = ?;
+
+-- name: delete_worker
+-- A worker that stops cleanly.
+DELETE FROM sagakit_workers WHERE worker_id = ?;
+
+-- name: live_fingerprints
+-- The definitions the worker with a live lease runs (why an instance is not advancing).
+SELECT fingerprints FROM sagakit_workers WHERE lease_expires_at >= ?;

@@ -100,4 +100,11 @@ CREATE TABLE IF NOT EXISTS sagakit_retired_keys (
 );
 CREATE INDEX IF NOT EXISTS sagakit_inbox_at ON sagakit_inbox (at);
 
+-- The worker that owns the file, the definitions it runs and its lease (renewed by heartbeat).
+CREATE TABLE IF NOT EXISTS sagakit_workers (
+    worker_id        TEXT PRIMARY KEY,
+    fingerprints     TEXT NOT NULL,
+    lease_expires_at REAL NOT NULL
+);
+
 INSERT OR IGNORE INTO sagakit_meta (key, value) VALUES ('schema_version', '1');

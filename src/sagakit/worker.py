@@ -655,6 +655,10 @@ class Worker:
             self._reject(item, decision.rejected, batch)
             return
         if decision.refused is not None:
+            # Written with the instance (its revision checked), so a worker that lost the
+            # instance meanwhile cannot record a refusal in another owner's history.
+            work.instance = decision.instance
+            work.changed = True
             work.transition.history.extend(decision.history)
             if item.command_id is not None:
                 work.transition.commands.append(

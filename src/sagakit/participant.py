@@ -300,9 +300,8 @@ class ParticipantRunner:
         await tx.outbox_put(message)
         return message
 
-    async def _publish(self, message: OutboxMessage) -> bool:
+    async def _publish(self, message: OutboxMessage) -> None:
         await self._transport.publish(message.destination, message.body)
-        return True
 
     async def _mark_done(self, message_id: str) -> None:
         await self._store.transaction(lambda tx: tx.outbox_done([message_id]))

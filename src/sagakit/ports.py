@@ -20,8 +20,6 @@ from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
 
-#: Outbox destination of a local step run: the worker that owns the instance runs it.
-LOCAL_DESTINATION = "sagakit.local"
 #: The outbox source of messages written by the orchestrator (participants use their name).
 ORCHESTRATOR = "sagakit.orchestrator"
 
@@ -163,10 +161,6 @@ class InstanceQueries(Protocol):
     async def list(self, filter: InstanceFilter) -> builtins.list[SagaInstance]: ...
 
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]: ...
-
-    async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
-        """Instances that are neither completed, failed nor stuck."""
-        ...
 
     async def count_by_status(self) -> dict[SagaStatus, int]: ...
 

@@ -17,8 +17,8 @@ from sagakit.ports import Outbox, OutboxMessage
 
 log = logging.getLogger("sagakit.relay")
 
-#: Delivers one message; returns True when the relay must then mark it done itself.
-Deliver = Callable[[OutboxMessage], Awaitable[bool]]
+#: Delivers one message; returns once it is safely handed over (then it is marked done).
+Deliver = Callable[[OutboxMessage], Awaitable[None]]
 MarkDone = Callable[[str], Awaitable[None]]
 
 
@@ -80,8 +80,8 @@ class Relay:
 
     async def _handle(self, message: OutboxMessage) -> None:
         try:
-            if await self._deliver(message):
-                await self._mark_done(message.id)
+            await self._deliver(message)
+            await self._mark_done(message.id)
             self._recent.add(message.id)
         except asyncio.CancelledError:
             raise

@@ -107,7 +107,6 @@ class _Item:
     saga_id: str
     event: Event | None = None
     start: _Start | None = None
-    consumed: str | None = None
     timer: Timer | None = None
     command_id: int | None = None
     body: bytes | None = None
@@ -783,13 +782,11 @@ class Worker:
             log.warning("dead-lettered a message: %s", reason, extra={"saga_id": item.saga_id})
         elif item.command_id is not None:
             batch.commands.append(CommandResult(item.command_id, CommandState.REFUSED, reason))
-        elif item.consumed is None and item.timer is None:
+        elif item.timer is None:
             self._fail(item, SagaNotFound(reason))
 
     @staticmethod
     def _consume(work: _Work, item: _Item) -> None:
-        if item.consumed is not None:
-            work.transition.consumed.append(item.consumed)
         if item.timer is not None:
             work.transition.timer_ops.append(TimerOp(TimerOpKind.FIRED, item.timer))
 
@@ -820,9 +817,8 @@ class Worker:
 
     # -- delivery of committed messages ---------------------------------------------------
 
-    async def _deliver(self, message: OutboxMessage) -> bool:
+    async def _deliver(self, message: OutboxMessage) -> None:
         await self.transport.publish(message.destination, message.body)
-        return True
 
     async def _mark_done(self, message_id: str) -> None:
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()

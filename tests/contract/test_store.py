@@ -570,26 +570,6 @@ class TestInstanceQueries:
         assert await store.history("s2") == [created("s2"), HistoryEntry(5.0, HistoryKind.STATUS)]
         assert await store.history("nope") == []
 
-    async def test_unsettled_oldest_first(self, store: Store) -> None:
-        statuses = [
-            ("f", SagaStatus.FAILED),
-            ("p", SagaStatus.PENDING),
-            ("d", SagaStatus.COMPLETED),
-            ("s", SagaStatus.STARTED),
-            ("k", SagaStatus.STUCK),
-            ("c", SagaStatus.COMPENSATING),
-        ]
-        await store.commit(
-            Batch(
-                [
-                    insert(make_instance(sid, status=st, created_at=100.0 + n))
-                    for n, (sid, st) in enumerate(statuses)
-                ]
-            )
-        )
-        assert [i.saga_id for i in await store.unsettled(100)] == ["p", "s", "c"]
-        assert [i.saga_id for i in await store.unsettled(2)] == ["p", "s"]
-
     async def test_count_by_status(self, store: Store) -> None:
         assert {k: v for k, v in (await store.count_by_status()).items() if v} == {}
         await store.commit(

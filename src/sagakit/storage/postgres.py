@@ -56,7 +56,6 @@ from sagakit.transitions import TimerKind
 T = TypeVar("T")
 
 _LIVE = ("started", "pending", "compensating", "stuck")
-_UNSETTLED = ("started", "pending", "compensating")
 #: The statements of this module, by name, from ``sql/postgres/queries.sql``.
 Q = load_queries("postgres")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -483,10 +482,6 @@ class PostgresStore:
             )
             for r in rows
         ]
-
-    async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
-        rows = await self._fetch(Q["unsettled"], list(_UNSETTLED), limit)
-        return [instance_from_row(r) for r in rows]
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
         rows = await self._fetch(Q["count_by_status"])

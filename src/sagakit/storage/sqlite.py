@@ -51,7 +51,6 @@ T = TypeVar("T")
 #: The statements of this module, by name, from ``sql/sqlite/queries.sql``.
 Q = load_queries("sqlite")
 
-_SETTLED = tuple(s.value for s in SagaStatus if s.settled)
 _LIVE = tuple(s.value for s in SagaStatus if not s.terminal)
 
 
@@ -430,12 +429,6 @@ class SqliteStore:
             )
             for r in rows
         ]
-
-    async def unsettled(self, limit: int) -> builtins.list[SagaInstance]:
-        # The statuses are bound one placeholder each (SQLite binds no list).
-        sql = fill(Q["unsettled"], settled=_marks(len(_SETTLED)))
-        rows = await self._query(sql, (*_SETTLED, limit))
-        return [instance_from_row(r) for r in rows]
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
         rows = await self._query(Q["count_by_status"])

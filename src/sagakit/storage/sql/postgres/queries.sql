@@ -316,13 +316,6 @@ ORDER BY updated_at DESC LIMIT $1;
 SELECT at, kind, step, phase, attempt, detail FROM sagakit_history
 WHERE saga_id = $1 ORDER BY id;
 
--- name: unsettled
--- Instances still moving (started, pending, compensating), oldest first.
-SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
-    created_at, updated_at, revision, state, owner
-FROM sagakit_instances WHERE status = ANY($1::text[])
-ORDER BY created_at LIMIT $2;
-
 -- name: count_by_status
 -- How many instances are in each status.
 SELECT status, count(*) FROM sagakit_instances GROUP BY status;

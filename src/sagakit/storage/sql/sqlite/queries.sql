@@ -187,13 +187,6 @@ ORDER BY updated_at DESC LIMIT ?;
 SELECT at, kind, step, phase, attempt, detail FROM sagakit_history
 WHERE saga_id = ? ORDER BY id;
 
--- name: unsettled
--- Instances still moving (not completed, failed or stuck), oldest first.
-SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
-    created_at, updated_at, revision, state, owner
-FROM sagakit_instances WHERE status NOT IN ({settled})
-ORDER BY created_at LIMIT ?;
-
 -- name: count_by_status
 -- How many instances are in each status.
 SELECT status, count(*) FROM sagakit_instances GROUP BY status;

@@ -27,7 +27,7 @@ from sagakit import (
 )
 from sagakit.examples.demo import run_demo
 from sagakit.retention import RetentionPolicy
-from sagakit.storage.postgres import PostgresStore, migrations, split_url
+from sagakit.storage.postgres import PostgresStore, Q, migrations, split_url
 
 SNAPSHOT = Path(__file__).with_name("postgres_schema.txt")
 
@@ -316,3 +316,64 @@ async def test_a_compensation_cannot_overtake_its_running_action(url: str) -> No
         for s in stores:
             await s.close()
     assert left == [(0,)]  # the undo ran after the effect, not as a no-op before it
+
+
+async def test_a_step_that_keeps_the_status_is_a_hot_update(url: str) -> None:
+    # Migration 3: status_at moves only with the status, so a step's update touches no index.
+    log: Counter[str] = Counter()
+    saga = counting_saga(log).build()
+    store = PostgresStore(url, owner=True)
+    try:
+        async with Worker(App(sagas=[saga]), store) as worker:
+            done = await worker.client.run(saga, {})
+            failed = await worker.client.run(saga, {"fail": True})
+    finally:
+        await store.close()  # its connections end, and flush their statistics
+    assert done.status is SagaStatus.COMPLETED and failed.status is SagaStatus.FAILED
+    dsn, schema = split_url(url)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema or "public"})
+    try:
+        rows = {
+            r["saga_id"]: r
+            for r in await conn.fetch(
+                "SELECT saga_id, status_at, updated_at FROM sagakit_instances"
+            )
+        }
+        # Finished: it entered its last status with its last update.
+        assert rows[done.saga_id]["status_at"] == rows[done.saga_id]["updated_at"]
+        assert rows[failed.saga_id]["status_at"] == rows[failed.saga_id]["updated_at"]
+
+        async def hot_updates() -> bool:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            return bool(
+                await conn.fetchval(
+                    "SELECT n_tup_hot_upd FROM pg_stat_user_tables"
+                    " WHERE relid = 'sagakit_instances'::regclass"
+                )
+            )
+
+        await until(hot_updates, timeout=10)
+    finally:
+        await conn.close()
+
+
+async def test_status_at_moves_with_the_status_only(url: str) -> None:
+    store = PostgresStore(url, owner=True)
+    dsn, schema = split_url(url)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema or "public"})
+    try:
+        await store.migrate()
+        await conn.execute(
+            "INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,"
+            " correlation_id, created_at, updated_at, status_at, revision, state)"
+            " VALUES ('a', 't', 1, 'f', 'pending', 'a', 1, 1, 1, 1, '{}'),"
+            " ('b', 't', 1, 'f', 'pending', 'b', 1, 2, 2, 1, '{}')"
+        )
+        sql = Q["update_instances"]
+        await conn.fetch(sql, ["a"], [1], ["pending"], [5.0], [2], ["{}"])
+        await conn.fetch(sql, ["b"], [1], ["stuck"], [3.0], [2], ["{}"])
+        rows = dict(await conn.fetch("SELECT saga_id, status_at FROM sagakit_instances"))
+        assert rows == {"a": 1.0, "b": 3.0}
+    finally:
+        await conn.close()
+        await store.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -241,37 +242,66 @@ class PostgresStore:
         transitions = batch.transitions
         inserts = [t for t in transitions if t.instance and t.expected_revision is None]
         updates = [t for t in transitions if t.instance and t.expected_revision is not None]
+        # Side records are filtered in SQL to the transitions that wrote ("ok").
+        clear, names, fired, upserts = _timer_changes(transitions)
+        parts: list[tuple[str, Sequence[Sequence[object]]]] = [
+            ("ins", _columns([_insert_row(cast(SagaInstance, t.instance)) for t in inserts], 12)),
+            ("upd", _columns([_update_row(t) for t in updates], 6)),
+            (
+                "hist",
+                _columns([history_row(t.saga_id, e) for t in transitions for e in t.history], 7),
+            ),
+            (
+                "obx",
+                _columns(
+                    [
+                        (
+                            m.id,
+                            m.source,
+                            m.destination,
+                            m.saga_id,
+                            m.body,
+                            self.worker_id,
+                            t.saga_id,
+                        )
+                        for t in transitions
+                        for m in t.outbox
+                    ],
+                    7,
+                ),
+            ),
+            ("tclr", [clear, [u[0] for u in upserts], [u[1] for u in upserts]] if clear else []),
+            ("tdel", _columns(names, 2)),
+            ("tfir", _columns(fired, 5)),
+            ("tset", _columns(upserts, 8)),
+            ("done", [list(batch.outbox_done)] if batch.outbox_done else []),
+            ("cons", _columns([(t.saga_id, i) for t in transitions for i in t.consumed], 2)),
+            (
+                "cmd",
+                _columns(
+                    [(c.id, c.state.value, c.error, None) for c in batch.commands]
+                    + [
+                        (c.id, c.state.value, c.error, t.saga_id)
+                        for t in transitions
+                        for c in t.commands
+                    ],
+                    4,
+                ),
+            ),
+            (
+                "dl",
+                _columns([(d.source, d.reason, d.body) for d in batch.dead_letters], 3),
+            ),
+        ]
+        present = [(name, args) for name, args in parts if args and args[0]]
+        if not present:  # transitions without a state change or a record: nothing to write
+            return [True] * len(transitions)
         side_only = [t.saga_id for t in transitions if t.instance is None]
-        every = transitions  # side records are filtered in SQL to the transitions that wrote
-        history = [history_row(t.saga_id, e) for t in every for e in t.history]
-        outbox = [
-            (m.id, m.source, m.destination, m.saga_id, m.body, self.worker_id, t.saga_id)
-            for t in every
-            for m in t.outbox
-        ]
-        clear, names, fired, upserts = _timer_changes(every)
-        consumed = [(t.saga_id, i) for t in every for i in t.consumed]
-        commands = [(c.id, c.state.value, c.error, None) for c in batch.commands] + [
-            (c.id, c.state.value, c.error, t.saga_id) for t in every for c in t.commands
-        ]
-        letters = batch.dead_letters
+        if side_only:
+            present.append(("side", [side_only]))
+        names_present = tuple(name for name, _ in present)
         rows = await conn.fetch(
-            Q["commit_at_once"],
-            *_columns([_insert_row(cast(SagaInstance, t.instance)) for t in inserts], 12),
-            *_columns([_update_row(t) for t in updates], 6),
-            side_only,
-            *_columns(history, 7),
-            *_columns(outbox, 7),
-            clear,
-            *_columns(names, 2),
-            *_columns(fired, 5),
-            *_columns(upserts, 8),
-            list(batch.outbox_done),
-            *_columns(consumed, 2),
-            *_columns(commands, 4),
-            [d.source for d in letters],
-            [d.reason for d in letters],
-            [d.body for d in letters],
+            _commit_statement(names_present), *(a for _, args in present for a in args)
         )
         written = {r[0] for r in rows}
         return [t.instance is None or t.saga_id in written for t in transitions]
@@ -630,6 +660,59 @@ def qmark_to_dollar(sql: str) -> str:
             continue
         out.append(char)
     return "".join(out)
+
+
+_PARAM = re.compile(r"\$(\d+)")
+#: The parts of a batch's one statement, by name (see _commit_statement).
+_COMMIT_PARTS = {
+    "ins": Q["commit_ins"],
+    "upd": Q["commit_upd"],
+    "hist": Q["commit_hist"],
+    "obx": Q["commit_obx"],
+    "tclr": Q["commit_tclr"],
+    "tdel": Q["commit_tdel"],
+    "tfir": Q["commit_tfir"],
+    "tset": Q["commit_tset"],
+    "done": Q["commit_done"],
+    "cons": Q["commit_cons"],
+    "cmd": Q["commit_cmd"],
+    "dl": Q["commit_dl"],
+}
+
+
+@functools.cache
+def _commit_statement(parts: tuple[str, ...]) -> str:
+    """One statement of the ``commit_<part>`` CTEs a batch has rows for, in the order given,
+    their parameters numbered on; ``side`` is the ids of transitions with only side records.
+
+    A batch at rest has two or three parts (an update and its history, say): leaving out the
+    empty ones halves the commit's latency against one statement of every part, whose empty
+    CTEs PostgreSQL would still plan and run. The shapes are few, and asyncpg keeps each one
+    prepared."""
+    ctes: list[str] = []
+    offset = 0
+    ok: list[str] = [f"SELECT saga_id FROM {name}" for name in ("ins", "upd") if name in parts]
+    written = list(ok)
+    for name in parts:
+        if name == "side":
+            offset += 1
+            ok.append(f"SELECT unnest(${offset}::text[]) AS saga_id")
+            continue
+        sql = _COMMIT_PARTS[name]
+        ctes.append(_renumber(sql, offset))
+        offset += max(int(n) for n in _PARAM.findall(sql))
+    if any(name not in ("ins", "upd", "side", "done", "dl") for name in parts):
+        # Every branch names its column saga_id: an unnamed one would let "SELECT saga_id
+        # FROM ok" bind to the outer query's saga_id instead.
+        branches = " UNION ALL ".join(ok) or "SELECT NULL::text AS saga_id WHERE false"
+        ctes.insert(len(written), f"ok AS ({branches})")
+    result = " UNION ALL ".join(written) or "SELECT NULL::text WHERE false"
+    return "WITH " + ",\n".join(ctes) + "\n" + result
+
+
+def _renumber(sql: str, offset: int) -> str:
+    """``sql`` with every ``$n`` made ``$(n + offset)``."""
+    return _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
 
 
 _TimerChanges = tuple[

@@ -35,92 +35,143 @@ INSERT INTO sagakit_migrations (version, name) VALUES ($1, $2);
 
 -- TransitionStore: a batch's writes -----------------------------------------------------------
 
--- The data-modifying CTEs of commit_at_once run in one implicit transaction. Side records are
--- kept only for transitions whose instance write passed its revision check (ok); the timer
--- deletes never touch a timer that is upserted, so no row is modified twice.
+-- The usual batch (one transition per instance) commits in one statement (one round trip),
+-- put together in postgres.py from the commit_* parts below that the batch has rows for: each
+-- part is one data-modifying CTE, its parameters numbered from $1 on its own. A part that reads
+-- "ok" (the instances whose write passed its revision check, or that only add side records)
+-- keeps only those transitions' records. The timer deletes never touch a timer that is upserted,
+-- so no row is modified twice. Leaving out the empty parts halves the commit's latency.
 
--- name: commit_at_once
--- A batch with one transition per instance, in one statement (one round trip).
-WITH ins AS (
+-- name: commit_ins
+-- Create instances (starts); a duplicate saga_id or idempotency key is skipped, not returned.
+ins AS (
     INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,
+        correlation_id, idempotency_key, created_at, updated_at, revision, state, owner,
+        status_at)
+    SELECT v.*, v.updated_at FROM unnest($1::text[], $2::text[], $3::int[], $4::text[],
+        $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bigint[],
+        $11::text[], $12::text[]) AS v(saga_id, saga_type, version, fingerprint, status,
         correlation_id, idempotency_key, created_at, updated_at, revision, state, owner)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-        $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[],
-        $12::text[])
     ON CONFLICT DO NOTHING RETURNING saga_id
-), upd AS (
+)
+
+-- name: commit_upd
+-- Advance instances whose revision is still the expected one (optimistic concurrency).
+upd AS (
     UPDATE sagakit_instances AS i SET status = v.status, updated_at = v.updated_at,
+        status_at = CASE WHEN i.status = v.status THEN i.status_at ELSE v.updated_at END,
         revision = v.revision, state = v.state
-    FROM unnest($13::text[], $14::bigint[], $15::text[], $16::float8[], $17::bigint[],
-        $18::text[]) AS v(saga_id, expected, status, updated_at, revision, state)
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::float8[], $5::bigint[],
+        $6::text[]) AS v(saga_id, expected, status, updated_at, revision, state)
     WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id
-), ok AS (
-    SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd
-    UNION ALL SELECT unnest($19::text[])
-), hist AS (
+)
+
+-- name: commit_hist
+-- Append history entries.
+hist AS (
     INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT * FROM unnest($20::text[], $21::float8[], $22::text[], $23::text[], $24::text[],
-        $25::int[], $26::text[]) AS h(saga_id, at, kind, step, phase, attempt, detail)
+    SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[],
+        $6::int[], $7::text[]) AS h(saga_id, at, kind, step, phase, attempt, detail)
     WHERE h.saga_id IN (SELECT saga_id FROM ok)
-), obx AS (
+)
+
+-- name: commit_obx
+-- Queue outgoing messages, with the worker that wrote them; an id already queued is kept.
+obx AS (
     INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)
     SELECT o.id, o.source, o.destination, o.saga_id, o.body, o.owner
-    FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bytea[], $32::text[],
-        $33::text[]) AS o(id, source, destination, saga_id, body, owner, tsaga)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[],
+        $7::text[]) AS o(id, source, destination, saga_id, body, owner, tsaga)
     WHERE o.tsaga IN (SELECT saga_id FROM ok)
     ON CONFLICT (id) DO NOTHING
-), tclr AS (
-    DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($34::text[])
+)
+
+-- name: commit_tclr
+-- Cancel every timer of some instances, except those the batch upserts ($2, $3).
+tclr AS (
+    DELETE FROM sagakit_timers AS t WHERE t.saga_id = ANY($1::text[])
     AND t.saga_id IN (SELECT saga_id FROM ok)
-    AND NOT EXISTS (SELECT 1 FROM unnest($42::text[], $43::text[]) AS u(saga_id, name)
+    AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS u(saga_id, name)
         WHERE u.saga_id = t.saga_id AND u.name = t.name)
-), tdel AS (
-    DELETE FROM sagakit_timers AS t USING unnest($35::text[], $36::text[]) AS v(saga_id, name)
+)
+
+-- name: commit_tdel
+-- Cancel timers by instance and name.
+tdel AS (
+    DELETE FROM sagakit_timers AS t USING unnest($1::text[], $2::text[]) AS v(saga_id, name)
     WHERE t.saga_id = v.saga_id AND t.name = v.name AND v.saga_id IN (SELECT saga_id FROM ok)
-), tfir AS (
-    DELETE FROM sagakit_timers AS t USING unnest($37::text[], $38::text[], $39::float8[],
-        $40::int[], $41::text[]) AS v(saga_id, name, due_at, attempt, tsaga)
+)
+
+-- name: commit_tfir
+-- Drop timers that fired, unless set again since (then their due_at or attempt differ).
+tfir AS (
+    DELETE FROM sagakit_timers AS t USING unnest($1::text[], $2::text[], $3::float8[],
+        $4::int[], $5::text[]) AS v(saga_id, name, due_at, attempt, tsaga)
     WHERE t.saga_id = v.saga_id AND t.name = v.name AND t.due_at = v.due_at
         AND t.attempt = v.attempt AND v.tsaga IN (SELECT saga_id FROM ok)
-), tset AS (
+)
+
+-- name: commit_tset
+-- Set (or reset) timers, keyed by instance and name.
+tset AS (
     INSERT INTO sagakit_timers (saga_id, name, kind, step, phase, attempt, due_at)
     SELECT v.saga_id, v.name, v.kind, v.step, v.phase, v.attempt, v.due_at
-    FROM unnest($42::text[], $43::text[], $44::text[], $45::text[], $46::text[], $47::int[],
-        $48::float8[], $49::text[]) AS v(saga_id, name, kind, step, phase, attempt, due_at, tsaga)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+        $7::float8[], $8::text[]) AS v(saga_id, name, kind, step, phase, attempt, due_at, tsaga)
     WHERE v.tsaga IN (SELECT saga_id FROM ok)
     ON CONFLICT (saga_id, name) DO UPDATE SET kind = excluded.kind, step = excluded.step,
         phase = excluded.phase, attempt = excluded.attempt, due_at = excluded.due_at
-), cons AS (
-    DELETE FROM sagakit_outbox WHERE id = ANY($50::text[]) OR id IN (
-        SELECT c.id FROM unnest($51::text[], $52::text[]) AS c(saga_id, id)
+)
+
+-- name: commit_done
+-- Drop messages the relay has sent.
+done AS (
+    DELETE FROM sagakit_outbox WHERE id = ANY($1::text[])
+)
+
+-- name: commit_cons
+-- Drop messages consumed by the transitions that wrote.
+cons AS (
+    DELETE FROM sagakit_outbox WHERE id IN (
+        SELECT c.id FROM unnest($1::text[], $2::text[]) AS c(saga_id, id)
         WHERE c.saga_id IN (SELECT saga_id FROM ok))
-), cmd AS (
+)
+
+-- name: commit_cmd
+-- Record the outcome of operator commands (a null saga_id: a command that belongs to none).
+cmd AS (
     UPDATE sagakit_commands AS c SET state = v.state, error = v.error,
         applied_at = extract(epoch FROM clock_timestamp())
-    FROM unnest($53::bigint[], $54::text[], $55::text[], $56::text[])
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
         AS v(id, state, error, saga_id)
     WHERE c.id = v.id AND c.state = 'pending'
         AND (v.saga_id IS NULL OR v.saga_id IN (SELECT saga_id FROM ok))
-), dl AS (
+)
+
+-- name: commit_dl
+-- Keep messages that could not be handled, with the reasons.
+dl AS (
     INSERT INTO sagakit_dead_letters (at, source, reason, body)
     SELECT extract(epoch FROM clock_timestamp()), *
-    FROM unnest($57::text[], $58::text[], $59::bytea[])
+    FROM unnest($1::text[], $2::text[], $3::bytea[])
 )
-SELECT saga_id FROM ins UNION ALL SELECT saga_id FROM upd;
 
 -- The ordered path: a batch that repeats a saga commits in rounds, one statement per kind.
 
 -- name: insert_instances
 -- Create instances (starts); a duplicate saga_id or idempotency key is skipped, not returned.
 INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status, correlation_id,
-    idempotency_key, created_at, updated_at, revision, state, owner)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-    $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[], $12::text[])
+    idempotency_key, created_at, updated_at, revision, state, owner, status_at)
+SELECT v.*, v.updated_at FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+    $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bigint[], $11::text[], $12::text[])
+    AS v(saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
+    created_at, updated_at, revision, state, owner)
 ON CONFLICT DO NOTHING RETURNING saga_id;
 
 -- name: update_instances
 -- Advance instances whose revision is still the expected one (optimistic concurrency).
 UPDATE sagakit_instances AS i SET status = v.status, updated_at = v.updated_at,
+    status_at = CASE WHEN i.status = v.status THEN i.status_at ELSE v.updated_at END,
     revision = v.revision, state = v.state
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::float8[], $5::bigint[], $6::text[])
     AS v(saga_id, expected, status, updated_at, revision, state)
@@ -237,10 +288,10 @@ NOTIFY sagakit_work, 'released';
 -- Retention ------------------------------------------------------------------------------------
 
 -- name: finished_before
--- Finished instances updated before a cutoff, oldest first (index sagakit_instances_finished).
+-- Finished instances last updated (= status_at) before a cutoff, oldest first (index _finished).
 SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')
-    AND updated_at < extract(epoch FROM clock_timestamp()) - $1
-ORDER BY updated_at LIMIT $2;
+    AND status_at < extract(epoch FROM clock_timestamp()) - $1
+ORDER BY status_at LIMIT $2;
 
 -- name: purge_instances
 -- Purge: delete the finished ones of the instances asked for, returning what retires their key.
@@ -305,11 +356,11 @@ SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempot
 FROM sagakit_instances WHERE saga_type = $1 AND idempotency_key = $2;
 
 -- name: list_instances
--- Filtered listing, latest first (indexes sagakit_instances_status/_type/_correlation/_created).
+-- Filtered listing, latest into its status first (indexes _status/_type/_correlation/_created).
 SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
     created_at, updated_at, revision, state, owner
 FROM sagakit_instances{where}
-ORDER BY updated_at DESC LIMIT $1;
+ORDER BY status_at DESC LIMIT $1;
 
 -- name: history
 -- An instance's history in order (index sagakit_history_saga).

@@ -30,6 +30,13 @@ async def main(url: str) -> None:
     store = FaultyStore(inner, plan)
     await store.transaction(create_ledgers)
     transport = FaultyTransport(MemoryTransport(), plan)
+    # A worker started while its crashed predecessor's lease still runs cannot claim that
+    # predecessor's sagas yet, and a reply delivered meanwhile is left to the owner's step
+    # timeout (the in-process bus has no redelivery; a known limit, see CHANGELOG). The
+    # restart waits the lease (0.5 s) out, as a supervisor's restart after a crash would.
+    deadline = asyncio.get_running_loop().time() + 5
+    while await inner.live_fingerprints() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # polling the store: a lease's expiry sends no event
     # A short lease: on PostgreSQL a restarted worker takes over its dead predecessor's
     # sagas once that lease has expired.
     async with Worker(

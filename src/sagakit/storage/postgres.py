@@ -297,8 +297,8 @@ class PostgresStore:
         if not present:  # transitions without a state change or a record: nothing to write
             return [True] * len(transitions)
         side_only = [t.saga_id for t in transitions if t.instance is None]
-        if side_only:
-            present.append(("side", [side_only]))
+        if side_only and any(name not in _WITHOUT_OK for name, _ in present):
+            present.append(("side", [side_only]))  # only a part that reads "ok" binds it
         names_present = tuple(name for name, _ in present)
         rows = await conn.fetch(
             _commit_statement(names_present), *(a for _, args in present for a in args)
@@ -663,6 +663,8 @@ def qmark_to_dollar(sql: str) -> str:
 
 
 _PARAM = re.compile(r"\$(\d+)")
+#: The parts that do not read "ok" (the instances whose write passed its check).
+_WITHOUT_OK = frozenset({"ins", "upd", "done", "dl"})
 #: The parts of a batch's one statement, by name (see _commit_statement).
 _COMMIT_PARTS = {
     "ins": Q["commit_ins"],
@@ -701,7 +703,7 @@ def _commit_statement(parts: tuple[str, ...]) -> str:
         sql = _COMMIT_PARTS[name]
         ctes.append(_renumber(sql, offset))
         offset += max(int(n) for n in _PARAM.findall(sql))
-    if any(name not in ("ins", "upd", "side", "done", "dl") for name in parts):
+    if any(name not in _WITHOUT_OK for name in parts if name != "side"):
         # Every branch names its column saga_id: an unnamed one would let "SELECT saga_id
         # FROM ok" bind to the outer query's saga_id instead.
         branches = " UNION ALL ".join(ok) or "SELECT NULL::text AS saga_id WHERE false"

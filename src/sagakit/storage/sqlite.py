@@ -176,13 +176,18 @@ class SqliteStore:
 
     async def commit(self, batch: Batch) -> builtins.list[bool]:
         async with self._lock():
-            if len(batch.transitions) <= INLINE_BATCH and self._commit_time < INLINE_SECONDS:
+            if (
+                len(batch.transitions) <= INLINE_BATCH
+                and self._commit_time < INLINE_SECONDS
+                and self._rconn is not self._conn
+            ):
                 # Handing a small batch to the writer thread and back costs two thread
                 # wake-ups, more than its own SQL and fsync (measured: 0.14 ms of 0.39 ms a
                 # commit, and a third of the worker's CPU at one saga in flight). Under load
                 # batches are large and go to the thread, so the loop decides the next batch
-                # meanwhile; a disk slow to sync sends every batch there, so the loop is never
-                # held for longer than INLINE_SECONDS.
+                # meanwhile; after a commit slower than INLINE_SECONDS (a disk slow to sync)
+                # every batch goes there until the slow one is forgotten. An in-memory
+                # database reads on its writer's one connection: that stays on one thread.
                 try:
                     return self._commit(batch)
                 except sqlite3.Error as exc:

@@ -787,6 +787,17 @@ class TestOutbox:
         await store.transaction(lambda tx: tx.outbox_done(["a", "e"]))
         assert await pending_ids(store) == ["c"]
 
+    async def test_sent_ids_commit_beside_transitions_that_write_nothing(
+        self, store: Store
+    ) -> None:
+        # Batch shapes the PostgreSQL statement is put together for: a transition with no
+        # state and no records beside sent ids, then sent ids alone, then nothing at all.
+        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abc"])]))
+        assert await store.commit(Batch([Transition("s2")], outbox_done=["a"])) == [True]
+        assert await store.commit(Batch(outbox_done=["b"])) == []
+        assert await store.commit(Batch([Transition("s3")])) == [True]
+        assert await pending_ids(store) == ["c"]
+
     async def test_a_consumed_message_does_not_come_back_after_new_writes(
         self, store: Store
     ) -> None:

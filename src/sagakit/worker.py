@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -123,6 +124,8 @@ class _Work:
     instance: SagaInstance | None
     expected: int | None
     changed: bool = False
+    #: Decided on top of the batch in flight (its staged state), not on a committed state.
+    on_staged: bool = False
     transition: Transition = field(init=False)
     items: list[_Item] = field(default_factory=list)
     results: dict[int, object] = field(default_factory=dict)
@@ -190,6 +193,8 @@ class Worker:
         # Decided, not yet committed (the batch in flight): read before the cache.
         self._staged: dict[str, SagaInstance] = {}
         self._staged_keys: dict[tuple[str, str], SagaInstance] = {}
+        # (saga id, revision) of staged states the last commit did not write; see _finish.
+        self._lost: set[tuple[str, int]] = set()
         self._watchers: dict[str, list[asyncio.Future[SagaInstance]]] = {}
         self._done_pending: list[tuple[str, asyncio.Future[object]]] = []
         self._timers_in_flight: set[tuple[str, str, float]] = set()
@@ -370,7 +375,8 @@ class Worker:
     async def _commit_loop(self) -> None:
         # Pipelined: batch N+1 is decided while batch N's commit is in flight (against the
         # states N wrote, held in self._staged). N+1 commits only after N, and its effects
-        # act only after its own commit; if N fails, N+1's revision checks fail with it.
+        # act only after its own commit; what N+1 decided on a state N did not write is
+        # dropped before N+1 commits (see _finish).
         in_flight: asyncio.Task[None] | None = None
         try:
             while True:
@@ -421,10 +427,12 @@ class Worker:
                 continue
             work = works.get(item.saga_id)
             if work is None:
-                instance = self._staged.get(item.saga_id) or self._cache.get(item.saga_id)
+                staged = self._staged.get(item.saga_id)
+                instance = staged or self._cache.get(item.saga_id)
                 if instance is None and item.start is None:
                     instance = await self.store.get(item.saga_id)
                 work = _Work(item.saga_id, instance, instance.revision if instance else None)
+                work.on_staged = staged is not None
                 works[item.saga_id] = work
             work.items.append(item)
             if item.event is None and item.start is None:
@@ -457,8 +465,28 @@ class Worker:
         return _Prepared(batch, order, done, loose)
 
     async def _finish(self, prepared: _Prepared) -> None:
+        # A state the previous batch staged but did not write must not be built on: its
+        # revision check would not catch it when another worker's claim has meanwhile
+        # bumped the stored revision to the very number the lost state had.
+        lost, self._lost = self._lost, set()
+        doomed = [
+            work.on_staged
+            and work.transition.instance is not None
+            and (work.saga_id, work.expected) in lost
+            for work in prepared.order
+        ]
+        batch = prepared.batch
+        if any(doomed):
+            batch = dataclasses.replace(
+                batch,
+                transitions=[
+                    work.transition
+                    for work, drop in zip(prepared.order, doomed, strict=True)
+                    if not drop
+                ],
+            )
         try:
-            results = await self.store.commit(prepared.batch)
+            results = await self.store.commit(batch)
         except asyncio.CancelledError:
             self._failed(prepared.items(), prepared.done, StorageError("the worker stopped"))
             raise
@@ -467,6 +495,8 @@ class Worker:
             self._failed(prepared.items(), prepared.done, exc)
             for work in prepared.order:
                 self._unstage(work)
+                if work.transition.instance is not None and work.instance is not None:
+                    self._lost.add((work.saga_id, work.instance.revision))
             await asyncio.sleep(0.05)
             return
         self.commits += 1
@@ -476,6 +506,9 @@ class Worker:
         for item in prepared.loose:
             if item.future is not None and not item.future.done():
                 item.future.set_result(None)
+        if any(doomed):
+            written = iter(results)
+            results = [False if drop else next(written) for drop in doomed]
         self._after_commit(prepared.order, results)
 
     def _failed(
@@ -509,6 +542,8 @@ class Worker:
             self._unstage(work)
             if not ok:
                 self._cache.pop(work.saga_id, None)
+                if work.instance is not None:
+                    self._lost.add((work.saga_id, work.instance.revision))
                 conflict = ConcurrencyConflict(f"instance {work.saga_id} changed under this worker")
                 for item in work.items:
                     if item.start is not None and item.start.key is not None:

@@ -1,0 +1,108 @@
+"""The pipelined committer never builds on a state it did not write.
+
+Batch N+1 is decided while batch N commits, on the states N staged. When N's write of an
+instance fails its revision check because another worker claimed the instance meanwhile, the
+claim has bumped the stored revision to the very number N's lost state had, so N+1's check
+(expecting that number) would pass and N+1 would overwrite the new owner's state with one
+built on what was never written. That was a split brain seen under SIGSTOP in
+test_takeover.py; here it is reproduced step by step on one SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from sagakit import App, Saga, SqliteStore, StepContext, Worker
+from sagakit.definition import Phase
+from sagakit.ports import Batch
+from sagakit.transitions import Outcome, Reply
+from sagakit.worker import _Item
+
+
+class HeldStore(SqliteStore):
+    """Commits wait while ``hold`` is set: the test decides what happens meanwhile."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, owner=True)
+        self.hold = asyncio.Event()
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def commit(self, batch: Batch) -> list[bool]:
+        if self.hold.is_set():
+            self.waiting.set()
+            await self.release.wait()
+        return await super().commit(batch)
+
+
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.005)
+
+
+async def test_a_batch_built_on_a_lost_state_is_not_written(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    async def first(ctx: StepContext[Any]) -> str:
+        await gate.wait()
+        return "one"
+
+    async def second(ctx: StepContext[Any]) -> str:
+        await asyncio.Event().wait()  # never answers within the test
+        return "two"
+
+    async def undo(ctx: StepContext[Any]) -> None:
+        return None
+
+    saga: Saga[Any] = Saga("fenced")
+    saga.local("first", first, compensation=undo)
+    saga.local("second", second, compensation=undo)
+    path = str(tmp_path / "fence.db")
+    store = HeldStore(path)
+    try:
+        await _run(saga, store, gate, path)
+    finally:
+        await store.close()
+
+
+async def _run(saga: Saga[Any], store: HeldStore, gate: asyncio.Event, path: str) -> None:
+    async with Worker(App(sagas=[saga]), store) as worker:
+        handle = await worker.client.start(saga, {"n": 1})
+        saga_id = handle.saga_id
+        started = await store.get(saga_id)
+        assert started is not None
+        base = started.revision
+
+        # Batch N: the first step's answer, held before it is written.
+        store.hold.set()
+        gate.set()
+        await asyncio.wait_for(store.waiting.wait(), 10)
+        # Batch N+1, decided on N's staged state: a duplicate of that answer.
+        duplicate = Reply("first", Phase.ACTION, 1, Outcome.SUCCESS, "one")
+        worker._submit(_Item(saga_id, event=duplicate))
+        await until(lambda: getattr(worker._staged.get(saga_id), "revision", 0) == base + 2)
+
+        # Meanwhile another worker claims the instance: the stored revision becomes base + 1.
+        with sqlite3.connect(path) as other:
+            other.execute(
+                "UPDATE sagakit_instances SET owner = 'intruder', revision = revision + 1 "
+                "WHERE saga_id = ?",
+                (saga_id,),
+            )
+        store.hold.clear()
+        store.release.set()
+        await until(lambda: saga_id not in worker._staged)
+        await asyncio.sleep(0.05)  # let any later batch commit too
+
+        stored = await store.get(saga_id)
+        assert stored is not None
+        assert stored.owner == "intruder"
+        assert stored.revision == base + 1  # neither N nor N+1 was written
+        assert [s.status.value for s in stored.steps] == ["running", "pending"]

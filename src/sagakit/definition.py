@@ -31,6 +31,7 @@ Invalid definitions raise :class:`~sagakit.errors.DefinitionError` naming the st
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -202,16 +203,19 @@ class SagaDefinition:
         object.__setattr__(self, "fingerprint", fingerprint_of(self.steps))
 
     def step(self, name: str) -> Step:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(name)
+        return self.steps[self._positions[name]]
 
     def index(self, name: str) -> int:
-        for i, step in enumerate(self.steps):
-            if step.name == name:
-                return i
-        raise KeyError(name)
+        return self._positions[name]
+
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:
+        return {step.name: i for i, step in enumerate(self.steps)}
+
+    @functools.cached_property
+    def has_point_of_no_return(self) -> bool:
+        """Whether any step is a pivot or retriable (else the saga can always go back)."""
+        return any(step.kind is not StepKind.COMPENSATABLE for step in self.steps)
 
     def to_mermaid(self) -> str:
         """The definition as a Mermaid flowchart: actions forward, compensations dashed back."""

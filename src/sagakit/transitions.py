@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from sagakit.definition import Phase, SagaDefinition, StepKind
 from sagakit.encoding import JSON
@@ -254,20 +255,22 @@ class _Transition:
     now: float
     effects: list[Effect] = field(default_factory=list)
     history: list[HistoryEntry] = field(default_factory=list)
+    _drafting: bool = False
 
     # -- entry point ----------------------------------------------------------------------
 
     def apply(self, event: Event) -> Decision:
-        if isinstance(event, Begin):
-            self._begin()
-        elif isinstance(event, Reply):
+        original = self.inst
+        if isinstance(event, Reply):
             rejected = self._reply(event)
             if rejected:
-                return Decision(self.inst, rejected=rejected)
+                return Decision(original, rejected=rejected)
+        elif isinstance(event, Begin):
+            self._begin()
         elif isinstance(event, TimerFired):
             rejected = self._timer(event)
             if rejected:
-                return Decision(self.inst, rejected=rejected)
+                return Decision(original, rejected=rejected)
         else:
             refused = self._operator(event)
             if refused:
@@ -287,10 +290,41 @@ class _Transition:
                     refused=refused,
                 )
         if self.history or self.effects:
-            self.inst = evolve(self.inst, updated_at=self.now)
-            if self.inst.point_of_no_return is None:
-                self.inst = evolve(self.inst, point_of_no_return=self._past_no_return())
-        return Decision(self.inst, tuple(self.effects), tuple(self.history))
+            self._set(updated_at=self.now)
+            if self.inst.point_of_no_return is None and self.definition.has_point_of_no_return:
+                self._set(point_of_no_return=self._past_no_return())
+        return Decision(self._freeze(), tuple(self.effects), tuple(self.history))
+
+    # -- the instance being built ---------------------------------------------------------
+    #
+    # The first change copies the instance; later changes write into that private copy,
+    # which nothing else can see before apply() returns: one copy per transition rather than
+    # one per change (decide() is the worker's hottest code). Until _freeze() its steps are a
+    # list, so that a step can be replaced in place.
+
+    def _draft(self) -> dict[str, Any]:
+        if not self._drafting:
+            self.inst = evolve(self.inst)
+            self.inst.__dict__["steps"] = list(self.inst.steps)
+            self._drafting = True
+        return self.inst.__dict__
+
+    def _set(self, **changes: object) -> None:
+        fields = self._draft()
+        for name in changes:
+            if name not in fields:
+                raise TypeError(f"SagaInstance has no field {name!r}")
+        fields.update(changes)
+
+    def _set_step(self, index: int, **changes: object) -> None:
+        steps: list[StepState] = self._draft()["steps"]
+        steps[index] = evolve(steps[index], **changes)
+
+    def _freeze(self) -> SagaInstance:
+        if self._drafting:
+            self.inst.__dict__["steps"] = tuple(self.inst.steps)
+            self._drafting = False
+        return self.inst
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -320,7 +354,7 @@ class _Transition:
             changes["stuck_reason"] = None
             if reason is not None:
                 changes["reason"] = reason
-        self.inst = evolve(self.inst, **changes)
+        self._set(**changes)
         if old is not status or reason is not None:
             detail: dict[str, JSON] = {"from": old.value, "to": status.value}
             if reason is not None:
@@ -337,7 +371,7 @@ class _Transition:
     def _cancel(self, step: str, phase: Phase) -> None:
         """Cancel the step's timers that can exist in its current state (none for a local
         step that is running: the worker bounds it, no timer row was written)."""
-        index = self.inst.index(step)
+        index = self.definition.index(step)
         state = self.inst.steps[index]
         if phase is Phase.ACTION:
             running = state.status is StepStatus.RUNNING
@@ -391,12 +425,10 @@ class _Transition:
         state = self.inst.steps[index]
         timeout = step.timeout_for(phase)
         if phase is Phase.ACTION:
-            self.inst = self.inst.with_step(
-                index, status=StepStatus.RUNNING, attempts=attempt, error=None
-            )
+            self._set_step(index, status=StepStatus.RUNNING, attempts=attempt, error=None)
         else:
             previous = state.compensation
-            self.inst = self.inst.with_step(
+            self._set_step(
                 index,
                 status=StepStatus.COMPENSATING,
                 compensation=CompensationState(
@@ -427,7 +459,7 @@ class _Transition:
 
     def _reply(self, reply: Reply) -> str | None:
         try:
-            index = self.inst.index(reply.step)
+            index = self.definition.index(reply.step)
         except KeyError:
             return f"reply for unknown step {reply.step!r} of saga {self.inst.saga_type!r}"
         state = self.inst.steps[index]
@@ -474,7 +506,7 @@ class _Transition:
         name = state.name
         if reply.outcome is Outcome.SUCCESS:
             self._cancel(name, Phase.ACTION)
-            self.inst = self.inst.with_step(
+            self._set_step(
                 index,
                 status=StepStatus.DONE,
                 result=reply.result,
@@ -487,9 +519,7 @@ class _Transition:
         elif reply.outcome is Outcome.FAILURE:
             self._cancel(name, Phase.ACTION)
             error = reply.error or "failed"
-            self.inst = self.inst.with_step(
-                index, status=StepStatus.FAILED, error=error, outcome_known=True
-            )
+            self._set_step(index, status=StepStatus.FAILED, error=error, outcome_known=True)
             if self._kind(index) is StepKind.RETRIABLE:
                 self._status(
                     SagaStatus.STUCK,
@@ -511,13 +541,11 @@ class _Transition:
         used = state.attempts - state.budget_from
         self._cancel(step.name, Phase.ACTION)
         if retryable and used < step.retry.max_attempts and self.inst.status is SagaStatus.PENDING:
-            self.inst = self.inst.with_step(index, status=StepStatus.RETRYING, error=error)
+            self._set_step(index, status=StepStatus.RETRYING, error=error)
             self._schedule_retry(index, Phase.ACTION, state.attempts, used, retry_after)
             return
         kind = step.kind
-        self.inst = self.inst.with_step(
-            index, status=StepStatus.UNKNOWN, error=error, outcome_known=False
-        )
+        self._set_step(index, status=StepStatus.UNKNOWN, error=error, outcome_known=False)
         if kind is StepKind.RETRIABLE:
             self._status(
                 SagaStatus.STUCK,
@@ -625,7 +653,7 @@ class _Transition:
         name = reply.step
         self._cancel(name, Phase.COMPENSATION)
         if reply.outcome is Outcome.SUCCESS:
-            self.inst = self.inst.with_step(
+            self._set_step(
                 index,
                 status=StepStatus.COMPENSATED,
                 compensation=evolve(comp, status=CompensationStatus.DONE, error=None),
@@ -647,7 +675,7 @@ class _Transition:
         used = comp.attempts - comp.budget_from
         self._cancel(step.name, Phase.COMPENSATION)
         if retryable and used < step.compensation_retry.max_attempts:
-            self.inst = self.inst.with_step(
+            self._set_step(
                 index,
                 compensation=evolve(comp, status=CompensationStatus.RETRYING, error=error),
             )
@@ -659,7 +687,7 @@ class _Transition:
         self, index: int, comp: CompensationState, error: str, how: str
     ) -> None:
         name = self.inst.steps[index].name
-        self.inst = self.inst.with_step(
+        self._set_step(
             index, compensation=evolve(comp, status=CompensationStatus.FAILED, error=error)
         )
         self._status(
@@ -675,7 +703,7 @@ class _Transition:
             self._deadline()
             return None
         try:
-            index = self.inst.index(fired.step or "")
+            index = self.definition.index(fired.step or "")
         except KeyError:
             return f"timer for unknown step {fired.step!r}"
         state = self.inst.steps[index]
@@ -712,10 +740,10 @@ class _Transition:
         if point is not None or status is SagaStatus.STUCK:
             # Past the pivot the saga only goes forward; a stuck instance waits for its
             # operator. Either way the deadline is flagged, nothing is compensated.
-            self.inst = evolve(self.inst, deadline_passed=True)
+            self._set(deadline_passed=True)
             self._record(HistoryKind.DEADLINE, detail={"action": "flagged"})
             return
-        self.inst = evolve(self.inst, deadline_passed=True)
+        self._set(deadline_passed=True)
         self._record(HistoryKind.DEADLINE, detail={"action": "compensate"})
         self._stop("deadline passed")
 
@@ -736,26 +764,24 @@ class _Transition:
             return None
         step_name = self.inst.stuck_step
         assert step_name is not None
-        index = self.inst.index(step_name)
+        index = self.definition.index(step_name)
         state = self.inst.steps[index]
         comp = state.compensation
         self._record(HistoryKind.OPERATOR, step_name, detail=detail)
         compensating = comp is not None and comp.status is CompensationStatus.FAILED
         if isinstance(command, Retry):
             if compensating and comp is not None:
-                self.inst = self.inst.with_step(
-                    index, compensation=evolve(comp, budget_from=comp.attempts)
-                )
+                self._set_step(index, compensation=evolve(comp, budget_from=comp.attempts))
                 self._status(SagaStatus.COMPENSATING)
                 self._dispatch(index, Phase.COMPENSATION, comp.attempts + 1)
             else:
-                self.inst = self.inst.with_step(index, budget_from=state.attempts)
+                self._set_step(index, budget_from=state.attempts)
                 self._status(SagaStatus.PENDING)
                 self._dispatch(index, Phase.ACTION, state.attempts + 1)
             return None
         # Resolve by hand.
         if compensating and comp is not None:
-            self.inst = self.inst.with_step(
+            self._set_step(
                 index,
                 status=StepStatus.RESOLVED,
                 compensation=evolve(comp, status=CompensationStatus.RESOLVED),
@@ -763,7 +789,7 @@ class _Transition:
             self._status(SagaStatus.COMPENSATING)
             self._compensate_next()
         else:
-            self.inst = self.inst.with_step(index, status=StepStatus.RESOLVED, result=None)
+            self._set_step(index, status=StepStatus.RESOLVED, result=None)
             self._status(SagaStatus.PENDING)
             self._advance()
         return None
@@ -774,11 +800,11 @@ class _Transition:
             if s.status is StepStatus.RETRYING:
                 # Its retry timer is cancelled; its last attempt had no definite answer.
                 self._cancel(s.name, Phase.ACTION)
-                self.inst = self.inst.with_step(i, status=StepStatus.UNKNOWN, outcome_known=False)
+                self._set_step(i, status=StepStatus.UNKNOWN, outcome_known=False)
                 if self._kind(i) is StepKind.PIVOT:
                     # As when an in-flight pivot times out: it may have taken effect, so the
                     # steps before it are not undone behind its back; an operator decides.
-                    self.inst = evolve(self.inst, reason=reason)
+                    self._set(reason=reason)
                     self._status(
                         SagaStatus.STUCK,
                         reason=f"the outcome of pivot {s.name!r} is unknown ({reason}): "

@@ -27,6 +27,51 @@ T = TypeVar("T")
 
 def to_json(value: object, *, path: str = "value") -> JSON:
     """Convert ``value`` to a plain JSON value, or raise EncodingError naming the path."""
+    plain = _plain(value)
+    if plain is not _NOT_PLAIN:
+        return cast(JSON, plain)
+    return _convert(value, path)
+
+
+_NOT_PLAIN = object()
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _plain(value: object) -> object:
+    """A copy of ``value`` when it is made of plain JSON types only, else _NOT_PLAIN.
+
+    The common case (dicts of strings and numbers), without building the path of every
+    element that only an error message needs; anything else takes _convert's way.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        return value if value in _INT_RANGE else _NOT_PLAIN
+    if kind is float:
+        return value if math.isfinite(cast(float, value)) else _NOT_PLAIN
+    if kind is dict:
+        out: dict[str, object] = {}
+        for key, item in cast(dict[object, object], value).items():
+            if type(key) is not str:
+                return _NOT_PLAIN
+            item = _plain(item)
+            if item is _NOT_PLAIN:
+                return _NOT_PLAIN
+            out[key] = item
+        return out
+    if kind is list or kind is tuple:
+        items: list[object] = []
+        for item in cast(list[object], value):
+            item = _plain(item)
+            if item is _NOT_PLAIN:
+                return _NOT_PLAIN
+            items.append(item)
+        return items
+    return _NOT_PLAIN
+
+
+def _convert(value: object, path: str) -> JSON:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):

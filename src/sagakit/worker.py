@@ -25,10 +25,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sagakit.app import App
 from sagakit.client import Client
+from sagakit.deadlines import Deadlines
 from sagakit.definition import Local, Phase, Remote, SagaDefinition, StepContext
 from sagakit.encoding import JSON, digest_of, from_json, to_json
 from sagakit.errors import (
@@ -103,6 +104,17 @@ class _Start:
     digest: str
 
 
+class _Answer(Protocol):
+    """How the committer tells an item's source what became of it: a future, or a
+    :class:`_LocalAnswer`."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: object, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 @dataclass
 class _Item:
     saga_id: str
@@ -113,7 +125,36 @@ class _Item:
     body: bytes | None = None
     source: str = ""
     dead_letter: DeadLetter | None = None
-    future: asyncio.Future[object] | None = None
+    future: _Answer | None = None
+
+
+_LocalKey = tuple[str, str, Phase, int]  # saga id, step, phase, attempt: one run each
+
+
+class _LocalAnswer:
+    """The committer's answer to a local step's reply, taken without a loop callback.
+
+    A future would wake the step's task once more per step only to let it end. Committed:
+    the run is over. Not committed: the reply (not the step) is submitted again, as long as
+    this worker still owns the instance (see ``Worker._resubmit_local``).
+    """
+
+    __slots__ = ("_done", "_key", "_reply", "_worker")
+
+    def __init__(self, worker: Worker, key: _LocalKey, reply: Reply) -> None:
+        self._worker, self._key, self._reply = worker, key, reply
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: object, /) -> None:
+        self._done = True
+        self._worker._local_tasks.pop(self._key, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        self._worker._local_failed(self._key, self._reply, exception)
 
 
 @dataclass
@@ -206,8 +247,9 @@ class Worker:
         self._command_cursor = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._committer: asyncio.Task[None] | None = None
-        self._local_tasks: set[asyncio.Task[None]] = set()
-        self._local_in_flight: set[tuple[str, str, Phase, int]] = set()
+        self._deadlines = Deadlines()
+        # Local runs by what they run (one run per attempt), until their reply is committed.
+        self._local_tasks: dict[_LocalKey, asyncio.Task[None]] = {}
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
         self._relay = Relay(
@@ -268,14 +310,15 @@ class Worker:
         if not self._running:
             return
         self._running = False
-        for task in [*self._tasks, *self._local_tasks]:
+        for task in [*self._tasks, *self._local_tasks.values()]:
             task.cancel()
         await self._relay.stop()
         await self.transport.unsubscribe(self.reply_queue)
         for runner in self._participants:
             await runner.stop()
         # gather, not a suppressing loop: a cancellation of stop() itself must propagate.
-        await asyncio.gather(*self._tasks, *self._local_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._local_tasks.values(), return_exceptions=True)
+        self._local_tasks.clear()  # runs not committed are run again after a restart
         if self._committer is not None:
             self._queue.put_nowait(_Item("", source="stop"))
             with contextlib.suppress(asyncio.CancelledError):
@@ -307,6 +350,9 @@ class Worker:
         self._queue.put_nowait(item)
         return future
 
+    def _submit_local(self, key: _LocalKey, reply: Reply) -> None:
+        self._queue.put_nowait(_Item(key[0], event=reply, future=_LocalAnswer(self, key, reply)))
+
     async def start_saga(
         self,
         definition: SagaDefinition,
@@ -325,7 +371,7 @@ class Worker:
                 f"saga {definition.name!r} v{definition.version} is not registered with this worker"
             )
         payload = to_json(data, path="saga data")
-        start = _Start(definition, payload, key, correlation_id, digest_of(payload))
+        start = _Start(definition, payload, key, correlation_id, _input_digest(payload, key))
         return str(await self._submit(_Item(uuid.uuid4().hex, start=start)))
 
     async def wait_settled(self, saga_id: str, timeout: float | None = None) -> SagaInstance:
@@ -338,6 +384,8 @@ class Worker:
                 raise SagaNotFound(f"no saga instance {saga_id}")
             if instance.status.settled:
                 return instance
+            if timeout is None:
+                return await future
             async with asyncio.timeout(timeout):
                 return await future
         finally:
@@ -863,52 +911,88 @@ class Worker:
 
     def _spawn_local(self, saga_id: str, dispatch: Dispatch) -> None:
         key = (saga_id, dispatch.step, dispatch.phase, dispatch.attempt)
-        if key in self._local_in_flight or not self._running:
+        if key in self._local_tasks or not self._running:
             return
-        self._local_in_flight.add(key)
-        task = asyncio.create_task(self._run_local(saga_id, dispatch))
-        self._local_tasks.add(task)
-        task.add_done_callback(self._local_tasks.discard)
-        task.add_done_callback(functools.partial(_discard, self._local_in_flight, key))
+        self._local_tasks[key] = asyncio.create_task(self._run_local(key, dispatch))
 
-    async def _run_local(self, saga_id: str, dispatch: Dispatch) -> None:
-        reply: Reply | None = None
-        # Until the answer is committed: a failed read or commit is retried, so the step is
-        # never left "running" with its answer lost. A conflict means another worker owns
-        # the instance now (it runs the step itself), or an earlier commit failed and this
-        # one was decided on top of it: then the answer is submitted again.
-        while self._running:
-            try:
-                instance = self._cache.get(saga_id) or await self.store.get(saga_id)
-                if instance is None or instance.owner != self.worker_id:
-                    return
-                if reply is None:
-                    definition = self.app.definition(instance.saga_type, instance.version)
-                    if definition is None or definition.fingerprint != instance.fingerprint:
-                        return
-                    step = definition.step(dispatch.step)
-                    handler = step.handler(dispatch.phase)
-                    assert isinstance(handler, Local)
-                    reply = await self._call_local(
-                        handler, instance, definition, dispatch, step.timeout_for(dispatch.phase)
-                    )
-                await self._submit(_Item(saga_id, event=reply))
-                return
-            except (DefinitionMissing, SagaNotFound):
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not isinstance(exc, ConcurrencyConflict):
-                    log.warning(
-                        "local step %s of %s: answer not committed, retrying: %s",
-                        dispatch.step,
-                        saga_id,
-                        exc,
-                        extra={"saga_id": saga_id},
-                    )
-                self._cache.pop(saga_id, None)
-                await asyncio.sleep(0.05 if isinstance(exc, ConcurrencyConflict) else 0.5)
+    async def _run_local(self, key: _LocalKey, dispatch: Dispatch) -> None:
+        # The key stays in _local_tasks until the reply is committed (or dropped), so the
+        # same attempt is never run twice by this worker (a takeover of its own instances
+        # after a lost lease adopts them again).
+        saga_id = key[0]
+        try:
+            instance = self._cache.get(saga_id) or await self.store.get(saga_id)
+        except Exception as exc:  # the store is unreachable: read again in a while
+            self._local_failed(key, None, exc, dispatch)
+            return
+        if instance is None or instance.owner != self.worker_id:
+            self._local_tasks.pop(key, None)
+            return
+        definition = self.app.definition(instance.saga_type, instance.version)
+        if definition is None or definition.fingerprint != instance.fingerprint:
+            self._local_tasks.pop(key, None)
+            return
+        step = definition.step(dispatch.step)
+        handler = step.handler(dispatch.phase)
+        assert isinstance(handler, Local)
+        reply = await self._call_local(
+            handler, instance, definition, dispatch, step.timeout_for(dispatch.phase)
+        )
+        if self._running:
+            self._submit_local(key, reply)
+        else:
+            self._local_tasks.pop(key, None)
+
+    def _local_failed(
+        self,
+        key: _LocalKey,
+        reply: Reply | None,
+        exc: BaseException,
+        dispatch: Dispatch | None = None,
+    ) -> None:
+        """A local run's reply was not committed (or its instance not read): try again,
+        unless the instance is gone or no longer this worker's, or the worker stops."""
+        if not self._running or isinstance(exc, (DefinitionMissing, SagaNotFound)):
+            self._local_tasks.pop(key, None)
+            return
+        if not isinstance(exc, ConcurrencyConflict):
+            log.warning(
+                "local step %s of %s: answer not committed, retrying: %s",
+                key[1],
+                key[0],
+                exc,
+                extra={"saga_id": key[0]},
+            )
+        self._cache.pop(key[0], None)
+        self._local_tasks[key] = asyncio.create_task(
+            self._resubmit_local(key, reply, dispatch, exc)
+        )
+
+    async def _resubmit_local(
+        self,
+        key: _LocalKey,
+        reply: Reply | None,
+        dispatch: Dispatch | None,
+        exc: BaseException,
+    ) -> None:
+        # A conflict means another worker owns the instance now (it runs the step itself),
+        # or an earlier commit failed and this one was decided on top of it: then the reply
+        # is submitted again at once. A store failure waits longer.
+        await asyncio.sleep(0.05 if isinstance(exc, ConcurrencyConflict) else 0.5)
+        if reply is None:
+            assert dispatch is not None
+            self._local_tasks.pop(key, None)
+            self._spawn_local(key[0], dispatch)
+            return
+        try:
+            instance = self._cache.get(key[0]) or await self.store.get(key[0])
+        except Exception as error:
+            self._local_failed(key, reply, error)
+            return
+        if instance is None or instance.owner != self.worker_id or not self._running:
+            self._local_tasks.pop(key, None)
+            return
+        self._submit_local(key, reply)
 
     async def _take_over(self, *, rescan: bool = True) -> int:
         """Claim the instances no live worker owns and pick up where their owner stopped."""
@@ -989,9 +1073,7 @@ class Worker:
         dispatch: Dispatch,
         timeout: float,
     ) -> Reply:
-        def answer(outcome: Outcome, **kw: Any) -> Reply:
-            return Reply(dispatch.step, dispatch.phase, dispatch.attempt, outcome, **kw)
-
+        step, phase, attempt = dispatch.step, dispatch.phase, dispatch.attempt
         try:
             context = _context(
                 instance,
@@ -1003,28 +1085,45 @@ class Worker:
                 self._clock(),
                 timeout,
             )
-            async with asyncio.timeout(timeout):
+            task = asyncio.current_task()
+            assert task is not None
+            cancelling = task.cancelling()
+            slot = self._deadlines.start(task, timeout)
+            try:
                 result = await handler.fn(context)
-            return answer(
-                Outcome.SUCCESS, result=to_json(result, path=f"result of {dispatch.step}")
-            )
+            except asyncio.CancelledError:
+                # Ours only if no one else (a stop) asked for the cancellation too.
+                if self._deadlines.finish(task, slot) and task.uncancel() <= cancelling:
+                    raise TimeoutError from None
+                raise
+            except BaseException:
+                if self._deadlines.finish(task, slot):
+                    task.uncancel()
+                raise
+            if self._deadlines.finish(task, slot):
+                task.uncancel()  # the deadline passed as the run ended: its answer stands
+            result = to_json(result, path=f"result of {step}")
+            return Reply(step, phase, attempt, Outcome.SUCCESS, result)
         except StepFailed as exc:
-            return answer(Outcome.FAILURE, error=str(exc) or "failed")
+            return Reply(step, phase, attempt, Outcome.FAILURE, error=str(exc) or "failed")
         except StepError as exc:
-            return answer(
+            return Reply(
+                step,
+                phase,
+                attempt,
                 Outcome.ERROR,
                 error=str(exc) or "error",
                 retryable=exc.retryable,
                 retry_after=exc.retry_after,
             )
         except TimeoutError:
-            return answer(Outcome.ERROR, error=f"timed out after {timeout:g}s")
+            return Reply(step, phase, attempt, Outcome.ERROR, error=f"timed out after {timeout:g}s")
         except EncodingError as exc:
-            return answer(Outcome.ERROR, error=str(exc), retryable=False)
+            return Reply(step, phase, attempt, Outcome.ERROR, error=str(exc), retryable=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return answer(Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
+            return Reply(step, phase, attempt, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
 
     async def _on_reply(self, body: bytes) -> None:
         try:
@@ -1145,13 +1244,20 @@ class Worker:
             return None
         data = body.get("data")
         key, correlation = body.get("key"), body.get("correlation_id")
+        key = key if isinstance(key, str) else None
         return _Start(
             definition,
             data,
-            key if isinstance(key, str) else None,
+            key,
             correlation if isinstance(correlation, str) else None,
-            digest_of(data),
+            _input_digest(data, key),
         )
+
+
+def _input_digest(data: JSON, key: str | None) -> str:
+    # Only a keyed start is ever compared with another (Semantics 15): hashing the input of
+    # every other start would be work for nothing.
+    return digest_of(data) if key is not None else ""
 
 
 def _discard(in_flight: set[Any], key: object, _: asyncio.Future[object]) -> None:
@@ -1188,7 +1294,8 @@ def _context(
     now: float,
     timeout: float | None,
 ) -> StepContext[object]:
-    state = instance.step(step)
+    state = instance.steps[definition.index(step)]
+    data_type = definition.data_type
     return StepContext(
         saga_id=instance.saga_id,
         saga_type=instance.saga_type,
@@ -1198,7 +1305,7 @@ def _context(
         idempotency_key=key,
         correlation_id=instance.correlation_id,
         deadline=now + timeout if timeout is not None else None,
-        data=from_json(instance.data, definition.data_type),
+        data=instance.data if data_type is None else from_json(instance.data, data_type),
         results=instance.results(),
         input=instance.data,
         result=state.result if phase is Phase.COMPENSATION and state.outcome_known else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,16 +38,32 @@ def demo(url: str, sagas: int, seed: int) -> list[str]:
     ]
 
 
+def instances(path: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM sagakit_instances").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/killed.db"
+    path = tmp_path / "killed.db"
+    url = f"sqlite:///{path}"
     chooser = random.Random(20261126)  # the kill moments are random but reproducible
     killed = 0
     for round_ in range(6):
+        before = instances(path)
         proc = subprocess.Popen(
             demo(url, 120, round_), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        # The kill falls at a random moment after the run has begun starting sagas (how long
+        # the interpreter takes to start depends on the machine, not on sagakit).
+        deadline = time.monotonic() + 30
+        while instances(path) == before and proc.poll() is None:
+            assert time.monotonic() < deadline, "the demo started no saga in 30 s"
+            time.sleep(0.01)
         # Not a synchronisation: the moment of the kill is the random variable under test.
-        time.sleep(chooser.uniform(0.25, 0.9))
+        time.sleep(chooser.uniform(0.0, 0.6))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1

@@ -14,7 +14,7 @@ answer → action) is written out in docs/concepts.md and pinned row by row by t
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sagakit.definition import Phase, SagaDefinition, StepKind
@@ -248,14 +248,16 @@ def _stuck_compensation(instance: SagaInstance) -> str | None:
     return None
 
 
-@dataclass
 class _Transition:
-    inst: SagaInstance
-    definition: SagaDefinition
-    now: float
-    effects: list[Effect] = field(default_factory=list)
-    history: list[HistoryEntry] = field(default_factory=list)
-    _drafting: bool = False
+    __slots__ = ("_drafting", "definition", "effects", "history", "inst", "now")
+
+    def __init__(self, inst: SagaInstance, definition: SagaDefinition, now: float) -> None:
+        self.inst = inst
+        self.definition = definition
+        self.now = now
+        self.effects: list[Effect] = []
+        self.history: list[HistoryEntry] = []
+        self._drafting = False
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -340,8 +342,15 @@ class _Transition:
             self.now, kind, step, phase.value if phase else None, attempt, detail or {}
         )
 
-    def _record(self, *args: object, **kwargs: object) -> None:
-        self.history.append(self._entry(*args, **kwargs))  # type: ignore[arg-type]
+    def _record(
+        self,
+        kind: HistoryKind,
+        step: str | None = None,
+        phase: Phase | None = None,
+        attempt: int | None = None,
+        detail: dict[str, JSON] | None = None,
+    ) -> None:
+        self.history.append(self._entry(kind, step, phase, attempt, detail))
 
     def _status(
         self, status: SagaStatus, *, reason: str | None = None, stuck_step: str | None = None

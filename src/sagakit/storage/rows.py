@@ -10,7 +10,7 @@ from typing import Any, Protocol, cast
 
 from sagakit.encoding import JSON, dumps, loads
 from sagakit.ports import CommandState, QueuedCommand
-from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
+from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 
 
 class Row(Protocol):
@@ -66,7 +66,11 @@ def instance_from_row(row: Row) -> SagaInstance:
 
 
 def history_row(saga_id: str, e: HistoryEntry) -> tuple[object, ...]:
-    return (saga_id, e.at, e.kind.value, e.step, e.phase, e.attempt, dumps(e.detail))
+    return (saga_id, e.at, _KIND_TEXT[e.kind], e.step, e.phase, e.attempt, dumps(e.detail))
+
+
+# An enum's .value is a Python-level property; a history row is written for every entry.
+_KIND_TEXT = {kind: kind.value for kind in HistoryKind}
 
 
 def command_from_row(row: Row) -> QueuedCommand:

@@ -204,28 +204,35 @@ class SqliteStore:
         now = self._clock()
         began = time.perf_counter()
         with _transaction(conn):
+            cur = conn.cursor()  # one for the batch: conn.execute makes a cursor per call
             for t in batch.transitions:
-                ok = self._write_instance(conn, t)
+                ok = self._write_instance(cur, t)
                 results.append(ok)
                 if not ok:
                     continue
                 history.extend(history_row(t.saga_id, e) for e in t.history)
-                outbox.extend((m.id, m.source, m.destination, m.saga_id, m.body) for m in t.outbox)
-                self._timer_ops(conn, t)
-                consumed.extend((i,) for i in t.consumed)
-                commands.extend(t.commands)
+                if t.outbox:
+                    outbox.extend(
+                        (m.id, m.source, m.destination, m.saga_id, m.body) for m in t.outbox
+                    )
+                if t.timer_ops:
+                    self._timer_ops(cur, t)
+                if t.consumed:
+                    consumed.extend((i,) for i in t.consumed)
+                if t.commands:
+                    commands.extend(t.commands)
             if consumed:
-                conn.executemany(Q["delete_outbox"], consumed)
+                cur.executemany(Q["delete_outbox"], consumed)
             if history:
-                conn.executemany(Q["insert_history"], history)
+                cur.executemany(Q["insert_history"], history)
             if outbox:
-                conn.executemany(Q["insert_outbox"], outbox)
+                cur.executemany(Q["insert_outbox"], outbox)
             if commands:
-                conn.executemany(
+                cur.executemany(
                     Q["apply_command"], [(c.state.value, c.error, now, c.id) for c in commands]
                 )
             if batch.dead_letters:
-                conn.executemany(
+                cur.executemany(
                     Q["insert_dead_letter"],
                     [(now, d.source, d.reason, d.body) for d in batch.dead_letters],
                 )
@@ -235,13 +242,13 @@ class SqliteStore:
         return results
 
     @staticmethod
-    def _write_instance(conn: sqlite3.Connection, t: Transition) -> bool:
+    def _write_instance(cur: sqlite3.Cursor, t: Transition) -> bool:
         inst = t.instance
         if inst is None:
             return True
         state = state_text(inst)
         if t.expected_revision is None:
-            cur = conn.execute(
+            cur.execute(
                 Q["insert_instance"],
                 (
                     inst.saga_id,
@@ -259,7 +266,7 @@ class SqliteStore:
                 ),
             )
         else:
-            cur = conn.execute(
+            cur.execute(
                 Q["update_instance"],
                 (
                     inst.status.value,
@@ -273,11 +280,11 @@ class SqliteStore:
         return cur.rowcount == 1
 
     @staticmethod
-    def _timer_ops(conn: sqlite3.Connection, t: Transition) -> None:
+    def _timer_ops(cur: sqlite3.Cursor, t: Transition) -> None:
         for op in t.timer_ops:
             if op.kind is TimerOpKind.SET and op.timer is not None:
                 tm = op.timer
-                conn.execute(
+                cur.execute(
                     Q["set_timer"],
                     (
                         tm.saga_id,
@@ -291,12 +298,12 @@ class SqliteStore:
                 )
             elif op.kind is TimerOpKind.CANCEL:
                 if op.names is None:
-                    conn.execute(Q["delete_timers"], (t.saga_id,))
+                    cur.execute(Q["delete_timers"], (t.saga_id,))
                 else:
-                    conn.executemany(Q["delete_timer"], [(t.saga_id, n) for n in op.names])
+                    cur.executemany(Q["delete_timer"], [(t.saga_id, n) for n in op.names])
             elif op.kind is TimerOpKind.FIRED and op.timer is not None:
                 tm = op.timer
-                conn.execute(Q["delete_fired_timer"], (tm.saga_id, tm.name, tm.due_at, tm.attempt))
+                cur.execute(Q["delete_fired_timer"], (tm.saga_id, tm.name, tm.due_at, tm.attempt))
 
     # -- Leases ---------------------------------------------------------------------------
     # One worker owns a SQLite file (the flock), so a lease is the lock itself: attaching

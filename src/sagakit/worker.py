@@ -13,6 +13,7 @@ queue on restart; what was not committed is redone by its source.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -24,7 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sagakit.app import App
@@ -126,6 +127,7 @@ class _Item:
     source: str = ""
     dead_letter: DeadLetter | None = None
     future: _Answer | None = None
+    result: object = None  # what the future is answered with (a start: the saga id)
 
 
 _LocalKey = tuple[str, str, Phase, int]  # saga id, step, phase, attempt: one run each
@@ -157,23 +159,32 @@ class _LocalAnswer:
         self._worker._local_failed(self._key, self._reply, exception)
 
 
-@dataclass
 class _Work:
     """One instance's share of a batch."""
 
-    saga_id: str
-    instance: SagaInstance | None
-    expected: int | None
-    changed: bool = False
-    #: Decided on top of the batch in flight (its staged state), not on a committed state.
-    on_staged: bool = False
-    transition: Transition = field(init=False)
-    items: list[_Item] = field(default_factory=list)
-    results: dict[int, object] = field(default_factory=dict)
-    local_runs: list[Dispatch] = field(default_factory=list)
+    __slots__ = (
+        "changed",
+        "expected",
+        "instance",
+        "items",
+        "local_runs",
+        "on_staged",
+        "saga_id",
+        "transition",
+    )
 
-    def __post_init__(self) -> None:
-        self.transition = Transition(self.saga_id)
+    def __init__(
+        self, saga_id: str, instance: SagaInstance | None, expected: int | None, on_staged: bool
+    ) -> None:
+        self.saga_id = saga_id
+        self.instance = instance
+        self.expected = expected
+        #: Decided on top of the batch in flight (its staged state), not a committed state.
+        self.on_staged = on_staged
+        self.changed = False
+        self.transition = Transition(saga_id)
+        self.items: list[_Item] = []
+        self.local_runs: list[Dispatch] = []
 
 
 @dataclass
@@ -187,6 +198,45 @@ class _Prepared:
 
     def items(self) -> list[_Item]:
         return [*self.loose, *(item for work in self.order for item in work.items)]
+
+
+class _Inbox:
+    """The committer's queue: put from anywhere on the loop, take what waits in one go.
+
+    asyncio.Queue keeps per-item books (bounded size, join()) that this queue does not need,
+    and it is passed every event of every saga.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[_Item] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: _Item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def take(self, limit: int) -> list[_Item]:
+        """At least one item, at most ``limit``, in the order they were put."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        items = self._items
+        if len(items) <= limit:
+            self._items = collections.deque()
+            return list(items)
+        return [items.popleft() for _ in range(limit)]
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> _Item:
+        return self._items.popleft()
 
 
 _FLUSH = _Item("")  # wakes the committer to write pending "outbox done" marks
@@ -229,7 +279,7 @@ class Worker:
         self._retention = retention
         self._retention_interval = retention_interval
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._queue = _Inbox()
         self._cache: dict[str, SagaInstance] = {}
         # Decided, not yet committed (the batch in flight): read before the cache.
         self._staged: dict[str, SagaInstance] = {}
@@ -428,10 +478,7 @@ class Worker:
         in_flight: asyncio.Task[None] | None = None
         try:
             while True:
-                item = await self._queue.get()
-                items = [item]
-                while len(items) < self._max_batch and not self._queue.empty():
-                    items.append(self._queue.get_nowait())
+                items = await self._queue.take(self._max_batch)
                 stop = any(i.source == "stop" for i in items)
                 items = [i for i in items if i.source != "stop"]
                 try:
@@ -479,8 +526,12 @@ class Worker:
                 instance = staged or self._cache.get(item.saga_id)
                 if instance is None and item.start is None:
                     instance = await self.store.get(item.saga_id)
-                work = _Work(item.saga_id, instance, instance.revision if instance else None)
-                work.on_staged = staged is not None
+                work = _Work(
+                    item.saga_id,
+                    instance,
+                    instance.revision if instance else None,
+                    staged is not None,
+                )
                 works[item.saga_id] = work
             work.items.append(item)
             if item.event is None and item.start is None:
@@ -620,7 +671,7 @@ class Worker:
                     earliest = due if earliest is None else min(earliest, due)
             for item in work.items:
                 if item.future is not None and not item.future.done():
-                    item.future.set_result(work.results.get(id(item)))
+                    item.future.set_result(item.result)
         if messages:
             self._relay.send(messages)
         if earliest is not None:
@@ -668,7 +719,7 @@ class Worker:
                         self._fail(item, IdempotencyConflict(error))
                         settle(error)
                     else:
-                        work.results[id(item)] = retired.saga_id
+                        item.result = retired.saga_id
                         settle(None)
                     return
             if existing is not None:
@@ -680,7 +731,7 @@ class Worker:
                     self._fail(item, IdempotencyConflict(error))
                     settle(error)
                 else:
-                    work.results[id(item)] = existing.saga_id
+                    item.result = existing.saga_id
                     settle(None)
                 return
             keys_in_batch[(definition.name, start.key)] = work
@@ -705,7 +756,7 @@ class Worker:
         self._apply_decision(
             work, decide(instance, Begin(), definition, now), definition, now, None
         )
-        work.results[id(item)] = work.saga_id
+        item.result = work.saga_id
         settle(None)
 
     def _apply_event(self, work: _Work, item: _Item, now: float, batch: Batch) -> None:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 import sagakit
-from sagakit import App, Client, HistoryEntry, SagaInstance, SagaStatus, Worker
+from sagakit import App, Client, HistoryEntry, SagaInstance, SagaStatus, Worker, runtime
 from sagakit.errors import CommandRefused, SagakitError
 from sagakit.examples.demo import run_demo
 from sagakit.retention import RetentionPolicy, parse_duration
@@ -383,7 +383,7 @@ def _db_url(args: argparse.Namespace) -> str:
 
 
 def _run(coroutine: Coroutine[object, object, int]) -> int:
-    return asyncio.run(coroutine)
+    return runtime.run(coroutine)
 
 
 @contextlib.asynccontextmanager
@@ -404,7 +404,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     sagas = int(args.sagas)
     as_json = bool(args.json)
     print(f"{PROG} demo: {sagas} new order saga(s) on {url}", file=sys.stderr, flush=True)
-    summary = asyncio.run(
+    summary = runtime.run(
         run_demo(
             url,
             sagas=sagas,

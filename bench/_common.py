@@ -230,6 +230,12 @@ def base_args(description: str) -> Any:
         help="PostgreSQL server URL without the database name",
     )
     parser.add_argument("--db-dir", default=str(CACHE), help="where SQLite files go")
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop the process runs on (SPEC.md section 5)",
+    )
     return parser
 
 

@@ -15,7 +15,7 @@ BENCH_ARGS   ?=
 $(DBOS_STAMP): bench/bench.mk
 	test -x $(DBOS_VENV)/bin/python || $(BENCH_PYTHON) -m venv $(DBOS_VENV)
 	$(DBOS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(DBOS_VENV)/bin/python -m pip install --quiet 'dbos==$(DBOS_VERSION)'
+	$(DBOS_VENV)/bin/python -m pip install --quiet 'dbos==$(DBOS_VERSION)' 'uvloop>=0.19'
 	touch $(DBOS_STAMP)
 
 bench-venv: $(STAMP) $(DBOS_STAMP)

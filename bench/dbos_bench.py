@@ -237,6 +237,7 @@ async def run(args: Any) -> int:
     if args.pool_size:
         config["sys_db_pool_size"] = args.pool_size
     settings["url"] = url
+    settings["event_loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]
     dbos = DBOS(config=config)
     DBOS.launch()
     run_id = uuid.uuid4().hex[:8]
@@ -341,6 +342,11 @@ def main() -> int:
     )
     parser.add_argument("--pool-size", type=int, default=0, help="sys_db_pool_size (0: default)")
     args = parser.parse_args()
+    if args.loop == "uvloop":
+        # Every loop DBOS makes (its own and asyncio.run's) is a uvloop one.
+        import uvloop
+
+        uvloop.install()
     return asyncio.run(run(args))
 
 

@@ -77,6 +77,8 @@ def run_one(
         "--pg-url",
         args.pg_url,
         "--json",
+        "--loop",
+        args.loop,
     ]
     if impl == "dbos":
         cmd += ["--api", dbos_api(args.dbos_api, concurrency)]
@@ -628,7 +630,8 @@ def render(report: dict[str, Any]) -> str:
         f"| CPU | {m['cpus']} x {m['cpu']} |",
         f"| memory | {m['memory_gib']} GiB |",
         f"| kernel | {m['kernel']} |",
-        f"| Python | {m['python']} |",
+        f"| Python | {m['python']}; event loop: {report.get('event_loop', 'asyncio')} "
+        "(both implementations) |",
         f"| SQLite | {m['sqlite']} (WAL, synchronous=FULL for both implementations) |",
         f"| PostgreSQL | {report.get('postgres', {}).get('server_version', 'n/a')} "
         f"(synchronous_commit={report.get('postgres', {}).get('synchronous_commit', '?')}, "
@@ -795,6 +798,12 @@ def main() -> int:
         default="best",
         help="DBOS workflows: best = async at C=1, sync at C>=16 (its better side)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop of both implementations' processes (SPEC.md section 5)",
+    )
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--pg-database", default="test", help="where pgbench's tables go")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
@@ -935,6 +944,7 @@ def main() -> int:
         "quick": args.quick,
         "pairs": pairs,
         "dbos_api": args.dbos_api,
+        "event_loop": args.loop,
         "machine": machine,
         "fsync": fsync,
         "sqlite_limit": sqlite_limit,

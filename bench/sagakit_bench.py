@@ -7,7 +7,7 @@ Prints one result; exits 1 on a wrong answer, 3 when the store is not available 
 
 from __future__ import annotations
 
-import asyncio
+import os
 import sqlite3
 import sys
 import uuid
@@ -28,6 +28,7 @@ from sagakit import (
     StepStatus,
     Worker,
     open_store,
+    runtime,
 )
 
 IMPL = "sagakit"
@@ -127,6 +128,7 @@ async def run(args: Any) -> int:
                 args.json,
             )
         settings = {"url": url, **c.pg_settings(args.pg_url)}
+    settings["event_loop"] = runtime.loop_name()
 
     run_id = uuid.uuid4().hex[:8]
     problems: list[str] = []
@@ -195,7 +197,9 @@ def _sqlite_settings(store: Any, path: Path) -> dict[str, Any]:
 def main() -> int:
     parser = c.base_args("the order saga on sagakit")
     args = parser.parse_args()
-    return asyncio.run(run(args))
+    # The loop sagakit's own processes run on (sagakit.runtime), chosen the way users do.
+    os.environ[runtime.ENV_LOOP] = args.loop
+    return runtime.run(run(args))
 
 
 if __name__ == "__main__":

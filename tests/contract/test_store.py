@@ -334,6 +334,59 @@ class TestTransitionStore:
         assert result == [True, False, True]
         assert await store.get("s1") == following
 
+    async def test_one_step_of_one_saga_writes_its_history_and_clears_its_timers(
+        self, store: Store
+    ) -> None:
+        # The usual commit with one saga in flight (a scalar statement on PostgreSQL).
+        past = await store.now() - 100
+        inst = make_instance("s1")
+        await store.commit(Batch([insert(inst), insert(make_instance("s2"))]))
+        await store.commit(
+            Batch(
+                [
+                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                ]
+            )
+        )
+        step = [
+            HistoryEntry(1001.0, HistoryKind.REPLY, "reserve", "action", 1, {"outcome": "ok"}),
+            HistoryEntry(1001.0, HistoryKind.DISPATCHED, "charge", "action", 1),
+        ]
+        moved = replace(inst, status=SagaStatus.PENDING, updated_at=1001.0, revision=2)
+        assert await store.commit(Batch([update(moved, expected=1, history=step)])) == [True]
+        assert await store.get("s1") == moved
+        assert await store.history("s1") == [created("s1"), *step]
+        assert await timers_of(store) == {
+            ("s1", "a", past, 1),
+            ("s1", "b", past, 1),
+            ("s2", "a", past, 1),
+        }
+        done = replace(moved, status=SagaStatus.COMPLETED, updated_at=1002.0, revision=3)
+        end = [HistoryEntry(1002.0, HistoryKind.STATUS, detail={"to": "completed"})]
+        clear = [TimerOp(TimerOpKind.CANCEL)]
+        assert await store.commit(
+            Batch([update(done, expected=2, history=end, timer_ops=clear)])
+        ) == [True]
+        assert await store.get("s1") == done
+        assert await store.history("s1") == [created("s1"), *step, *end]
+        assert await timers_of(store) == {("s2", "a", past, 1)}
+
+    async def test_one_stale_step_of_one_saga_writes_nothing(self, store: Store) -> None:
+        past = await store.now() - 100
+        inst = make_instance("s1")
+        await store.commit(Batch([insert(inst)]))
+        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "a", past))])]))
+        stale = replace(inst, status=SagaStatus.COMPLETED, updated_at=1001.0, revision=6)
+        entry = HistoryEntry(1001.0, HistoryKind.STATUS)
+        for ops in ([], [TimerOp(TimerOpKind.CANCEL)]):
+            assert await store.commit(
+                Batch([update(stale, expected=5, history=[entry], timer_ops=ops)])
+            ) == [False]
+        assert await store.get("s1") == inst
+        assert await store.history("s1") == [created("s1")]
+        assert await timers_of(store) == {("s1", "a", past, 1)}
+
     async def test_an_update_of_a_missing_instance_is_rejected(self, store: Store) -> None:
         ghost = make_instance("ghost", revision=2)
         assert await store.commit(

@@ -239,6 +239,20 @@ class PostgresStore:
                 await pool.release(conn)
 
     async def _commit_at_once(self, conn: _Conn, batch: Batch) -> builtins.list[bool]:
+        one = _one_step(batch)
+        if one is not None:
+            inst = cast(SagaInstance, one.instance)
+            rows = await conn.fetch(
+                Q["commit_one_update_clear" if one.timer_ops else "commit_one_update"],
+                inst.saga_id,
+                one.expected_revision,
+                inst.status.value,
+                inst.updated_at,
+                inst.revision,
+                state_text(inst),
+                *_columns([history_row(inst.saga_id, e)[1:] for e in one.history], 6),
+            )
+            return [bool(rows)]
         transitions = batch.transitions
         inserts = [t for t in transitions if t.instance and t.expected_revision is None]
         updates = [t for t in transitions if t.instance and t.expected_revision is not None]
@@ -782,6 +796,20 @@ def _rounds(transitions: Sequence[Transition]) -> builtins.list[builtins.list[in
             rounds.append([])
         rounds[k].append(i)
     return rounds
+
+
+def _one_step(batch: Batch) -> Transition | None:
+    """The batch's one transition when it is one step of one saga: an update, its history
+    and at most the cancelling of all its timers (commit_one_update[_clear])."""
+    if len(batch.transitions) != 1 or batch.outbox_done or batch.commands or batch.dead_letters:
+        return None
+    t = batch.transitions[0]
+    if t.instance is None or t.expected_revision is None or t.outbox or t.consumed or t.commands:
+        return None
+    for op in t.timer_ops:
+        if op.kind is not TimerOpKind.CANCEL or op.names is not None:
+            return None
+    return t
 
 
 def _columns(rows: Sequence[Sequence[object]], width: int) -> builtins.list[builtins.list[object]]:

@@ -156,6 +156,43 @@ dl AS (
     FROM unnest($1::text[], $2::text[], $3::bytea[])
 )
 
+-- One step of one saga (a batch of one update, its history, perhaps all its timers cancelled):
+-- the usual commit with one saga in flight. Scalar parameters spare the server unpacking
+-- one-element arrays (about a third of the statement's planning and execution time).
+
+-- name: commit_one_update
+WITH upd AS (
+    UPDATE sagakit_instances AS i SET status = $3, updated_at = $4,
+        status_at = CASE WHEN i.status = $3 THEN i.status_at ELSE $4 END,
+        revision = $5, state = $6
+    WHERE i.saga_id = $1 AND i.revision = $2 RETURNING i.saga_id
+),
+hist AS (
+    INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT $1, h.* FROM unnest($7::float8[], $8::text[], $9::text[], $10::text[], $11::int[],
+        $12::text[]) AS h(at, kind, step, phase, attempt, detail)
+    WHERE EXISTS (SELECT 1 FROM upd)
+)
+SELECT saga_id FROM upd;
+
+-- name: commit_one_update_clear
+WITH upd AS (
+    UPDATE sagakit_instances AS i SET status = $3, updated_at = $4,
+        status_at = CASE WHEN i.status = $3 THEN i.status_at ELSE $4 END,
+        revision = $5, state = $6
+    WHERE i.saga_id = $1 AND i.revision = $2 RETURNING i.saga_id
+),
+hist AS (
+    INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT $1, h.* FROM unnest($7::float8[], $8::text[], $9::text[], $10::text[], $11::int[],
+        $12::text[]) AS h(at, kind, step, phase, attempt, detail)
+    WHERE EXISTS (SELECT 1 FROM upd)
+),
+tclr AS (
+    DELETE FROM sagakit_timers WHERE saga_id = $1 AND EXISTS (SELECT 1 FROM upd)
+)
+SELECT saga_id FROM upd;
+
 -- The ordered path: a batch that repeats a saga commits in rounds, one statement per kind.
 
 -- name: insert_instances

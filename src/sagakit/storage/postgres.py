@@ -243,7 +243,7 @@ class PostgresStore:
         if one is not None:
             inst = cast(SagaInstance, one.instance)
             rows = await conn.fetch(
-                Q["commit_one_update_clear" if one.timer_ops else "commit_one_update"],
+                Q["commit_one_update_clear"] if one.timer_ops else Q["commit_one_update"],
                 inst.saga_id,
                 one.expected_revision,
                 inst.status.value,

@@ -161,6 +161,7 @@ dl AS (
 -- one-element arrays (about a third of the statement's planning and execution time).
 
 -- name: commit_one_update
+-- One step of one saga: its update (revision checked) and, if that passed, its history.
 WITH upd AS (
     UPDATE sagakit_instances AS i SET status = $3, updated_at = $4,
         status_at = CASE WHEN i.status = $3 THEN i.status_at ELSE $4 END,
@@ -176,6 +177,7 @@ hist AS (
 SELECT saga_id FROM upd;
 
 -- name: commit_one_update_clear
+-- The same, and every timer of the instance cancelled (it reached a terminal status).
 WITH upd AS (
     UPDATE sagakit_instances AS i SET status = $3, updated_at = $4,
         status_at = CASE WHEN i.status = $3 THEN i.status_at ELSE $4 END,

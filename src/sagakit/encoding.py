@@ -147,6 +147,12 @@ def dumps(value: JSON) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def dump_text(value: JSON) -> str:
+    """Compact JSON text, keys in insertion order: for the store's state and history columns,
+    which are written on every transition and compared with nothing."""
+    return orjson.dumps(value).decode()
+
+
 def digest_of(value: JSON) -> str:
     """A stable digest of a JSON value (the input digest behind idempotent starts)."""
     return hashlib.sha256(dumps(value).encode()).hexdigest()

@@ -205,22 +205,21 @@ class SagaInstance:
     # -- encoding: the row in the store ---------------------------------------------------
 
     def steps_to_json(self) -> list[JSON]:
+        # Statuses go in as the enum members: they are str subclasses, which JSON encoders
+        # write as their value without a call to the (Python-level) .value property.
         out: list[JSON] = []
         for s in self.steps:
-            comp: JSON = None
-            if s.compensation is not None:
-                c = s.compensation
-                comp = [c.status.value, c.attempts, c.budget_from, c.error]
+            c = s.compensation
             out.append(
                 [
                     s.name,
-                    s.status.value,
+                    s.status,
                     s.attempts,
                     s.budget_from,
                     s.result,
                     s.error,
                     s.outcome_known,
-                    comp,
+                    None if c is None else [c.status, c.attempts, c.budget_from, c.error],
                 ]
             )
         return out

@@ -350,7 +350,11 @@ class _Transition:
         attempt: int | None = None,
         detail: dict[str, JSON] | None = None,
     ) -> None:
-        self.history.append(self._entry(kind, step, phase, attempt, detail))
+        self.history.append(
+            HistoryEntry(
+                self.now, kind, step, phase.value if phase else None, attempt, detail or {}
+            )
+        )
 
     def _status(
         self, status: SagaStatus, *, reason: str | None = None, stuck_step: str | None = None

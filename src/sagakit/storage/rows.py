@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, cast
 
-from sagakit.encoding import JSON, dumps, loads
+from sagakit.encoding import JSON, dump_text, loads
 from sagakit.ports import CommandState, QueuedCommand
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 
@@ -21,7 +21,7 @@ class Row(Protocol):
 
 def state_text(inst: SagaInstance) -> str:
     """The ``state`` column: what no query filters on, as JSON."""
-    return dumps(
+    return dump_text(
         {
             "data": inst.data,
             "steps": inst.steps_to_json(),
@@ -66,7 +66,7 @@ def instance_from_row(row: Row) -> SagaInstance:
 
 
 def history_row(saga_id: str, e: HistoryEntry) -> tuple[object, ...]:
-    return (saga_id, e.at, _KIND_TEXT[e.kind], e.step, e.phase, e.attempt, dumps(e.detail))
+    return (saga_id, e.at, _KIND_TEXT[e.kind], e.step, e.phase, e.attempt, dump_text(e.detail))
 
 
 # An enum's .value is a Python-level property; a history row is written for every entry.

@@ -255,7 +255,7 @@ class SqliteStore:
                     inst.saga_type,
                     inst.version,
                     inst.fingerprint,
-                    inst.status.value,
+                    _STATUS_TEXT[inst.status],
                     inst.correlation_id,
                     inst.idempotency_key,
                     inst.created_at,
@@ -269,7 +269,7 @@ class SqliteStore:
             cur.execute(
                 Q["update_instance"],
                 (
-                    inst.status.value,
+                    _STATUS_TEXT[inst.status],
                     inst.updated_at,
                     inst.revision,
                     state,
@@ -657,3 +657,7 @@ def _take_lock(path: str) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+# An enum's .value is a Python-level property; an instance row is written per transition.
+_STATUS_TEXT = {status: status.value for status in SagaStatus}

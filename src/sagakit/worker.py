@@ -164,6 +164,7 @@ class _Work:
 
     __slots__ = (
         "changed",
+        "dead_letters",
         "expected",
         "instance",
         "items",
@@ -185,6 +186,8 @@ class _Work:
         self.transition = Transition(saga_id)
         self.items: list[_Item] = []
         self.local_runs: list[Dispatch] = []
+        #: Messages this work's events were refused for (in the batch's dead letters too).
+        self.dead_letters: list[DeadLetter] = []
 
 
 @dataclass
@@ -271,6 +274,8 @@ class Worker:
         self.store = store
         self.transport: Transport = transport or MemoryTransport()
         self.reply_queue = reply_queue
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self._max_batch = max_batch
         self._poll_interval = poll_interval
         self._local_clock = clock
@@ -568,14 +573,15 @@ class Worker:
         # revision check would not catch it when another worker's claim has meanwhile
         # bumped the stored revision to the very number the lost state had.
         lost, self._lost = self._lost, set()
+        # Everything such a decision wrote goes: its state, and its side records too (a fired
+        # timer consumed, a message refused), since they were judged on that state.
         doomed = [
-            work.on_staged
-            and work.transition.instance is not None
-            and (work.saga_id, work.expected) in lost
-            for work in prepared.order
+            work.on_staged and (work.saga_id, work.expected) in lost for work in prepared.order
         ]
         batch = prepared.batch
         if any(doomed):
+            dropped = [work for work, drop in zip(prepared.order, doomed, strict=True) if drop]
+            refused = {id(letter) for work in dropped for letter in work.dead_letters}
             batch = dataclasses.replace(
                 batch,
                 transitions=[
@@ -583,6 +589,7 @@ class Worker:
                     for work, drop in zip(prepared.order, doomed, strict=True)
                     if not drop
                 ],
+                dead_letters=[d for d in batch.dead_letters if id(d) not in refused],
             )
         try:
             results = await self.store.commit(batch)
@@ -767,7 +774,7 @@ class Worker:
             # Nobody will ever advance it: its timer row and message are cleared away.
             self._consume(work, item)
             reason = f"unknown saga instance {work.saga_id}"
-            self._reject(item, reason, batch)
+            self._reject(work, item, reason, batch)
             return
         if instance.owner != self.worker_id:
             # Not ours: touch nothing of it (not even its timers). Released by a clean stop,
@@ -785,7 +792,7 @@ class Worker:
         self._consume(work, item)
         decision = decide(instance, event, definition, now)
         if decision.rejected is not None:
-            self._reject(item, decision.rejected, batch)
+            self._reject(work, item, decision.rejected, batch)
             return
         if decision.refused is not None:
             # Written with the instance (its revision checked), so a worker that lost the
@@ -908,14 +915,17 @@ class Worker:
             raise EncodingError(f"command of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
         return OutboxMessage(env.id, ORCHESTRATOR, handler.participant, body, instance.saga_id)
 
-    def _reject(self, item: _Item, reason: str, batch: Batch) -> None:
+    def _reject(self, work: _Work, item: _Item, reason: str, batch: Batch) -> None:
+        # Recorded with the work, so that they go if what it decided is dropped (_finish).
         if item.body is not None:
-            batch.dead_letters.append(
-                DeadLetter(item.source or "worker", reason, item.body, at=self._clock())
-            )
+            letter = DeadLetter(item.source or "worker", reason, item.body, at=self._clock())
+            work.dead_letters.append(letter)
+            batch.dead_letters.append(letter)
             log.warning("dead-lettered a message: %s", reason, extra={"saga_id": item.saga_id})
         elif item.command_id is not None:
-            batch.commands.append(CommandResult(item.command_id, CommandState.REFUSED, reason))
+            work.transition.commands.append(
+                CommandResult(item.command_id, CommandState.REFUSED, reason)
+            )
         elif item.timer is None:
             self._fail(item, SagaNotFound(reason))
 

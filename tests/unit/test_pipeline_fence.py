@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sagakit import App, Saga, SqliteStore, StepContext, Worker
 from sagakit.definition import Phase
-from sagakit.ports import Batch
-from sagakit.transitions import Outcome, Reply
+from sagakit.errors import ConcurrencyConflict
+from sagakit.ports import Batch, Timer
+from sagakit.transitions import Outcome, Reply, TimerFired, TimerKind
 from sagakit.worker import _Item
 
 
@@ -106,3 +109,53 @@ async def _run(saga: Saga[Any], store: HeldStore, gate: asyncio.Event, path: str
         assert stored.owner == "intruder"
         assert stored.revision == base + 1  # neither N nor N+1 was written
         assert [s.status.value for s in stored.steps] == ["running", "pending"]
+
+
+async def test_side_records_decided_on_a_lost_state_are_not_written(tmp_path: Path) -> None:
+    # Batch N+1 decides a timeout of step 1 on N's staged state (step 1 done): it changes
+    # nothing but consumes the timer. N is lost to a claim; the new owner's instance still
+    # has step 1 running, so its timeout timer must survive.
+    saga: Saga[Any] = Saga("fenced_remote")
+    saga.remote("first", participant="nobody", command="do", compensation="undo", timeout=100)
+    saga.remote("second", participant="nobody", command="do2", compensation="undo2")
+    path = str(tmp_path / "side.db")
+    store = HeldStore(path)
+    try:
+        async with Worker(App(sagas=[saga]), store) as worker:
+            saga_id = (await worker.client.start(saga, {"n": 1})).saga_id
+            with sqlite3.connect(path) as db:
+                name, kind, step, phase, attempt, due = db.execute(
+                    "SELECT name, kind, step, phase, attempt, due_at FROM sagakit_timers "
+                    "WHERE saga_id = ? AND name LIKE 'timeout:first:%'",
+                    (saga_id,),
+                ).fetchone()
+            fired = Timer(saga_id, name, TimerKind(kind), due, step, Phase(phase), attempt)
+
+            store.hold.set()
+            answer = Reply("first", Phase.ACTION, 1, Outcome.SUCCESS, "one")
+            worker._submit(_Item(saga_id, event=answer))  # batch N, held
+            await asyncio.wait_for(store.waiting.wait(), 10)
+            timeout = TimerFired(TimerKind.TIMEOUT, "first", Phase.ACTION, 1)
+            late = worker._submit(_Item(saga_id, event=timeout, timer=fired))  # batch N+1
+            await until(lambda: worker._queue.empty())
+            with sqlite3.connect(path) as other:
+                other.execute(
+                    "UPDATE sagakit_instances SET owner = 'intruder', revision = revision + 1 "
+                    "WHERE saga_id = ?",
+                    (saga_id,),
+                )
+            store.hold.clear()
+            store.release.set()
+            with pytest.raises(ConcurrencyConflict):
+                await asyncio.wait_for(late, 10)
+
+            with sqlite3.connect(path) as db:
+                names = {
+                    r[0]
+                    for r in db.execute(
+                        "SELECT name FROM sagakit_timers WHERE saga_id = ?", (saga_id,)
+                    )
+                }
+            assert name in names
+    finally:
+        await store.close()

@@ -12,6 +12,8 @@ import asyncio
 import math
 
 GRANULARITY = 0.1
+#: The slot of a run without a deadline (its timeout is infinite).
+NO_DEADLINE = -1
 
 
 class Deadlines:
@@ -34,6 +36,8 @@ class Deadlines:
         self._expired: set[asyncio.Task[object]] = set()
 
     def start(self, task: asyncio.Task[object], timeout: float) -> int:
+        if not math.isfinite(timeout):
+            return NO_DEADLINE  # an infinite timeout: nothing to arm
         loop = asyncio.get_running_loop()
         slot = math.ceil((loop.time() + timeout) / GRANULARITY)
         tasks = self._slots.get(slot)

@@ -272,7 +272,7 @@ def validate(definition: SagaDefinition) -> None:
         _check_handler(step.action, f"{at} action")
         if step.compensation is not None:
             _check_handler(step.compensation, f"{at} compensation")
-        if step.timeout <= 0 or step.compensation_timeout <= 0:
+        if not (step.timeout > 0 and step.compensation_timeout > 0):  # NaN is neither
             raise DefinitionError(f"{at}: timeouts must be positive")
         step.retry.check(f"{at} retry policy")
         step.compensation_retry.check(f"{at} compensation retry policy")

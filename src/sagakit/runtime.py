@@ -21,7 +21,14 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from sagakit.errors import SagakitError
+
 T = TypeVar("T")
+
+
+class LoopChoiceError(SagakitError, ValueError):
+    """SAGAKIT_LOOP names no loop, or uvloop, which is not installed."""
+
 
 #: The environment variable that chooses the loop: unset or ``auto``, ``asyncio``, ``uvloop``.
 ENV_LOOP = "SAGAKIT_LOOP"
@@ -31,10 +38,12 @@ def loop_name() -> str:
     """``"uvloop"`` or ``"asyncio"``: the loop :func:`run` uses in this environment."""
     wanted = os.environ.get(ENV_LOOP, "auto").strip().lower() or "auto"
     if wanted not in ("auto", "asyncio", "uvloop"):
-        raise ValueError(f"{ENV_LOOP}={wanted!r}: expected auto, asyncio or uvloop")
+        raise LoopChoiceError(f"{ENV_LOOP}={wanted!r}: expected auto, asyncio or uvloop")
     installed = importlib.util.find_spec("uvloop") is not None
     if wanted == "uvloop" and not installed:
-        raise ValueError(f"{ENV_LOOP}=uvloop, but uvloop is not installed (pip install uvloop)")
+        raise LoopChoiceError(
+            f"{ENV_LOOP}=uvloop, but uvloop is not installed (pip install uvloop)"
+        )
     if wanted == "asyncio" or not installed:
         return "asyncio"
     return "uvloop"
@@ -44,7 +53,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on a new event loop until it completes, as ``asyncio.run`` does."""
     try:
         name = loop_name()
-    except ValueError:
+    except LoopChoiceError:
         main.close()
         raise
     if name == "uvloop":

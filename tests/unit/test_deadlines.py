@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
-from sagakit.deadlines import GRANULARITY, Deadlines
+from sagakit.deadlines import GRANULARITY, NO_DEADLINE, Deadlines
 
 
 async def _run(deadlines: Deadlines, timeout: float, work: asyncio.Event) -> str:
@@ -71,3 +72,12 @@ async def test_a_cancellation_that_is_not_the_deadline_propagates() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not deadlines.finish(task, 0)
+
+
+async def test_an_infinite_timeout_arms_nothing_and_never_fires() -> None:
+    deadlines = Deadlines()
+    task = asyncio.current_task()
+    assert task is not None
+    assert deadlines.start(task, math.inf) == NO_DEADLINE
+    assert len(deadlines) == 0
+    assert not deadlines.finish(task, NO_DEADLINE)

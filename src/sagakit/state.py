@@ -33,10 +33,10 @@ def evolve(value: _V, **changes: object) -> _V:
     new = object.__new__(type(value))
     state = new.__dict__
     state.update(value.__dict__)
-    for name, item in changes.items():
-        if name not in state:
-            raise TypeError(f"{type(value).__name__} has no field {name!r}")
-        state[name] = item
+    if not changes.keys() <= state.keys():  # a set operation in C, not a loop in Python
+        unknown = sorted(changes.keys() - state.keys())
+        raise TypeError(f"{type(value).__name__} has no field {unknown[0]!r}")
+    state.update(changes)
     return new
 
 
@@ -93,7 +93,7 @@ class CompensationState:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StepState:
     """One step of one instance.
 
@@ -111,6 +111,29 @@ class StepState:
     outcome_known: bool = True
     compensation: CompensationState | None = None
 
+    def __init__(
+        self,
+        name: str,
+        status: StepStatus = StepStatus.PENDING,
+        attempts: int = 0,
+        budget_from: int = 0,
+        result: JSON = None,
+        error: str | None = None,
+        outcome_known: bool = True,
+        compensation: CompensationState | None = None,
+    ) -> None:
+        # Made for every step of every new or loaded instance: straight into the dict.
+        self.__dict__.update(
+            name=name,
+            status=status,
+            attempts=attempts,
+            budget_from=budget_from,
+            result=result,
+            error=error,
+            outcome_known=outcome_known,
+            compensation=compensation,
+        )
+
 
 class HistoryKind(enum.StrEnum):
     CREATED = "created"
@@ -126,7 +149,7 @@ class HistoryKind(enum.StrEnum):
     REFUSED = "refused"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HistoryEntry:
     at: float
     kind: HistoryKind
@@ -134,6 +157,26 @@ class HistoryEntry:
     phase: str | None = None
     attempt: int | None = None
     detail: dict[str, JSON] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        at: float,
+        kind: HistoryKind,
+        step: str | None = None,
+        phase: str | None = None,
+        attempt: int | None = None,
+        detail: dict[str, JSON] | None = None,
+    ) -> None:
+        # Written straight into the instance's dict: a frozen dataclass's own __init__ sets
+        # each field through object.__setattr__, and two entries are made per transition.
+        self.__dict__.update(
+            at=at,
+            kind=kind,
+            step=step,
+            phase=phase,
+            attempt=attempt,
+            detail={} if detail is None else detail,
+        )
 
     def to_json(self) -> dict[str, JSON]:
         return {

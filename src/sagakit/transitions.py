@@ -53,7 +53,7 @@ class Begin:
     """Start moving a freshly created instance."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Reply:
     """The answer of a step's action or compensation, remote or local."""
 
@@ -65,6 +65,29 @@ class Reply:
     error: str | None = None
     retryable: bool = True
     retry_after: float | None = None
+
+    def __init__(
+        self,
+        step: str,
+        phase: Phase,
+        attempt: int,
+        outcome: Outcome,
+        result: JSON = None,
+        error: str | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        # One per step answer: straight into the dict, not field by field via __setattr__.
+        self.__dict__.update(
+            step=step,
+            phase=phase,
+            attempt=attempt,
+            outcome=outcome,
+            result=result,
+            error=error,
+            retryable=retryable,
+            retry_after=retry_after,
+        )
 
 
 @dataclass(frozen=True)
@@ -104,7 +127,7 @@ OperatorCommand = Abort | Retry | Resolve
 # -- effects ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Dispatch:
     """Send a step's action or compensation: a command message, or a local run."""
 
@@ -113,6 +136,18 @@ class Dispatch:
     attempt: int
     idempotency_key: str
     deadline: float
+
+    def __init__(
+        self, step: str, phase: Phase, attempt: int, idempotency_key: str, deadline: float
+    ) -> None:
+        # One per step dispatched: straight into the dict, not field by field.
+        self.__dict__.update(
+            step=step,
+            phase=phase,
+            attempt=attempt,
+            idempotency_key=idempotency_key,
+            deadline=deadline,
+        )
 
 
 @dataclass(frozen=True)
@@ -135,7 +170,7 @@ class CancelTimers:
 Effect = Dispatch | SetTimer | CancelTimers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Decision:
     """The outcome of one event.
 
@@ -150,6 +185,19 @@ class Decision:
     history: tuple[HistoryEntry, ...] = ()
     refused: str | None = None
     rejected: str | None = None
+
+    def __init__(
+        self,
+        instance: SagaInstance,
+        effects: tuple[Effect, ...] = (),
+        history: tuple[HistoryEntry, ...] = (),
+        refused: str | None = None,
+        rejected: str | None = None,
+    ) -> None:
+        # One per event: straight into the dict, not field by field through __setattr__.
+        self.__dict__.update(
+            instance=instance, effects=effects, history=history, refused=refused, rejected=rejected
+        )
 
     @property
     def changed(self) -> bool:

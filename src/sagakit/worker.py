@@ -556,8 +556,9 @@ class Worker:
         order: list[_Work] = []
         for work in works.values():
             if work.changed and work.instance is not None:
-                revision = (work.expected or 0) + 1
-                work.instance = evolve(work.instance, revision=revision)
+                # decide() returns a new instance whenever it changes one, held by this work
+                # alone until it is staged below: its revision is set in place, not copied.
+                work.instance.__dict__["revision"] = (work.expected or 0) + 1
                 work.transition.instance = work.instance
                 work.transition.expected_revision = work.expected
                 self._staged[work.saga_id] = work.instance
@@ -1357,7 +1358,10 @@ def _context(
 ) -> StepContext[object]:
     state = instance.steps[definition.index(step)]
     data_type = definition.data_type
-    return StepContext(
+    # One per step run: every field is given, so it is written straight into the instance's
+    # dict instead of field by field through the frozen dataclass's __setattr__.
+    context: StepContext[object] = object.__new__(StepContext)
+    context.__dict__.update(
         saga_id=instance.saga_id,
         saga_type=instance.saga_type,
         step=step,
@@ -1372,3 +1376,4 @@ def _context(
         result=state.result if phase is Phase.COMPENSATION and state.outcome_known else None,
         outcome_known=state.outcome_known,
     )
+    return context

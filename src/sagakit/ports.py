@@ -114,6 +114,9 @@ class Transition:
     instance: SagaInstance | None = None
     expected_revision: int | None = None
     history: list[HistoryEntry] = field(default_factory=list)
+    #: The instance's state column (storage.rows.state_text), when the worker has encoded
+    #: it already (while the previous batch was committing); stores encode it otherwise.
+    state: str | None = None
     outbox: list[OutboxMessage] = field(default_factory=list)
     timer_ops: list[TimerOp] = field(default_factory=list)
     consumed: list[str] = field(default_factory=list)

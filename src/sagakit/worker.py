@@ -70,6 +70,7 @@ from sagakit.state import (
     StepStatus,
     evolve,
 )
+from sagakit.storage.rows import state_text
 from sagakit.transitions import (
     Abort,
     Begin,
@@ -560,6 +561,9 @@ class Worker:
                 # alone until it is staged below: its revision is set in place, not copied.
                 work.instance.__dict__["revision"] = (work.expected or 0) + 1
                 work.transition.instance = work.instance
+                # Encoded here, while the previous batch commits, rather than by the store
+                # during this batch's commit (on SQLite, on its writer thread).
+                work.transition.state = state_text(work.instance)
                 work.transition.expected_revision = work.expected
                 self._staged[work.saga_id] = work.instance
                 key = work.instance.idempotency_key

@@ -51,7 +51,12 @@ from sagakit.ports import (
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage.queries import fill, load_queries
-from sagakit.storage.rows import command_from_row, history_row, instance_from_row, state_text
+from sagakit.storage.rows import (
+    command_from_row,
+    history_row,
+    instance_from_row,
+    transition_state,
+)
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
@@ -249,7 +254,7 @@ class PostgresStore:
                 inst.status.value,
                 inst.updated_at,
                 inst.revision,
-                state_text(inst),
+                transition_state(one),
                 *_columns([history_row(inst.saga_id, e)[1:] for e in one.history], 6),
             )
             return [bool(rows)]
@@ -259,7 +264,7 @@ class PostgresStore:
         # Side records are filtered in SQL to the transitions that wrote ("ok").
         clear, names, fired, upserts = _timer_changes(transitions)
         parts: list[tuple[str, Sequence[Sequence[object]]]] = [
-            ("ins", _columns([_insert_row(cast(SagaInstance, t.instance)) for t in inserts], 12)),
+            ("ins", _columns([_insert_row(t) for t in inserts], 12)),
             ("upd", _columns([_update_row(t) for t in updates], 6)),
             (
                 "hist",
@@ -333,7 +338,7 @@ class PostgresStore:
                 rows = await conn.fetch(
                     Q["insert_instances"],
                     *_columns(
-                        [_insert_row(cast(SagaInstance, transitions[i].instance)) for i in inserts],
+                        [_insert_row(transitions[i]) for i in inserts],
                         12,
                     ),
                 )
@@ -816,7 +821,8 @@ def _columns(rows: Sequence[Sequence[object]], width: int) -> builtins.list[buil
     return [[row[i] for row in rows] for i in range(width)]
 
 
-def _insert_row(inst: SagaInstance) -> tuple[object, ...]:
+def _insert_row(t: Transition) -> tuple[object, ...]:
+    inst = cast(SagaInstance, t.instance)
     return (
         inst.saga_id,
         inst.saga_type,
@@ -828,7 +834,7 @@ def _insert_row(inst: SagaInstance) -> tuple[object, ...]:
         inst.created_at,
         inst.updated_at,
         inst.revision,
-        state_text(inst),
+        transition_state(t),
         inst.owner,
     )
 
@@ -841,7 +847,7 @@ def _update_row(t: Transition) -> tuple[object, ...]:
         inst.status.value,
         inst.updated_at,
         inst.revision,
-        state_text(inst),
+        transition_state(t),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol, cast
 
 from sagakit.encoding import JSON, dump_text, loads
-from sagakit.ports import CommandState, QueuedCommand
+from sagakit.ports import CommandState, QueuedCommand, Transition
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 
 
@@ -34,6 +34,13 @@ def state_text(inst: SagaInstance) -> str:
             "input_digest": inst.input_digest,
         }
     )
+
+
+def transition_state(t: Transition) -> str:
+    """The state column of ``t``'s instance: encoded by the worker already, or now."""
+    if t.state is not None:
+        return t.state
+    return state_text(cast(SagaInstance, t.instance))
 
 
 def instance_from_row(row: Row) -> SagaInstance:

@@ -44,7 +44,12 @@ from sagakit.ports import (
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage.queries import fill, load_queries
-from sagakit.storage.rows import command_from_row, history_row, instance_from_row, state_text
+from sagakit.storage.rows import (
+    command_from_row,
+    history_row,
+    instance_from_row,
+    transition_state,
+)
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
@@ -246,7 +251,7 @@ class SqliteStore:
         inst = t.instance
         if inst is None:
             return True
-        state = state_text(inst)
+        state = transition_state(t)
         if t.expected_revision is None:
             cur.execute(
                 Q["insert_instance"],

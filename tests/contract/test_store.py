@@ -372,6 +372,22 @@ class TestTransitionStore:
         assert await store.history("s1") == [created("s1"), *step, *end]
         assert await timers_of(store) == {("s2", "a", past, 1)}
 
+    async def test_history_keeps_the_order_given_in_a_large_batch(self, store: Store) -> None:
+        # One transition records several entries (a reply, then the status it led to); they
+        # must read back in that order whatever plan the store uses to write a large batch.
+        ids = [f"h{i}" for i in range(300)]
+        await store.commit(Batch([insert(make_instance(i)) for i in ids]))
+        kinds = [HistoryKind.REPLY, HistoryKind.STATUS, HistoryKind.DISPATCHED]
+        steps = []
+        for i in ids:
+            inst = replace(make_instance(i), updated_at=1001.0, revision=2)
+            entries = [HistoryEntry(1001.0, k, detail={"n": n}) for n, k in enumerate(kinds)]
+            steps.append(update(inst, expected=1, history=entries))
+        assert await store.commit(Batch(steps)) == [True] * len(ids)
+        for i in ids[:: len(ids) // 10]:
+            written = await store.history(i)
+            assert [e.kind for e in written[1:]] == kinds, i
+
     async def test_one_stale_step_of_one_saga_writes_nothing(self, store: Store) -> None:
         past = await store.now() - 100
         inst = make_instance("s1")

@@ -67,12 +67,16 @@ upd AS (
 )
 
 -- name: commit_hist
--- Append history entries.
+-- Append history entries, in the order given: the join with "ok" may emit rows in any order
+-- (a hash on the entries reverses a saga's), and ids are drawn in the order rows come.
 hist AS (
     INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[],
-        $6::int[], $7::text[]) AS h(saga_id, at, kind, step, phase, attempt, detail)
+    SELECT h.saga_id, h.at, h.kind, h.step, h.phase, h.attempt, h.detail
+    FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[],
+        $6::int[], $7::text[]) WITH ORDINALITY AS h(saga_id, at, kind, step, phase, attempt,
+        detail, n)
     WHERE h.saga_id IN (SELECT saga_id FROM ok)
+    ORDER BY h.n
 )
 
 -- name: commit_obx
@@ -81,8 +85,9 @@ obx AS (
     INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)
     SELECT o.id, o.source, o.destination, o.saga_id, o.body, o.owner
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[],
-        $7::text[]) AS o(id, source, destination, saga_id, body, owner, tsaga)
+        $7::text[]) WITH ORDINALITY AS o(id, source, destination, saga_id, body, owner, tsaga, n)
     WHERE o.tsaga IN (SELECT saga_id FROM ok)
+    ORDER BY o.n
     ON CONFLICT (id) DO NOTHING
 )
 
@@ -170,9 +175,11 @@ WITH upd AS (
 ),
 hist AS (
     INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT $1, h.* FROM unnest($7::float8[], $8::text[], $9::text[], $10::text[], $11::int[],
-        $12::text[]) AS h(at, kind, step, phase, attempt, detail)
+    SELECT $1, h.at, h.kind, h.step, h.phase, h.attempt, h.detail
+    FROM unnest($7::float8[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[])
+        WITH ORDINALITY AS h(at, kind, step, phase, attempt, detail, n)
     WHERE EXISTS (SELECT 1 FROM upd)
+    ORDER BY h.n
 )
 SELECT saga_id FROM upd;
 
@@ -186,9 +193,11 @@ WITH upd AS (
 ),
 hist AS (
     INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT $1, h.* FROM unnest($7::float8[], $8::text[], $9::text[], $10::text[], $11::int[],
-        $12::text[]) AS h(at, kind, step, phase, attempt, detail)
+    SELECT $1, h.at, h.kind, h.step, h.phase, h.attempt, h.detail
+    FROM unnest($7::float8[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[])
+        WITH ORDINALITY AS h(at, kind, step, phase, attempt, detail, n)
     WHERE EXISTS (SELECT 1 FROM upd)
+    ORDER BY h.n
 ),
 tclr AS (
     DELETE FROM sagakit_timers WHERE saga_id = $1 AND EXISTS (SELECT 1 FROM upd)
@@ -219,8 +228,10 @@ WHERE i.saga_id = v.saga_id AND i.revision = v.expected RETURNING i.saga_id;
 -- name: insert_history
 -- Append history entries (read back through index sagakit_history_saga).
 INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
-SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[], $6::int[],
-    $7::text[]);
+SELECT h.saga_id, h.at, h.kind, h.step, h.phase, h.attempt, h.detail
+FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[], $6::int[],
+    $7::text[]) WITH ORDINALITY AS h(saga_id, at, kind, step, phase, attempt, detail, n)
+ORDER BY h.n;
 
 -- name: insert_outbox
 -- Queue outgoing messages, with the worker that wrote them; an id already queued is kept.

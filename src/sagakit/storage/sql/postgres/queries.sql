@@ -67,9 +67,10 @@ upd AS (
 )
 
 -- name: commit_hist
--- Append history entries, in the order given: the join with "ok" may emit rows in any order
--- (a hash on the entries reverses a saga's), and ids are drawn in the order rows come.
+-- Append history entries, in the order the batch gives them.
 hist AS (
+    -- The join with "ok" may emit rows in any order (a hash built on the entries reverses a
+    -- saga's), and ids are drawn in the order rows come: hence the ordinality.
     INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
     SELECT h.saga_id, h.at, h.kind, h.step, h.phase, h.attempt, h.detail
     FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[],

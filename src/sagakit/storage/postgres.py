@@ -248,7 +248,7 @@ class PostgresStore:
         if one is not None:
             inst = cast(SagaInstance, one.instance)
             rows = await conn.fetch(
-                Q["commit_one_update_clear"] if one.timer_ops else Q["commit_one_update"],
+                Q["commit_one_update"],
                 inst.saga_id,
                 one.expected_revision,
                 inst.status.value,
@@ -256,6 +256,7 @@ class PostgresStore:
                 inst.revision,
                 transition_state(one),
                 *_columns([history_row(inst.saga_id, e)[1:] for e in one.history], 6),
+                bool(one.timer_ops),  # only "cancel all" can be there (_one_step)
             )
             return [bool(rows)]
         transitions = batch.transitions
@@ -805,7 +806,7 @@ def _rounds(transitions: Sequence[Transition]) -> builtins.list[builtins.list[in
 
 def _one_step(batch: Batch) -> Transition | None:
     """The batch's one transition when it is one step of one saga: an update, its history
-    and at most the cancelling of all its timers (commit_one_update[_clear])."""
+    and at most the cancelling of all its timers (commit_one_update)."""
     if len(batch.transitions) != 1 or batch.outbox_done or batch.commands or batch.dead_letters:
         return None
     t = batch.transitions[0]

@@ -167,26 +167,9 @@ dl AS (
 -- one-element arrays (about a third of the statement's planning and execution time).
 
 -- name: commit_one_update
--- One step of one saga: its update (revision checked) and, if that passed, its history.
+-- One step of one saga: its update (revision checked), then its history and timers cleared.
 WITH upd AS (
-    UPDATE sagakit_instances AS i SET status = $3, updated_at = $4,
-        status_at = CASE WHEN i.status = $3 THEN i.status_at ELSE $4 END,
-        revision = $5, state = $6
-    WHERE i.saga_id = $1 AND i.revision = $2 RETURNING i.saga_id
-),
-hist AS (
-    INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT $1, h.at, h.kind, h.step, h.phase, h.attempt, h.detail
-    FROM unnest($7::float8[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[])
-        WITH ORDINALITY AS h(at, kind, step, phase, attempt, detail, n)
-    WHERE EXISTS (SELECT 1 FROM upd)
-    ORDER BY h.n
-)
-SELECT saga_id FROM upd;
-
--- name: commit_one_update_clear
--- The same, and every timer of the instance cancelled (it reached a terminal status).
-WITH upd AS (
+    -- History and the timer delete run only if the update passed; $13: cancel all timers.
     UPDATE sagakit_instances AS i SET status = $3, updated_at = $4,
         status_at = CASE WHEN i.status = $3 THEN i.status_at ELSE $4 END,
         revision = $5, state = $6
@@ -201,7 +184,7 @@ hist AS (
     ORDER BY h.n
 ),
 tclr AS (
-    DELETE FROM sagakit_timers WHERE saga_id = $1 AND EXISTS (SELECT 1 FROM upd)
+    DELETE FROM sagakit_timers WHERE $13::boolean AND saga_id = $1 AND EXISTS (SELECT 1 FROM upd)
 )
 SELECT saga_id FROM upd;
 

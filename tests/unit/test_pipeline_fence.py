@@ -41,6 +41,21 @@ class HeldStore(SqliteStore):
             await self.release.wait()
         return await super().commit(batch)
 
+    def let_go(self) -> None:
+        """Commit the held batch and every later one."""
+        self.hold.clear()
+        self.release.set()
+
+
+def claim_behind_the_worker(path: str, saga_id: str) -> None:
+    """Another worker's claim: it takes the instance and bumps its revision."""
+    with sqlite3.connect(path) as other:
+        other.execute(
+            "UPDATE sagakit_instances SET owner = 'intruder', revision = revision + 1 "
+            "WHERE saga_id = ?",
+            (saga_id,),
+        )
+
 
 async def until(condition: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -93,14 +108,8 @@ async def _run(saga: Saga[Any], store: HeldStore, gate: asyncio.Event, path: str
         await until(lambda: getattr(worker._staged.get(saga_id), "revision", 0) == base + 2)
 
         # Meanwhile another worker claims the instance: the stored revision becomes base + 1.
-        with sqlite3.connect(path) as other:
-            other.execute(
-                "UPDATE sagakit_instances SET owner = 'intruder', revision = revision + 1 "
-                "WHERE saga_id = ?",
-                (saga_id,),
-            )
-        store.hold.clear()
-        store.release.set()
+        claim_behind_the_worker(path, saga_id)
+        store.let_go()
         await until(lambda: saga_id not in worker._staged)
         await asyncio.sleep(0.05)  # let any later batch commit too
 
@@ -138,14 +147,8 @@ async def test_side_records_decided_on_a_lost_state_are_not_written(tmp_path: Pa
             timeout = TimerFired(TimerKind.TIMEOUT, "first", Phase.ACTION, 1)
             late = worker._submit(_Item(saga_id, event=timeout, timer=fired))  # batch N+1
             await until(lambda: worker._queue.empty())
-            with sqlite3.connect(path) as other:
-                other.execute(
-                    "UPDATE sagakit_instances SET owner = 'intruder', revision = revision + 1 "
-                    "WHERE saga_id = ?",
-                    (saga_id,),
-                )
-            store.hold.clear()
-            store.release.set()
+            claim_behind_the_worker(path, saga_id)
+            store.let_go()
             with pytest.raises(ConcurrencyConflict):
                 await asyncio.wait_for(late, 10)
 

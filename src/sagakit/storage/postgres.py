@@ -52,6 +52,7 @@ from sagakit.ports import (
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage.queries import fill, load_queries
 from sagakit.storage.rows import (
+    STATUS_TEXT,
     command_from_row,
     history_row,
     instance_from_row,
@@ -251,7 +252,7 @@ class PostgresStore:
                 Q["commit_one_update"],
                 inst.saga_id,
                 one.expected_revision,
-                inst.status.value,
+                STATUS_TEXT[inst.status],
                 inst.updated_at,
                 inst.revision,
                 transition_state(one),
@@ -829,7 +830,7 @@ def _insert_row(t: Transition) -> tuple[object, ...]:
         inst.saga_type,
         inst.version,
         inst.fingerprint,
-        inst.status.value,
+        STATUS_TEXT[inst.status],
         inst.correlation_id,
         inst.idempotency_key,
         inst.created_at,
@@ -845,7 +846,7 @@ def _update_row(t: Transition) -> tuple[object, ...]:
     return (
         inst.saga_id,
         t.expected_revision,
-        inst.status.value,
+        STATUS_TEXT[inst.status],
         inst.updated_at,
         inst.revision,
         transition_state(t),

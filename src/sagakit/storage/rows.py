@@ -76,8 +76,10 @@ def history_row(saga_id: str, e: HistoryEntry) -> tuple[object, ...]:
     return (saga_id, e.at, _KIND_TEXT[e.kind], e.step, e.phase, e.attempt, dump_text(e.detail))
 
 
-# An enum's .value is a Python-level property; a history row is written for every entry.
+# An enum's .value is a Python-level property, and these columns are written per transition.
 _KIND_TEXT = {kind: kind.value for kind in HistoryKind}
+#: The status column's text for each status.
+STATUS_TEXT = {status: status.value for status in SagaStatus}
 
 
 def command_from_row(row: Row) -> QueuedCommand:

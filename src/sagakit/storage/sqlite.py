@@ -45,6 +45,7 @@ from sagakit.ports import (
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage.queries import fill, load_queries
 from sagakit.storage.rows import (
+    STATUS_TEXT,
     command_from_row,
     history_row,
     instance_from_row,
@@ -260,7 +261,7 @@ class SqliteStore:
                     inst.saga_type,
                     inst.version,
                     inst.fingerprint,
-                    _STATUS_TEXT[inst.status],
+                    STATUS_TEXT[inst.status],
                     inst.correlation_id,
                     inst.idempotency_key,
                     inst.created_at,
@@ -274,7 +275,7 @@ class SqliteStore:
             cur.execute(
                 Q["update_instance"],
                 (
-                    _STATUS_TEXT[inst.status],
+                    STATUS_TEXT[inst.status],
                     inst.updated_at,
                     inst.revision,
                     state,
@@ -662,7 +663,3 @@ def _take_lock(path: str) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-# An enum's .value is a Python-level property; an instance row is written per transition.
-_STATUS_TEXT = {status: status.value for status in SagaStatus}

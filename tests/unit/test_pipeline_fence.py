@@ -1,4 +1,5 @@
-"""The pipelined committer never builds on a state it did not write.
+"""The pipelined committer never builds on a state it did not write, and a local step's
+answer that could not be committed is committed later without running the step again.
 
 Batch N+1 is decided while batch N commits, on the states N staged. When N's write of an
 instance fails its revision check because another worker claimed the instance meanwhile, the
@@ -18,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from sagakit import App, Saga, SqliteStore, StepContext, Worker
+from sagakit import App, Saga, SagaStatus, SqliteStore, StepContext, Worker
 from sagakit.definition import Phase
-from sagakit.errors import ConcurrencyConflict
+from sagakit.errors import ConcurrencyConflict, StorageError
 from sagakit.ports import Batch, Timer
+from sagakit.state import HistoryKind
 from sagakit.transitions import Outcome, Reply, TimerFired, TimerKind
 from sagakit.worker import _Item
 
@@ -162,3 +164,51 @@ async def test_side_records_decided_on_a_lost_state_are_not_written(tmp_path: Pa
             assert name in names
     finally:
         await store.close()
+
+
+class FailsOnce(SqliteStore):
+    """The first commit that carries an answer of ``step`` fails (the database went away)."""
+
+    def __init__(self, path: str, step: str) -> None:
+        super().__init__(path, owner=True)
+        self.step = step
+        self.failed = 0
+
+    async def commit(self, batch: Batch) -> list[bool]:
+        answers = [h for t in batch.transitions for h in t.history if h.kind is HistoryKind.REPLY]
+        if not self.failed and any(h.step == self.step for h in answers):
+            self.failed += 1
+            raise StorageError("connection reset")
+        return await super().commit(batch)
+
+
+async def test_a_local_reply_whose_commit_fails_is_committed_later_and_not_run_again(
+    tmp_path: Path,
+) -> None:
+    runs: list[str] = []
+
+    async def first(ctx: StepContext[Any]) -> str:
+        runs.append(ctx.step)
+        return "one"
+
+    async def second(ctx: StepContext[Any]) -> str:
+        runs.append(ctx.step)
+        return "two"
+
+    async def undo(ctx: StepContext[Any]) -> None:
+        return None
+
+    saga: Saga[Any] = Saga("retried_answer")
+    saga.local("first", first, compensation=undo)
+    saga.local("second", second, compensation=undo)
+    store = FailsOnce(str(tmp_path / "once.db"), "first")
+    try:
+        async with Worker(App(sagas=[saga]), store) as worker:
+            instance = await worker.client.run(saga, {}, timeout=10)
+            assert worker._local_tasks == {}  # every run's attempt was released
+    finally:
+        await store.close()
+    assert store.failed == 1
+    assert instance.status is SagaStatus.COMPLETED
+    assert runs == ["first", "second"]  # the answer was submitted again, not the step
+    assert instance.steps[0].result == "one"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +19,7 @@ from typing import Protocol
 from sagakit.definition import Saga, SagaDefinition
 from sagakit.encoding import JSON, digest_of, to_json
 from sagakit.errors import CommandRefused, IdempotencyConflict, SagakitError, SagaNotFound
+from sagakit.ids import new_id
 from sagakit.ports import (
     CommandQueue,
     CommandState,
@@ -139,7 +139,7 @@ class Client:
                         "(since purged) with different input"
                     )
                 return SagaHandle(retired.saga_id, self, definition.name, key)
-        saga_id = uuid.uuid4().hex
+        saga_id = new_id()
         body: dict[str, JSON] = {
             "saga_type": definition.name,
             "version": definition.version,

@@ -29,13 +29,13 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, to_json
 from sagakit.errors import DefinitionError, EncodingError, MessageRejected, StepError, StepFailed
+from sagakit.ids import new_id
 from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode, encode
 from sagakit.ports import DeadLetter, OutboxMessage, ParticipantStore, ParticipantTx, Transport
 from sagakit.relay import Relay
@@ -259,7 +259,7 @@ class ParticipantRunner:
         # The same answer, as a new message caused by the duplicate command.
         reply = replace(
             stored,
-            id=uuid.uuid4().hex,
+            id=new_id(),
             causation_id=env.id,
             attempt=env.attempt,
             timestamp=time.time(),
@@ -278,7 +278,7 @@ class ParticipantRunner:
     ) -> Envelope:
         return replace(
             env,
-            id=uuid.uuid4().hex,
+            id=new_id(),
             kind=MessageKind.REPLY,
             causation_id=env.id,
             timestamp=time.time(),

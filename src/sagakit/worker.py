@@ -43,6 +43,7 @@ from sagakit.errors import (
     StepFailed,
     StorageError,
 )
+from sagakit.ids import new_id
 from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode, encode
 from sagakit.participant import ParticipantRunner
 from sagakit.ports import (
@@ -428,7 +429,7 @@ class Worker:
             )
         payload = to_json(data, path="saga data")
         start = _Start(definition, payload, key, correlation_id, _input_digest(payload, key))
-        return str(await self._submit(_Item(uuid.uuid4().hex, start=start)))
+        return str(await self._submit(_Item(new_id(), start=start)))
 
     async def wait_settled(self, saga_id: str, timeout: float | None = None) -> SagaInstance:
         """Wait until the instance is completed, failed or stuck."""

@@ -40,7 +40,7 @@ import _common as c
 
 from sagakit import App, Saga, StepContext, StepFailed, Worker, open_store
 
-LOADER_VERSION = 2  # bump when the generated data changes shape
+LOADER_VERSION = 3  # bump when the generated data changes shape
 FINISHED = 1_000_000
 STUCK = 150
 SPAN_DAYS = 30.0
@@ -282,7 +282,9 @@ def generate(
         sample: list[str] = []
         group: list[list[tuple[Any, ...]]] = []
         for k in range(start, min(plan.total, start + BATCH)):
-            sid = f"{rng.getrandbits(128):032x}"
+            at = plan.t0 + k * plan.step + rng.random() * plan.step
+            # Time-ordered as sagakit.ids makes them: the creation millisecond, then random.
+            sid = f"{int(at * 1000):012x}7{rng.getrandbits(76):019x}"
             if k in plan.stuck_at:
                 t = templates["stuck"]
             else:
@@ -291,7 +293,6 @@ def generate(
                     sample.append(sid)
                 finished += 1
             oid = f"order-m-{k}"
-            at = plan.t0 + k * plan.step + rng.random() * plan.step
             assert t.make_instance is not None and t.make_history is not None
             instances.append(t.make_instance(sid, oid, at))
             group.append([make(sid, oid, at) for make in t.make_history])

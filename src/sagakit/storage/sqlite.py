@@ -140,11 +140,11 @@ class SqliteStore:
         conn.execute(Q["set_journal_mode_wal"])
         # A PRAGMA takes no bound parameter: the level is put into the statement.
         conn.execute(fill(Q["set_synchronous"], level=synchronous))
-        schema = resources.files("sagakit.storage").joinpath("sql/sqlite/schema.sql").read_text()
         with _transaction(conn):
-            for statement in schema.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            columns = {row[1] for row in conn.execute(Q["instance_columns"])}
+            if columns and "status_at" not in columns:  # a version-1 file
+                _run_script(conn, "upgrade_2.sql")
+            _run_script(conn, "schema.sql")
         return conn
 
     def _lock(self) -> asyncio.Lock:
@@ -269,20 +269,32 @@ class SqliteStore:
                     inst.revision,
                     state,
                     inst.owner,
-                ),
-            )
-        else:
-            cur.execute(
-                Q["update_instance"],
-                (
-                    STATUS_TEXT[inst.status],
                     inst.updated_at,
-                    inst.revision,
-                    state,
-                    inst.saga_id,
-                    t.expected_revision,
                 ),
             )
+            return cur.rowcount == 1
+        status = STATUS_TEXT[inst.status]
+        # Most transitions keep the status: tried first, that update names no indexed column,
+        # so SQLite updates no index (it updates every index on a column a SET names, even
+        # to the same value). No row: another status, or another revision (then neither).
+        cur.execute(
+            Q["update_instance_in_status"],
+            (inst.updated_at, inst.revision, state, inst.saga_id, t.expected_revision, status),
+        )
+        if cur.rowcount == 1:
+            return True
+        cur.execute(
+            Q["update_instance"],
+            (
+                status,
+                inst.updated_at,
+                inst.updated_at,
+                inst.revision,
+                state,
+                inst.saga_id,
+                t.expected_revision,
+            ),
+        )
         return cur.rowcount == 1
 
     @staticmethod
@@ -637,6 +649,14 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute(Q["rollback"])
         raise
+
+
+def _run_script(conn: sqlite3.Connection, name: str) -> None:
+    """Run the statements of sql/sqlite/``name`` one by one, in the open transaction."""
+    script = resources.files("sagakit.storage").joinpath(f"sql/sqlite/{name}").read_text()
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _marks(count: int) -> str:

@@ -16,6 +16,10 @@ PRAGMA journal_mode = WAL;
 -- The writer connection's durability (the store's synchronous option, FULL by default).
 PRAGMA synchronous = {level};
 
+-- name: instance_columns
+-- The instances table's columns: a version-1 file lacks status_at (upgraded by upgrade_2.sql).
+PRAGMA table_info(sagakit_instances);
+
 -- name: begin_immediate
 -- Open a write transaction, taking the write lock at once (no failed lock upgrade later).
 BEGIN IMMEDIATE;
@@ -33,12 +37,17 @@ ROLLBACK;
 -- name: insert_instance
 -- Create an instance; a duplicate saga_id or idempotency key is ignored (rowcount 0).
 INSERT OR IGNORE INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,
-    correlation_id, idempotency_key, created_at, updated_at, revision, state, owner)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+    correlation_id, idempotency_key, created_at, updated_at, revision, state, owner, status_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: update_instance_in_status
+-- Advance an instance that keeps its status, at the expected revision; names no indexed column.
+UPDATE sagakit_instances SET updated_at = ?, revision = ?, state = ?
+WHERE saga_id = ? AND revision = ? AND status = ?;
 
 -- name: update_instance
--- Advance an instance if its revision is still the expected one (optimistic concurrency).
-UPDATE sagakit_instances SET status = ?, updated_at = ?, revision = ?, state = ?
+-- Advance an instance (into another status) if its revision is the expected one.
+UPDATE sagakit_instances SET status = ?, status_at = ?, updated_at = ?, revision = ?, state = ?
 WHERE saga_id = ? AND revision = ?;
 
 -- name: insert_history
@@ -96,9 +105,9 @@ RETURNING saga_id, saga_type, version, fingerprint, status, correlation_id, idem
 -- Retention ------------------------------------------------------------------------------------
 
 -- name: finished_before
--- Finished instances last updated before a cutoff, oldest first (index sagakit_instances_status).
+-- Instances finished before a cutoff, oldest first (index sagakit_instances_status).
 SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')
-    AND updated_at < ? ORDER BY updated_at LIMIT ?;
+    AND status_at < ? ORDER BY status_at LIMIT ?;
 
 -- name: create_purge_table
 -- Purge: the connection's scratch table of the instances to delete.
@@ -176,11 +185,11 @@ SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempot
 FROM sagakit_instances WHERE saga_type = ? AND idempotency_key = ?;
 
 -- name: list_instances
--- Filtered listing, latest first (indexes sagakit_instances_status/_type/_correlation/_created).
+-- Filtered listing, latest into its status first (indexes _status/_type/_correlation/_created).
 SELECT saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
     created_at, updated_at, revision, state, owner
 FROM sagakit_instances{where}
-ORDER BY updated_at DESC LIMIT ?;
+ORDER BY status_at DESC LIMIT ?;
 
 -- name: history
 -- An instance's history in order (index sagakit_history_saga).

@@ -1,4 +1,5 @@
--- sagakit schema for SQLite, version 1. Applied idempotently when a store opens.
+-- sagakit schema for SQLite, version 2. Applied idempotently when a store opens, after the
+-- upgrade of an older file (upgrade_2.sql).
 CREATE TABLE IF NOT EXISTS sagakit_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -16,12 +17,15 @@ CREATE TABLE IF NOT EXISTS sagakit_instances (
     updated_at      REAL NOT NULL,
     revision        INTEGER NOT NULL,
     state           TEXT NOT NULL,
-    owner           TEXT
+    owner           TEXT,
+    -- When the instance entered its status (= updated_at once it is finished). The listing
+    -- indexes use it rather than updated_at, so a step that keeps the status updates no index.
+    status_at       REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sagakit_instances_key
     ON sagakit_instances (saga_type, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS sagakit_instances_status ON sagakit_instances (status, updated_at);
-CREATE INDEX IF NOT EXISTS sagakit_instances_type ON sagakit_instances (saga_type, status, updated_at);
+CREATE INDEX IF NOT EXISTS sagakit_instances_status ON sagakit_instances (status, status_at);
+CREATE INDEX IF NOT EXISTS sagakit_instances_type ON sagakit_instances (saga_type, status, status_at);
 CREATE INDEX IF NOT EXISTS sagakit_instances_correlation ON sagakit_instances (correlation_id);
 CREATE INDEX IF NOT EXISTS sagakit_instances_created ON sagakit_instances (created_at);
 
@@ -107,4 +111,4 @@ CREATE TABLE IF NOT EXISTS sagakit_workers (
     lease_expires_at REAL NOT NULL
 );
 
-INSERT OR IGNORE INTO sagakit_meta (key, value) VALUES ('schema_version', '1');
+INSERT OR IGNORE INTO sagakit_meta (key, value) VALUES ('schema_version', '2');

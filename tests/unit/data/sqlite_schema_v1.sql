@@ -1,4 +1,5 @@
--- sagakit schema for SQLite, version 1. Applied idempotently when a store opens.
+-- The part of sagakit's SQLite schema version 1 that version 2 changes (the instances table
+-- and its indexes), with the meta table: a version-1 file for the upgrade test.
 CREATE TABLE IF NOT EXISTS sagakit_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -24,87 +25,5 @@ CREATE INDEX IF NOT EXISTS sagakit_instances_status ON sagakit_instances (status
 CREATE INDEX IF NOT EXISTS sagakit_instances_type ON sagakit_instances (saga_type, status, updated_at);
 CREATE INDEX IF NOT EXISTS sagakit_instances_correlation ON sagakit_instances (correlation_id);
 CREATE INDEX IF NOT EXISTS sagakit_instances_created ON sagakit_instances (created_at);
-
-CREATE TABLE IF NOT EXISTS sagakit_history (
-    id      INTEGER PRIMARY KEY,
-    saga_id TEXT NOT NULL,
-    at      REAL NOT NULL,
-    kind    TEXT NOT NULL,
-    step    TEXT,
-    phase   TEXT,
-    attempt INTEGER,
-    detail  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sagakit_history_saga ON sagakit_history (saga_id, id);
-
--- Pending messages only: a row is deleted once its consumer has committed.
-CREATE TABLE IF NOT EXISTS sagakit_outbox (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    id          TEXT NOT NULL UNIQUE,
-    source      TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    saga_id     TEXT NOT NULL,
-    body        BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sagakit_outbox_source ON sagakit_outbox (source, seq);
-
-CREATE TABLE IF NOT EXISTS sagakit_timers (
-    saga_id TEXT NOT NULL,
-    name    TEXT NOT NULL,
-    kind    TEXT NOT NULL,
-    step    TEXT,
-    phase   TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    due_at  REAL NOT NULL,
-    PRIMARY KEY (saga_id, name)
-);
-CREATE INDEX IF NOT EXISTS sagakit_timers_due ON sagakit_timers (due_at);
-
-CREATE TABLE IF NOT EXISTS sagakit_commands (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    saga_id    TEXT NOT NULL,
-    kind       TEXT NOT NULL,
-    body       TEXT NOT NULL,
-    state      TEXT NOT NULL,
-    error      TEXT,
-    created_at REAL NOT NULL,
-    applied_at REAL
-);
-CREATE INDEX IF NOT EXISTS sagakit_commands_pending ON sagakit_commands (state, id);
-
-CREATE TABLE IF NOT EXISTS sagakit_dead_letters (
-    id     INTEGER PRIMARY KEY,
-    at     REAL NOT NULL,
-    source TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    body   BLOB NOT NULL
-);
-
--- Participants' inbox: the reply stored under each idempotency key (Semantics 3).
-CREATE TABLE IF NOT EXISTS sagakit_inbox (
-    participant TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    reply       BLOB NOT NULL,
-    at          REAL NOT NULL,
-    PRIMARY KEY (participant, key)
-);
-
--- Idempotency keys of purged instances, kept so a purge never lets a duplicate start through.
-CREATE TABLE IF NOT EXISTS sagakit_retired_keys (
-    saga_type       TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    saga_id         TEXT NOT NULL,
-    input_digest    TEXT NOT NULL,
-    retired_at      REAL NOT NULL,
-    PRIMARY KEY (saga_type, idempotency_key)
-);
-CREATE INDEX IF NOT EXISTS sagakit_inbox_at ON sagakit_inbox (at);
-
--- The worker that owns the file, the definitions it runs and its lease (renewed by heartbeat).
-CREATE TABLE IF NOT EXISTS sagakit_workers (
-    worker_id        TEXT PRIMARY KEY,
-    fingerprints     TEXT NOT NULL,
-    lease_expires_at REAL NOT NULL
-);
 
 INSERT OR IGNORE INTO sagakit_meta (key, value) VALUES ('schema_version', '1');

@@ -40,7 +40,7 @@ import _common as c
 
 from sagakit import App, Saga, StepContext, StepFailed, Worker, open_store
 
-LOADER_VERSION = 3  # bump when the generated data changes shape
+LOADER_VERSION = 4  # bump when the generated data changes shape
 FINISHED = 1_000_000
 STUCK = 150
 SPAN_DAYS = 30.0
@@ -283,8 +283,11 @@ def generate(
         group: list[list[tuple[Any, ...]]] = []
         for k in range(start, min(plan.total, start + BATCH)):
             at = plan.t0 + k * plan.step + rng.random() * plan.step
-            # Time-ordered as sagakit.ids makes them: the creation millisecond, then random.
-            sid = f"{int(at * 1000):012x}7{rng.getrandbits(76):019x}"
+            # Time-ordered as sagakit.ids makes them (UUID v7): the creation millisecond, the
+            # version, 12 random bits, the variant, 62 random bits.
+            rand = rng.getrandbits(74)
+            value = (int(at * 1000) << 80) | (7 << 76) | ((rand >> 62) << 64) | (2 << 62)
+            sid = f"{value | (rand & ((1 << 62) - 1)):032x}"
             if k in plan.stuck_at:
                 t = templates["stuck"]
             else:

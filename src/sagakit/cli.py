@@ -291,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         "purge",
         parents=[common, as_json],
         help="delete completed and failed sagas older than an age",
-        description="Delete completed and failed sagas (never stuck or running ones) last "
-        "updated more than AGE ago, in bounded batches, with their history. Their idempotency "
+        description="Delete completed and failed sagas (never stuck or running ones) that "
+        "finished more than AGE ago, in bounded batches, with their history. Their idempotency "
         "keys, and participants' inbox keys, are kept longer (--keys-older-than), so a purge "
         "never lets a duplicate start or effect through. Ages: 90s, 45m, 12h, 30d, 2w, 1d12h.",
     )
@@ -851,7 +851,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _migrate(url: str) -> int:
-    store = open_store(url, migrate=False) if url.startswith("postgres") else open_store(url)
+    if url.startswith("postgres"):
+        store = open_store(url, migrate=False)
+    else:
+        store = open_store(url, upgrade=True)
     try:
         applied = await store.migrate()
     finally:

@@ -221,8 +221,8 @@ class Retention(Protocol):
     """
 
     async def finished_before(self, age: float, limit: int) -> builtins.list[str]:
-        """Ids of completed or failed instances last updated more than ``age`` seconds ago
-        (by the store's clock), oldest first."""
+        """Ids of completed or failed instances that finished (entered that status) more
+        than ``age`` seconds ago by the store's clock, oldest first."""
         ...
 
     async def purge(self, saga_ids: Sequence[str]) -> int:

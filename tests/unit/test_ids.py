@@ -28,11 +28,17 @@ def test_the_first_48_bits_are_the_time_in_milliseconds() -> None:
     assert before <= int(value[:12], 16) <= after
 
 
+def next_millisecond(made: str) -> None:
+    """Wait for the millisecond after the one ``made`` was made in (a busy wait of at most
+    one millisecond): ids within one millisecond are unordered."""
+    millis = int(made[:12], 16)
+    while time.time_ns() // 1_000_000 <= millis:
+        pass
+
+
 def test_later_ids_sort_after_earlier_ones() -> None:
     first = new_id()
-    millis = int(first[:12], 16)
-    while time.time_ns() // 1_000_000 <= millis:
-        pass  # the next millisecond: ids within one millisecond are unordered
+    next_millisecond(first)
     assert new_id() > first
 
 
@@ -55,7 +61,10 @@ async def test_saga_ids_are_time_ordered(tmp_path: Path) -> None:
         async with Worker(App(sagas=[saga]), store) as worker:
             through_worker = (await worker.client.start(saga, {})).saga_id
             queued = (await Client(store).start(saga, {})).saga_id  # a start command
+            next_millisecond(through_worker)
+            later = (await worker.client.start(saga, {})).saga_id
     finally:
         await store.close()
-    for saga_id in (through_worker, queued):
+    for saga_id in (through_worker, queued, later):
         assert uuid.UUID(hex=saga_id).version == 7
+    assert through_worker < later

@@ -72,6 +72,9 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+#: The schema version schema.sql creates; sql/sqlite/upgrade_<N>.sql brings N-1 to N.
+SCHEMA_VERSION = 2
+
 #: A batch of at most this many transitions may commit on the event loop's thread ...
 INLINE_BATCH = 4
 #: ... while recent commits took less than this (seconds).
@@ -82,7 +85,10 @@ class SqliteStore:
     """Every store port on one SQLite file.
 
     ``owner=True`` takes the worker's exclusive lock (one worker per file); ``create=False``
-    refuses to create a missing file (read commands).
+    refuses to create a missing file (read commands). A file of an older schema version is
+    upgraded when an owner opens it, or with ``upgrade=True`` (``sagakit migrate``), under the
+    worker's lock, so never under a running worker; other openers are refused with a message
+    that says so.
     """
 
     def __init__(
@@ -93,8 +99,11 @@ class SqliteStore:
         create: bool = True,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
+        upgrade: bool | None = None,
     ) -> None:
         self.path = path
+        self._upgrade = owner if upgrade is None else upgrade
+        self._upgraded: builtins.list[int] = []  # the upgrades applied when it was opened
         self._clock = clock
         self._lock_file: IO[str] | None = None
         self.worker_id: str | None = None
@@ -124,8 +133,12 @@ class SqliteStore:
                 if memory
                 else self._reader.submit(self._connect, synchronous, False).result()
             )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError) as exc:
             self._release()
+            self._writer.shutdown(wait=False)
+            self._reader.shutdown(wait=False)
+            if isinstance(exc, StorageError):
+                raise
             raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
 
     @classmethod
@@ -140,12 +153,42 @@ class SqliteStore:
         conn.execute(Q["set_journal_mode_wal"])
         # A PRAGMA takes no bound parameter: the level is put into the statement.
         conn.execute(fill(Q["set_synchronous"], level=synchronous))
-        with _transaction(conn):
-            columns = {row[1] for row in conn.execute(Q["instance_columns"])}
-            if columns and "status_at" not in columns:  # a version-1 file
-                _run_script(conn, "upgrade_2.sql")
-            _run_script(conn, "schema.sql")
+        try:
+            with _transaction(conn):
+                version = _schema_version(conn)
+                if version is not None and version != SCHEMA_VERSION:
+                    self._upgrade_from(conn, version)
+                _run_script(conn, "schema.sql")
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _upgrade_from(self, conn: sqlite3.Connection, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has sagakit schema version {version}, newer than this sagakit's "
+                f"({SCHEMA_VERSION}): upgrade sagakit to open it"
+            )
+        if not self._upgrade:
+            raise StorageError(
+                f"{self.path} has sagakit schema version {version} and this sagakit needs "
+                f"{SCHEMA_VERSION}: stop its worker, then run `sagakit migrate --db "
+                f"sqlite:///{self.path}` (or start a worker on it) to upgrade it"
+            )
+        # Never under a running worker: an older one would go on writing the old layout.
+        lock = (
+            None
+            if self._lock_file is not None or self.path == ":memory:"
+            else _take_lock(self.path)
+        )
+        try:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                _run_script(conn, f"upgrade_{step}.sql")
+                self._upgraded.append(step)
+        finally:
+            if lock is not None:
+                lock.close()
 
     def _lock(self) -> asyncio.Lock:
         if self._write_lock is None:
@@ -385,8 +428,10 @@ class SqliteStore:
         self.worker_id = None
 
     async def migrate(self) -> builtins.list[int]:
-        """The SQLite schema is created (idempotently) when the file is opened."""
-        return []
+        """The schema versions this store upgraded the file to when it opened it (the schema
+        is created, and an older one upgraded, when the file is opened; see the class)."""
+        applied, self._upgraded = self._upgraded, []
+        return applied
 
     async def listen(self, callback: Callable[[], None]) -> None:
         """Nothing to listen to: only the owning worker writes work to a SQLite file."""
@@ -649,6 +694,15 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute(Q["rollback"])
         raise
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """The file's sagakit schema version; None for a file without sagakit's tables yet."""
+    try:
+        row = conn.execute(Q["schema_version"]).fetchone()
+    except sqlite3.OperationalError:  # no sagakit_meta table: a new file
+        return None
+    return int(row[0]) if row else None
 
 
 def _run_script(conn: sqlite3.Connection, name: str) -> None:

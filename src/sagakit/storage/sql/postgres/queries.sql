@@ -322,7 +322,7 @@ NOTIFY sagakit_work, 'released';
 -- Retention ------------------------------------------------------------------------------------
 
 -- name: finished_before
--- Finished instances last updated (= status_at) before a cutoff, oldest first (index _finished).
+-- Instances finished (status_at) before a cutoff, oldest first (index _finished).
 SELECT saga_id FROM sagakit_instances WHERE status IN ('completed', 'failed')
     AND status_at < extract(epoch FROM clock_timestamp()) - $1
 ORDER BY status_at LIMIT $2;

@@ -16,9 +16,9 @@ PRAGMA journal_mode = WAL;
 -- The writer connection's durability (the store's synchronous option, FULL by default).
 PRAGMA synchronous = {level};
 
--- name: instance_columns
--- The instances table's columns: a version-1 file lacks status_at (upgraded by upgrade_2.sql).
-PRAGMA table_info(sagakit_instances);
+-- name: schema_version
+-- The file's schema version (no such table in a new file).
+SELECT value FROM sagakit_meta WHERE key = 'schema_version';
 
 -- name: begin_immediate
 -- Open a write transaction, taking the write lock at once (no failed lock upgrade later).

@@ -1,5 +1,5 @@
--- sagakit schema for SQLite, version 2. Applied idempotently when a store opens, after the
--- upgrade of an older file (upgrade_2.sql).
+-- sagakit schema for SQLite, version 2 (sqlite.SCHEMA_VERSION). Applied idempotently when
+-- a store opens, after the upgrade of an older file (upgrade_<N>.sql).
 CREATE TABLE IF NOT EXISTS sagakit_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -18,8 +18,9 @@ CREATE TABLE IF NOT EXISTS sagakit_instances (
     revision        INTEGER NOT NULL,
     state           TEXT NOT NULL,
     owner           TEXT,
-    -- When the instance entered its status (= updated_at once it is finished). The listing
-    -- indexes use it rather than updated_at, so a step that keeps the status updates no index.
+    -- When the instance entered its status (for a finished one: when it finished). The
+    -- listing indexes use it rather than updated_at, so a step that keeps the status updates
+    -- no index.
     status_at       REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sagakit_instances_key

@@ -25,8 +25,11 @@ from sagakit import (
     StepFailed,
     Worker,
 )
+from sagakit.errors import StorageError
 from sagakit.examples.demo import run_demo
+from sagakit.ports import Batch, Transition
 from sagakit.retention import RetentionPolicy
+from sagakit.state import SagaInstance, StepState
 from sagakit.storage.postgres import PostgresStore, Q, migrations, split_url
 
 SNAPSHOT = Path(__file__).with_name("postgres_schema.txt")
@@ -376,4 +379,43 @@ async def test_status_at_moves_with_the_status_only(url: str) -> None:
         assert rows == {"a": 1.0, "b": 3.0}
     finally:
         await conn.close()
+        await store.close()
+
+
+async def test_a_commit_the_driver_refuses_is_not_a_lost_connection(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def instance(revision: int) -> SagaInstance:
+        return SagaInstance(
+            saga_id="refused",
+            saga_type="order",
+            version=1,
+            fingerprint="fp",
+            status=SagaStatus.PENDING,
+            data=None,
+            steps=(StepState("reserve"),),
+            correlation_id="refused",
+            created_at=1.0,
+            updated_at=float(revision),
+            revision=revision,
+        )
+
+    store = PostgresStore(url, owner=True)
+    try:
+        assert await store.commit(Batch([Transition("refused", instance(1))])) == [True]
+        kept = store._commit_conn
+        assert kept is not None
+
+        async def refuse(*args: object) -> object:
+            # What asyncpg raises for a wrong argument count, the connection still open.
+            raise asyncpg.InterfaceError("the server expects 14 arguments, 13 were passed")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(type(kept), "fetch", refuse)
+            with pytest.raises(StorageError, match="driver refused") as refused:
+                await store.commit(Batch([Transition("refused", instance(2), 1)]))
+        assert "connection lost" not in str(refused.value)
+        assert store._commit_conn is kept  # not dropped: it works
+        assert await store.commit(Batch([Transition("refused", instance(2), 1)])) == [True]
+    finally:
         await store.close()

@@ -226,6 +226,10 @@ class PostgresStore:
                 try:
                     return await self._commit_at_once(conn, batch)
                 except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
+                    if isinstance(exc, asyncpg.InterfaceError) and not conn.is_closed():
+                        # The driver refused the call itself (say, a wrong argument count):
+                        # a bug, not the network; the connection is fine and is kept.
+                        raise StorageError(f"PostgreSQL driver refused the commit: {exc}") from exc
                     await self._drop_commit_connection(pool)
                     raise StorageError(f"PostgreSQL connection lost during commit: {exc}") from exc
             async with pool.acquire() as conn, conn.transaction():

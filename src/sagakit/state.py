@@ -33,11 +33,17 @@ def evolve(value: _V, **changes: object) -> _V:
     new = object.__new__(type(value))
     state = new.__dict__
     state.update(value.__dict__)
-    if not changes.keys() <= state.keys():  # a set operation in C, not a loop in Python
-        unknown = sorted(changes.keys() - state.keys())
-        raise TypeError(f"{type(value).__name__} has no field {unknown[0]!r}")
-    state.update(changes)
+    update_fields(state, changes, type(value).__name__)
     return new
+
+
+def update_fields(fields: dict[str, object], changes: dict[str, object], kind: str) -> None:
+    """Write ``changes`` into a value's ``fields`` (its ``__dict__``), refusing a name that
+    is not one of its fields."""
+    if not changes.keys() <= fields.keys():  # a set operation in C, not a loop in Python
+        unknown = sorted(changes.keys() - fields.keys())
+        raise TypeError(f"{kind} has no field {unknown[0]!r}")
+    fields.update(changes)
 
 
 class SagaStatus(enum.StrEnum):
@@ -231,11 +237,6 @@ class SagaInstance:
             if step.name == name:
                 return i
         raise KeyError(name)
-
-    def with_step(self, index: int, **changes: object) -> SagaInstance:
-        steps = list(self.steps)
-        steps[index] = evolve(steps[index], **changes)
-        return evolve(self, steps=tuple(steps))
 
     def results(self) -> dict[str, JSON]:
         """Results of the steps that are done (or resolved by hand), by step name."""

@@ -29,6 +29,7 @@ from sagakit.state import (
     StepState,
     StepStatus,
     evolve,
+    update_fields,
 )
 
 # -- events -------------------------------------------------------------------------------
@@ -360,11 +361,7 @@ class _Transition:
         return self.inst.__dict__
 
     def _set(self, **changes: object) -> None:
-        fields = self._draft()
-        for name in changes:
-            if name not in fields:
-                raise TypeError(f"SagaInstance has no field {name!r}")
-        fields.update(changes)
+        update_fields(self._draft(), changes, "SagaInstance")
 
     def _set_step(self, index: int, **changes: object) -> None:
         steps: list[StepState] = self._draft()["steps"]
@@ -398,11 +395,7 @@ class _Transition:
         attempt: int | None = None,
         detail: dict[str, JSON] | None = None,
     ) -> None:
-        self.history.append(
-            HistoryEntry(
-                self.now, kind, step, phase.value if phase else None, attempt, detail or {}
-            )
-        )
+        self.history.append(self._entry(kind, step, phase, attempt, detail))
 
     def _status(
         self, status: SagaStatus, *, reason: str | None = None, stuck_step: str | None = None

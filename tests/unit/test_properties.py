@@ -38,6 +38,7 @@ from sagakit.state import (
     SagaInstance,
     SagaStatus,
     StepStatus,
+    evolve,
 )
 from sagakit.testing import check_invariants
 from sagakit.transitions import (
@@ -490,7 +491,14 @@ def test_checker_flags_a_failed_saga_with_a_completed_step_not_compensated() -> 
     world = _world("plain")
     world.apply(Reply("a", A, 1, Outcome.SUCCESS))
     bad = replace(
-        world.instance.with_step(1, status=StepStatus.PENDING, attempts=0),
+        evolve(
+            world.instance,
+            steps=(
+                world.instance.steps[0],
+                evolve(world.instance.steps[1], status=StepStatus.PENDING, attempts=0),
+                *world.instance.steps[2:],
+            ),
+        ),
         status=SagaStatus.FAILED,
         reason="x",
     )

@@ -4,6 +4,9 @@
 
     SagakitError
     ├── DefinitionError          a saga definition or app is invalid (raised at registration)
+    ├── DefinitionNotRegistered  a start names a definition the worker or app does not run
+    ├── DefinitionMissing        an instance runs a definition (fingerprint) no worker here has
+    ├── ConfigurationError       a setting is invalid (also a ValueError): a URL, a duration...
     ├── EncodingError            a value is not JSON-encodable (dataclass, pydantic model, JSON)
     ├── MessageRejected          a wire message is malformed, unknown, oversized (dead-lettered)
     ├── StorageError             the store failed or is misconfigured
@@ -30,6 +33,19 @@ class SagakitError(Exception):
 
 class DefinitionError(SagakitError):
     """A saga definition or an app is invalid. The message names the step and the rule."""
+
+
+class DefinitionNotRegistered(SagakitError):
+    """A start names a saga type and version that this worker or app does not run."""
+
+
+class DefinitionMissing(SagakitError):
+    """An instance runs a definition (type, version, fingerprint) this worker does not have:
+    it is left untouched for a worker that has it (Semantics 1)."""
+
+
+class ConfigurationError(SagakitError, ValueError):
+    """A setting is invalid: a store or transport URL, a duration, a size, a policy."""
 
 
 class EncodingError(SagakitError):

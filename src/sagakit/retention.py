@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sagakit.errors import ConfigurationError
+
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
@@ -27,10 +29,12 @@ REDELIVERY_WINDOW = 86400.0
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``30d`` or ``1h30m``; ValueError when malformed."""
+    """Seconds in a duration such as ``30d`` or ``1h30m``.
+
+    Raises ConfigurationError (a ValueError) when malformed."""
     compact = text.strip().lower().replace(" ", "")
     if not compact:
-        raise ValueError("empty duration")
+        raise ConfigurationError("empty duration")
     position, total = 0, 0.0
     for match in _PART.finditer(compact):
         if match.start() != position:
@@ -38,11 +42,11 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
     if position != len(compact):
-        raise ValueError(
+        raise ConfigurationError(
             f"bad duration {text!r}: use a number and a unit s, m, h, d or w (e.g. 30d, 12h)"
         )
     if total <= 0:
-        raise ValueError(f"a duration must be positive, not {text!r}")
+        raise ConfigurationError(f"a duration must be positive, not {text!r}")
     return total
 
 
@@ -56,14 +60,14 @@ class RetentionPolicy:
 
     def __post_init__(self) -> None:
         if self.instances <= 0:
-            raise ValueError("instance retention must be positive")
+            raise ConfigurationError("instance retention must be positive")
         if self.keys < self.instances + REDELIVERY_WINDOW:
-            raise ValueError(
+            raise ConfigurationError(
                 "key retention must be at least the instance retention plus the redelivery "
                 f"window ({REDELIVERY_WINDOW / 3600:g}h), or a duplicate could slip through"
             )
         if self.batch < 1:
-            raise ValueError("batch must be at least 1")
+            raise ConfigurationError("batch must be at least 1")
 
     @classmethod
     def of(cls, instances: str, keys: str | None = None, batch: int = 500) -> RetentionPolicy:

@@ -21,12 +21,12 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from sagakit.errors import SagakitError
+from sagakit.errors import ConfigurationError
 
 T = TypeVar("T")
 
 
-class LoopChoiceError(SagakitError, ValueError):
+class LoopChoiceError(ConfigurationError):
     """SAGAKIT_LOOP names no loop, or uvloop, which is not installed."""
 
 

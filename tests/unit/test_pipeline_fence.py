@@ -25,7 +25,7 @@ from sagakit.errors import ConcurrencyConflict, StorageError
 from sagakit.ports import Batch, Timer
 from sagakit.state import HistoryKind
 from sagakit.transitions import Outcome, Reply, TimerFired, TimerKind
-from sagakit.worker import _Item
+from sagakit.worker.items import Item as _Item
 
 
 class HeldStore(SqliteStore):
@@ -106,13 +106,13 @@ async def _run(saga: Saga[Any], store: HeldStore, gate: asyncio.Event, path: str
         await asyncio.wait_for(store.waiting.wait(), 10)
         # Batch N+1, decided on N's staged state: a duplicate of that answer.
         duplicate = Reply("first", Phase.ACTION, 1, Outcome.SUCCESS, "one")
-        worker._submit(_Item(saga_id, event=duplicate))
-        await until(lambda: getattr(worker._staged.get(saga_id), "revision", 0) == base + 2)
+        worker.committer.submit(_Item(saga_id, event=duplicate))
+        await until(lambda: getattr(worker.committer.staged(saga_id), "revision", 0) == base + 2)
 
         # Meanwhile another worker claims the instance: the stored revision becomes base + 1.
         claim_behind_the_worker(path, saga_id)
         store.let_go()
-        await until(lambda: saga_id not in worker._staged)
+        await until(lambda: worker.committer.staged(saga_id) is None)
         await asyncio.sleep(0.05)  # let any later batch commit too
 
         stored = await store.get(saga_id)
@@ -144,11 +144,11 @@ async def test_side_records_decided_on_a_lost_state_are_not_written(tmp_path: Pa
 
             store.hold.set()
             answer = Reply("first", Phase.ACTION, 1, Outcome.SUCCESS, "one")
-            worker._submit(_Item(saga_id, event=answer))  # batch N, held
+            worker.committer.submit(_Item(saga_id, event=answer))  # batch N, held
             await asyncio.wait_for(store.waiting.wait(), 10)
             timeout = TimerFired(TimerKind.TIMEOUT, "first", Phase.ACTION, 1)
-            late = worker._submit(_Item(saga_id, event=timeout, timer=fired))  # batch N+1
-            await until(lambda: worker._queue.empty())
+            late = worker.committer.submit(_Item(saga_id, event=timeout, timer=fired))  # batch N+1
+            await until(lambda: worker.committer.idle())
             claim_behind_the_worker(path, saga_id)
             store.let_go()
             with pytest.raises(ConcurrencyConflict):
@@ -205,7 +205,7 @@ async def test_a_local_reply_whose_commit_fails_is_committed_later_and_not_run_a
     try:
         async with Worker(App(sagas=[saga]), store) as worker:
             instance = await worker.client.run(saga, {}, timeout=10)
-            assert worker._local_tasks == {}  # every run's attempt was released
+            assert worker.local_runs == 0  # every run's attempt was released
     finally:
         await store.close()
     assert store.failed == 1

@@ -9,7 +9,7 @@ from typing import Any
 from sagakit import Saga, StepContext
 from sagakit.definition import Phase
 from sagakit.transitions import new_instance
-from sagakit.worker import _context
+from sagakit.worker.context import step_context as _context
 
 
 async def act(ctx: StepContext[Any]) -> None:

@@ -16,19 +16,19 @@ GRANULARITY = 0.1
 NO_DEADLINE = -1
 
 
-class Deadlines:
+class LocalTimeouts:
     """Cancels the tasks whose run outlived its timeout.
 
     ::
 
-        slot = deadlines.start(task, timeout)
+        slot = timeouts.start(task, timeout)
         try:
             await run()
         except asyncio.CancelledError:
-            if deadlines.finish(task, slot):
+            if timeouts.finish(task, slot):
                 ...  # timed out: the cancellation was ours, uncancel() the task
             raise
-        deadlines.finish(task, slot)
+        timeouts.finish(task, slot)
     """
 
     def __init__(self) -> None:

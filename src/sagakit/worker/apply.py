@@ -1,0 +1,379 @@
+"""Apply: one item and its instance -> decide() -> what the commit writes and sends.
+
+The applier turns a decision into the instance write, its history, timer operations and
+outbound command messages, and resolves idempotent starts. It does no I/O but the two reads a
+keyed start needs; what it decides is written by the committer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+from sagakit.app import App
+from sagakit.definition import Local, Phase, Remote, SagaDefinition
+from sagakit.encoding import JSON, to_json
+from sagakit.errors import (
+    DefinitionMissing,
+    EncodingError,
+    IdempotencyConflict,
+    MessageRejected,
+    SagaNotFound,
+)
+from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode
+from sagakit.messages import encode as encode_envelope
+from sagakit.ports import (
+    ORCHESTRATOR,
+    Batch,
+    CommandResult,
+    CommandState,
+    DeadLetter,
+    OutboxMessage,
+    RetiredKey,
+    Timer,
+    TimerOp,
+    TimerOpKind,
+)
+from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, evolve
+from sagakit.transitions import (
+    Begin,
+    CancelTimers,
+    Decision,
+    Dispatch,
+    Outcome,
+    Reply,
+    SetTimer,
+    decide,
+    new_instance,
+)
+from sagakit.worker.context import step_context
+from sagakit.worker.instances import Instances
+from sagakit.worker.items import Inbox, Item, Work, answer
+
+log = logging.getLogger("sagakit.worker")
+
+
+class KeyLookup(Protocol):
+    """What a keyed start reads: the live instance with the key, or its retired record."""
+
+    async def find_by_key(self, saga_type: str, key: str) -> SagaInstance | None: ...
+
+    async def retired_key(self, saga_type: str, key: str) -> RetiredKey | None: ...
+
+
+class Applier:
+    def __init__(
+        self,
+        app: App,
+        keys: KeyLookup,
+        instances: Instances,
+        inbox: Inbox,
+        *,
+        worker_id: str,
+        reply_queue: str,
+        clock: Callable[[], float],
+        orphans: set[str],
+        wake_claims: Callable[[], None],
+    ) -> None:
+        self._app = app
+        self._keys = keys
+        self._instances = instances
+        self._inbox = inbox
+        self._worker_id = worker_id
+        self._reply_queue = reply_queue
+        self._clock = clock
+        self._orphans = orphans
+        self._wake_claims = wake_claims
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    async def start(
+        self,
+        work: Work,
+        item: Item,
+        now: float,
+        keys_in_batch: dict[tuple[str, str], Work],
+    ) -> None:
+        start = item.start
+        assert start is not None
+        definition = start.definition
+
+        def settle(error: str | None) -> None:
+            # A queued start is answered too, or it would be picked up again and again.
+            if item.command_id is not None:
+                state = CommandState.REFUSED if error else CommandState.APPLIED
+                work.transition.commands.append(CommandResult(item.command_id, state, error))
+
+        if start.key is not None:
+            existing: SagaInstance | None = None
+            other = keys_in_batch.get((definition.name, start.key))
+            if other is not None:
+                existing = other.instance
+            elif (definition.name, start.key) in self._instances.staged_keys:
+                # The key's instance is being committed by the batch in flight: decide this
+                # start after that commit, so it never answers with an uncommitted id.
+                work.items.remove(item)
+                self._inbox.put_nowait(item)
+                return
+            else:
+                existing = await self._keys.find_by_key(definition.name, start.key)
+            if existing is None and other is None:
+                retired = await self._keys.retired_key(definition.name, start.key)
+                if retired is not None:  # its instance was purged: the start stays idempotent
+                    if retired.input_digest != start.digest:
+                        error = (
+                            f"idempotency key {start.key!r} was used by saga {retired.saga_id} "
+                            "(since purged) with different input"
+                        )
+                        answer(item, IdempotencyConflict(error))
+                        settle(error)
+                    else:
+                        item.result = retired.saga_id
+                        settle(None)
+                    return
+            if existing is not None:
+                if existing.input_digest != start.digest:
+                    error = (
+                        f"idempotency key {start.key!r} was used by saga {existing.saga_id} "
+                        "with different input"
+                    )
+                    answer(item, IdempotencyConflict(error))
+                    settle(error)
+                else:
+                    item.result = existing.saga_id
+                    settle(None)
+                return
+            keys_in_batch[(definition.name, start.key)] = work
+        instance = new_instance(
+            definition,
+            saga_id=work.saga_id,
+            data=start.data,
+            correlation_id=start.correlation_id,
+            idempotency_key=start.key,
+            input_digest=start.digest,
+            now=now,
+        )
+        instance = evolve(instance, owner=self._worker_id)
+        work.instance = instance
+        work.expected = None
+        work.changed = True
+        work.transition.history.append(
+            HistoryEntry(
+                now, HistoryKind.CREATED, detail={"correlation_id": instance.correlation_id}
+            )
+        )
+        self.decision(work, decide(instance, Begin(), definition, now), definition, now, None)
+        item.result = work.saga_id
+        settle(None)
+
+    def event(self, work: Work, item: Item, now: float, batch: Batch) -> None:
+        event = item.event
+        assert event is not None
+        instance = work.instance
+        if instance is None:
+            # Nobody will ever advance it: its timer row and message are cleared away.
+            _consume(work, item)
+            self.reject(work, item, f"unknown saga instance {work.saga_id}", batch)
+            return
+        if instance.owner != self._worker_id:
+            # Not ours: touch nothing of it (not even its timers). Released by a clean stop,
+            # it is claimed at once and the message comes back; owned by a live worker,
+            # that worker's timeout and retry fetch the answer again from the inbox.
+            if instance.owner is None:
+                self._wake_claims()
+                answer(item, DefinitionMissing(f"instance {work.saga_id} has no owner yet"))
+            log.debug("event for %s, owned by %s: left to its owner", work.saga_id, instance.owner)
+            return
+        definition = self._app.definition(instance.saga_type, instance.version)
+        if definition is None or definition.fingerprint != instance.fingerprint:
+            self._orphan(item, instance)
+            return
+        _consume(work, item)
+        decision = decide(instance, event, definition, now)
+        if decision.rejected is not None:
+            self.reject(work, item, decision.rejected, batch)
+            return
+        if decision.refused is not None:
+            # Written with the instance (its revision checked), so a worker that lost the
+            # instance meanwhile cannot record a refusal in another owner's history.
+            work.instance = decision.instance
+            work.changed = True
+            work.transition.history.extend(decision.history)
+            if item.command_id is not None:
+                work.transition.commands.append(
+                    CommandResult(item.command_id, CommandState.REFUSED, decision.refused)
+                )
+            return
+        self.decision(work, decision, definition, now, _message_id(item))
+        if item.command_id is not None:
+            work.transition.commands.append(CommandResult(item.command_id, CommandState.APPLIED))
+
+    def decision(
+        self,
+        work: Work,
+        decision: Decision,
+        definition: SagaDefinition,
+        now: float,
+        causation: str | None,
+    ) -> None:
+        if not decision.changed:
+            return
+        work.instance = decision.instance
+        work.changed = True
+        work.transition.history.extend(decision.history)
+        for effect in decision.effects:
+            if isinstance(effect, SetTimer):
+                work.transition.timer_ops.append(
+                    TimerOp(
+                        TimerOpKind.SET,
+                        Timer(
+                            work.saga_id,
+                            effect.name,
+                            effect.kind,
+                            effect.due_at,
+                            effect.step,
+                            effect.phase,
+                            effect.attempt,
+                        ),
+                    )
+                )
+            elif isinstance(effect, CancelTimers):
+                work.transition.timer_ops.append(TimerOp(TimerOpKind.CANCEL, names=effect.names))
+            elif isinstance(effect, Dispatch):
+                if isinstance(definition.step(effect.step).handler(effect.phase), Local):
+                    # A local run needs no message: the committed state says "running", and
+                    # a restart (or a takeover) runs it again from there (Semantics 4).
+                    work.local_runs.append(effect)
+                    continue
+                try:
+                    message = self._command_message(
+                        decision.instance, definition, effect, now, causation
+                    )
+                except Exception as exc:  # the step's input cannot be built or encoded
+                    failure = Reply(
+                        effect.step,
+                        effect.phase,
+                        effect.attempt,
+                        Outcome.ERROR,
+                        error=f"cannot build the command: {exc}",
+                        retryable=False,
+                    )
+                    self.decision(
+                        work,
+                        decide(work.instance, failure, definition, now),
+                        definition,
+                        now,
+                        causation,
+                    )
+                    continue
+                work.transition.outbox.append(message)
+
+    def _command_message(
+        self,
+        instance: SagaInstance,
+        definition: SagaDefinition,
+        dispatch: Dispatch,
+        now: float,
+        causation: str | None,
+    ) -> OutboxMessage:
+        step = definition.step(dispatch.step)
+        handler = step.handler(dispatch.phase)
+        state = instance.step(step.name)
+        step_input: JSON = instance.data
+        if step.input is not None:
+            context = step_context(instance, definition, step.name, Phase.ACTION, 0, "", now, None)
+            step_input = to_json(step.input(context), path=f"input of step {step.name!r}")
+        payload: JSON = step_input
+        if dispatch.phase is Phase.COMPENSATION:
+            payload = {
+                "input": step_input,
+                "result": state.result if state.outcome_known else None,
+            }
+        assert isinstance(handler, Remote)
+        env = Envelope(
+            id=self._next_id(),
+            kind=MessageKind.COMMAND,
+            type=handler.command,
+            saga_id=instance.saga_id,
+            saga_type=instance.saga_type,
+            definition_version=instance.version,
+            step=step.name,
+            phase=dispatch.phase,
+            attempt=dispatch.attempt,
+            idempotency_key=dispatch.idempotency_key,
+            correlation_id=instance.correlation_id,
+            timestamp=now,
+            payload=payload,
+            causation_id=causation,
+            reply_to=self._reply_queue,
+            deadline=dispatch.deadline,
+            traceparent=_traceparent(instance.saga_id, self._next_id()),
+        )
+        body = encode_envelope(env)
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise EncodingError(f"command of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        return OutboxMessage(env.id, ORCHESTRATOR, handler.participant, body, instance.saga_id)
+
+    def reject(self, work: Work, item: Item, reason: str, batch: Batch) -> None:
+        """Refuse ``item``: its message is dead-lettered, its command refused, its caller
+        told."""
+        # Recorded with the work, so that they go if what it decided is dropped (committer).
+        if item.body is not None:
+            letter = DeadLetter(item.source or "worker", reason, item.body, at=self._clock())
+            work.dead_letters.append(letter)
+            batch.dead_letters.append(letter)
+            log.warning("dead-lettered a message: %s", reason, extra={"saga_id": item.saga_id})
+        elif item.command_id is not None:
+            work.transition.commands.append(
+                CommandResult(item.command_id, CommandState.REFUSED, reason)
+            )
+        elif item.timer is None:
+            answer(item, SagaNotFound(reason))
+
+    def _orphan(self, item: Item, instance: SagaInstance) -> None:
+        # Never advance an instance with the wrong steps (Semantics 1): leave its message,
+        # timer or command where it is, for a worker that has the definition.
+        if instance.saga_id not in self._orphans:
+            self._orphans.add(instance.saga_id)
+            log.error(
+                "saga %s runs %s v%d (fingerprint %s), which this worker does not have; "
+                "it is left untouched",
+                instance.saga_id,
+                instance.saga_type,
+                instance.version,
+                instance.fingerprint,
+            )
+        answer(
+            item,
+            DefinitionMissing(
+                f"no definition {instance.saga_type} v{instance.version} ({instance.fingerprint})"
+            ),
+        )
+
+
+def _consume(work: Work, item: Item) -> None:
+    if item.timer is not None:
+        work.transition.timer_ops.append(TimerOp(TimerOpKind.FIRED, item.timer))
+
+
+def _message_id(item: Item) -> str | None:
+    if item.body is None:
+        return None
+    try:
+        return decode(item.body).id
+    except MessageRejected:
+        return None
+
+
+def _traceparent(saga_id: str, span_seed: str) -> str:
+    # One trace per saga: the trace id is derived from the saga id, each command is a span.
+    trace_id = hashlib.sha256(saga_id.encode()).hexdigest()[:32]
+    span_id = hashlib.blake2b(span_seed.encode(), digest_size=8).hexdigest()
+    return f"00-{trace_id}-{span_id}-01"

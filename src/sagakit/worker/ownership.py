@@ -1,0 +1,129 @@
+"""Ownership: this worker's lease, its claims of instances no live worker owns, takeovers.
+
+Every claim bumps the instance's revision in the store, so a worker that lost its lease
+(paused past its expiry) cannot commit over the new owner: the committer's revision check
+refuses its writes (the fence). When the lease is found lost, everything held is dropped and
+the worker attaches again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from sagakit.app import App
+from sagakit.definition import Local, Phase
+from sagakit.ports import Leases, TimerQueue
+from sagakit.state import CompensationStatus, SagaInstance, StepStatus
+from sagakit.transitions import Dispatch, idempotency_key
+from sagakit.worker.clock import StoreClock
+from sagakit.worker.instances import Instances
+from sagakit.worker.local_steps import LocalSteps
+
+log = logging.getLogger("sagakit.worker")
+
+
+class LeaseStore(Leases, TimerQueue, Protocol):
+    """Leases, and the store's clock they are judged by."""
+
+
+class Ownership:
+    def __init__(
+        self,
+        app: App,
+        store: LeaseStore,
+        instances: Instances,
+        local_steps: LocalSteps,
+        clock: StoreClock,
+        *,
+        worker_id: str,
+        lease: float,
+        orphans: set[str],
+        on_takeover: Callable[[], None],
+        rescan_outbox: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._app = app
+        self._store = store
+        self._instances = instances
+        self._local_steps = local_steps
+        self._clock = clock
+        self.worker_id = worker_id
+        self.lease = lease
+        self._orphans = orphans
+        self._on_takeover = on_takeover
+        self._rescan_outbox = rescan_outbox
+        self._wake = asyncio.Event()
+
+    def _fingerprints(self) -> list[str]:
+        return [d.fingerprint for d in self._app.definitions]
+
+    def wake(self) -> None:
+        """Renew and look for instances to claim now (a worker stopped and released some)."""
+        self._wake.set()
+
+    async def attach(self) -> None:
+        """Register this worker and its lease, and measure the store's clock."""
+        await self._store.attach(self.worker_id, self.lease, self._fingerprints())
+        await self._clock.sync(self._store)
+
+    async def take_over(self, *, rescan: bool = True) -> int:
+        """Claim the instances no live worker owns and pick up where their owner stopped."""
+        total = 0
+        fingerprints = self._fingerprints()
+        while claimed := await self._store.claim(500, fingerprints):
+            total += len(claimed)
+            for instance in claimed:
+                self._orphans.discard(instance.saga_id)
+                self._adopt(instance)
+        if total:
+            log.info("took over %d instance(s)", total)
+            self._on_takeover()
+            if rescan:
+                await self._rescan_outbox()
+        return total
+
+    def _adopt(self, instance: SagaInstance) -> None:
+        """Hold ``instance`` and run again every local step its state says is running."""
+        definition = self._app.definition(instance.saga_type, instance.version)
+        if definition is None or definition.fingerprint != instance.fingerprint:
+            return
+        self._instances.hold(instance)
+        for step, state in zip(definition.steps, instance.steps, strict=True):
+            if state.status is StepStatus.RUNNING and isinstance(step.action, Local):
+                phase, attempt = Phase.ACTION, state.attempts
+            elif (
+                state.compensation is not None
+                and state.compensation.status is CompensationStatus.RUNNING
+                and isinstance(step.compensation, Local)
+            ):
+                phase, attempt = Phase.COMPENSATION, state.compensation.attempts
+            else:
+                continue
+            key = idempotency_key(instance.saga_id, step.name, phase)
+            deadline = self._clock() + step.timeout_for(phase)
+            self._local_steps.spawn(
+                instance.saga_id, Dispatch(step.name, phase, attempt, key, deadline)
+            )
+
+    async def run(self) -> None:
+        """Renew the lease every third of its length, and take over what others left."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease / 3):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                if not await self._store.heartbeat():
+                    # Declared dead while paused: what we hold may have been taken over.
+                    log.warning("worker %s lost its lease; dropping what it held", self.worker_id)
+                    self._instances.forget_all()
+                    await self._store.attach(self.worker_id, self.lease, self._fingerprints())
+                await self._clock.sync(self._store)
+                await self.take_over()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease renewal or takeover failed: %s", exc)

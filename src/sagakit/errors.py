@@ -10,7 +10,8 @@
     ├── EncodingError            a value is not JSON-encodable (dataclass, pydantic model, JSON)
     ├── MessageRejected          a wire message is malformed, unknown, oversized (dead-lettered)
     ├── StorageError             the store failed or is misconfigured
-    │   └── StoreLocked          another worker owns this SQLite database
+    │   ├── StoreLocked          another worker owns this SQLite database
+    │   └── StoreRefused         a healthy store refused one item's write (that item alone fails)
     ├── TransportError           the transport could not deliver a message
     ├── ConcurrencyConflict      a transition lost its version check (a stale writer)
     ├── SagaNotFound             no instance with that id
@@ -62,6 +63,11 @@ class StorageError(SagakitError):
 
 class StoreLocked(StorageError):
     """Another live worker process owns this SQLite database."""
+
+
+class StoreRefused(StorageError):
+    """The store refused the write of one item while it accepted others: the item, not the
+    store, is at fault. It fails alone, with this reason; its neighbours commit."""
 
 
 class TransportError(SagakitError):

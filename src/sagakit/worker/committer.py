@@ -25,6 +25,7 @@ from sagakit.ports import (
     CommandState,
     OutboxMessage,
     TimerOpKind,
+    TimerQueue,
     TransitionStore,
 )
 from sagakit.state import SagaInstance
@@ -34,12 +35,14 @@ from sagakit.worker.apply import Applier
 from sagakit.worker.instances import Instances
 from sagakit.worker.items import FLUSH, STOP_SOURCE, Inbox, Item, Prepared, Work, answer
 from sagakit.worker.local_steps import InstanceReader
+from sagakit.worker.refusals import Unit, bisect, refuse
 
 log = logging.getLogger("sagakit.worker")
 
 
-class CommitStore(TransitionStore, InstanceReader, Protocol):
-    """What the committer needs of a store: read an instance, commit a batch."""
+class CommitStore(TransitionStore, InstanceReader, TimerQueue, Protocol):
+    """What the committer needs of a store: read an instance, commit a batch, and answer
+    (its clock) when a commit failed, to tell a refused batch from a store that is down."""
 
 
 class Committer:
@@ -161,6 +164,7 @@ class Committer:
         loose: list[Item] = []  # items that belong to no instance: dead letters, flushes
         instances = self._instances
         applier = self._applier
+        solo: set[str] = set()  # instances whose items are decided one per batch
         for item in items:
             if item.dead_letter is not None or not item.saga_id:
                 if item.dead_letter is not None:
@@ -180,21 +184,31 @@ class Committer:
                     staged is not None,
                 )
                 works[item.saga_id] = work
+                if item.alone:
+                    solo.add(item.saga_id)
+            elif solo and item.saga_id in solo:
+                self._inbox.put_nowait(item)  # the next batch: one of this instance's items each
+                continue
             work.items.append(item)
-            if item.event is None and item.start is None:
-                if item.command_id is not None:
-                    batch.commands.append(
-                        CommandResult(
-                            item.command_id, CommandState.REFUSED, "malformed or unknown command"
+            try:
+                if item.event is None and item.start is None:
+                    if item.command_id is not None:
+                        batch.commands.append(
+                            CommandResult(
+                                item.command_id,
+                                CommandState.REFUSED,
+                                "malformed or unknown command",
+                            )
                         )
-                    )
-            elif item.start is not None:
-                await applier.start(work, item, now, keys_in_batch)
-            else:
-                applier.event(work, item, now, batch)
-        done = self._done_pending
-        self._done_pending = []
-        batch.outbox_done = [message_id for message_id, _ in done]
+                elif item.start is not None:
+                    await applier.start(work, item, now, keys_in_batch)
+                else:
+                    applier.event(work, item, now, batch)
+            except StorageError:
+                raise  # a read failed: the whole batch is redone by its sources
+            except Exception as exc:  # this item cannot be decided: it alone is refused
+                del works[item.saga_id]
+                self._drop(work, item, exc, batch, keys_in_batch)
         order: list[Work] = []
         for work in works.values():
             if work.changed and work.instance is not None:
@@ -204,7 +218,11 @@ class Committer:
                 work.transition.instance = work.instance
                 # Encoded here, while the previous batch commits, rather than by the store
                 # during this batch's commit (on SQLite, on its writer thread).
-                work.transition.state = state_text(work.instance)
+                try:
+                    work.transition.state = state_text(work.instance)
+                except Exception as exc:  # a value no check caught: this instance alone fails
+                    self._drop(work, None, exc, batch, keys_in_batch)
+                    continue
                 work.transition.expected_revision = work.expected
                 instances.staged[work.saga_id] = work.instance
                 key = work.instance.idempotency_key
@@ -212,7 +230,36 @@ class Committer:
                     instances.staged_keys[(work.instance.saga_type, key)] = work.instance
             order.append(work)
             batch.transitions.append(work.transition)
+        done = self._done_pending
+        self._done_pending = []
+        batch.outbox_done = [message_id for message_id, _ in done]
         return Prepared(batch, order, done, loose)
+
+    def _drop(
+        self,
+        work: Work,
+        culprit: Item | None,
+        exc: Exception,
+        batch: Batch,
+        keys_in_batch: dict[tuple[str, str], Work],
+    ) -> None:
+        """Take ``work`` out of the batch being prepared: ``culprit`` (or, when it is not
+        known, each of the work's items in turn) is refused; the rest is decided again."""
+        letters = {id(letter) for letter in work.dead_letters}
+        if letters:
+            batch.dead_letters[:] = [d for d in batch.dead_letters if id(d) not in letters]
+        for key in [key for key, other in keys_in_batch.items() if other is work]:
+            del keys_in_batch[key]
+        if culprit is not None and len(work.items) > 1:
+            for item in work.items:
+                if item is not culprit:
+                    self._inbox.put_nowait(item)
+            work.items = [culprit]
+        side = Batch()
+        for item in refuse(work, exc, self._clock(), side):
+            self._inbox.put_nowait(item)
+        batch.dead_letters.extend(side.dead_letters)
+        batch.commands.extend(side.commands)
 
     async def _finish(self, prepared: Prepared) -> None:
         # A state the previous batch staged but did not write must not be built on: its
@@ -243,26 +290,110 @@ class Committer:
         except asyncio.CancelledError:
             self._failed(prepared.items(), prepared.done, StorageError("the worker stopped"))
             raise
-        except Exception as exc:  # a store failure: the sources retry, nothing is lost
+        except Exception as exc:
+            if await self._healthy():  # the store works: something in the batch is refused
+                await self._isolate(prepared, doomed, exc)
+                return
+            # A store failure: the sources retry, nothing is lost.
             log.error("commit of %d transition(s) failed: %s", len(prepared.order), exc)
-            self._failed(prepared.items(), prepared.done, exc)
-            for work in prepared.order:
-                instances.unstage(work.saga_id, work.instance)
-                if work.transition.instance is not None and work.instance is not None:
-                    instances.lost.add((work.saga_id, work.instance.revision))
+            self._fail_batch(prepared, prepared.order, exc)
             await asyncio.sleep(0.05)
             return
         self.commits += 1
-        for _, future in prepared.done:
-            if not future.done():
-                future.set_result(None)
-        for item in prepared.loose:
-            if item.future is not None and not item.future.done():
-                item.future.set_result(None)
+        self._side_written(prepared, None)
         if any(doomed):
             written = iter(results)
             results = [False if drop else next(written) for drop in doomed]
         self._after_commit(prepared.order, results)
+
+    async def _healthy(self) -> bool:
+        try:
+            await self._store.now()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        return True
+
+    def _fail_batch(self, prepared: Prepared, works: list[Work], exc: Exception) -> None:
+        self._failed(prepared.items(), prepared.done, exc)
+        for work in works:
+            self._lose(work)
+
+    def _lose(self, work: Work) -> None:
+        """What ``work`` staged was not written: forget it, and drop what was built on it."""
+        self._instances.unstage(work.saga_id, work.instance)
+        if work.transition.instance is not None and work.instance is not None:
+            self._instances.lost.add((work.saga_id, work.instance.revision))
+
+    def _side_written(self, prepared: Prepared, error: Exception | None) -> None:
+        """Answer the records that belong to no instance: written, or not (``error``)."""
+        for _, future in prepared.done:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+        for item in prepared.loose:
+            if error is None:
+                if item.future is not None and not item.future.done():
+                    item.future.set_result(None)
+            else:
+                answer(item, error)
+
+    async def _isolate(self, prepared: Prepared, doomed: list[bool], exc: Exception) -> None:
+        """The store refused the batch while it answers: commit it in parts, so that only the
+        part it refuses fails (see refusals.py)."""
+        live = [work for work, drop in zip(prepared.order, doomed, strict=True) if not drop]
+        of_works = {id(letter) for work in prepared.order for letter in work.dead_letters}
+        side = Batch(
+            outbox_done=prepared.batch.outbox_done,
+            dead_letters=[d for d in prepared.batch.dead_letters if id(d) not in of_works],
+            commands=prepared.batch.commands,
+        )
+        units: list[Unit] = [*live]
+        if side.outbox_done or side.dead_letters or side.commands:
+            units.append(side)
+        written, refused, down = await bisect(self._store.commit, self._healthy, units, exc)
+        self.commits += 1 if written else 0
+        side_error: Exception | None = None
+        if side in units and id(side) not in written:
+            side_error = down
+        if down is not None:  # the store stopped answering meanwhile: as any store failure
+            log.error("commit of %d transition(s) failed: %s", len(prepared.order), down)
+            for work in live:
+                if id(work) not in written:
+                    self._lose(work)
+                    for item in work.items:
+                        answer(item, down)
+                        self._instances.forget(item.saga_id)
+        records = Batch()
+        again: list[Item] = []
+        for unit, error in refused:
+            if isinstance(unit, Work):
+                self._lose(unit)
+                self._instances.forget(unit.saga_id)
+                again.extend(refuse(unit, error, self._clock(), records))
+            else:
+                side_error = error
+                log.error("the store refused a batch's dead letters and marks: %s", error)
+        self._side_written(prepared, side_error)
+        if records.dead_letters or records.commands:
+            try:
+                await self._store.commit(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.error("the records of a refused item were not written: %s", error)
+        for item in again:
+            self._inbox.put_nowait(item)
+        order = [
+            work
+            for work, drop in zip(prepared.order, doomed, strict=True)
+            if drop or id(work) in written
+        ]
+        results = [written.get(id(work), False) for work in order]
+        self._after_commit(order, results)
 
     def _failed(
         self,

@@ -51,9 +51,13 @@ class Item:
     dead_letter: DeadLetter | None = None
     future: Answer | None = None
     result: object = None  # what the future is answered with (a start: the saga id)
-    #: Set once the item was decided again in a form that cannot fail the same way (a local
-    #: step's result that could not be stored becomes a non-retryable error): never twice.
-    rewritten: bool = False
+    #: Decided in a batch of its own instance's items alone: one of the items it came with
+    #: made the store refuse their write, and which one is found by deciding them one by one.
+    alone: bool = False
+    #: How often this answer was rewritten after the store refused it: first into an error
+    #: carrying the reason, then (the reason itself may hold what was refused) into a bare
+    #: error; refused a third time, it is dropped and reported.
+    rewritten: int = 0
 
 
 #: A local run: saga id, step, phase, attempt. One run each.

@@ -23,6 +23,7 @@ from sagakit.errors import (
     SagaNotFound,
     StepError,
     StepFailed,
+    StoreRefused,
 )
 from sagakit.state import SagaInstance
 from sagakit.transitions import Dispatch, Outcome, Reply
@@ -146,6 +147,16 @@ class LocalSteps:
         """A local run's reply was not committed (or its instance not read): try again,
         unless the instance is gone or no longer this worker's, or the worker stops."""
         if not self.running or isinstance(exc, (DefinitionMissing, SagaNotFound)):
+            self.tasks.pop(key, None)
+            return
+        if isinstance(exc, StoreRefused):  # refused twice: reported, never retried in a loop
+            log.error(
+                "local step %s of %s: its answer was refused by the store: %s",
+                key[1],
+                key[0],
+                exc,
+                extra={"saga_id": key[0]},
+            )
             self.tasks.pop(key, None)
             return
         if not isinstance(exc, ConcurrencyConflict):

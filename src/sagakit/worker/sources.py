@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sagakit.app import App
-from sagakit.errors import MessageRejected
+from sagakit.errors import MessageRejected, StoreRefused
 from sagakit.messages import MessageKind, decode
 from sagakit.ports import CommandQueue, DeadLetter, QueuedCommand, TimerQueue
 from sagakit.transitions import Abort, Event, Reply, Resolve, Retry, TimerFired
@@ -73,7 +73,11 @@ class ReplySource:
             env.retryable,
             env.retry_after,
         )
-        await self._inbox.submit(Item(env.saga_id, event=reply, body=body, source=self.queue))
+        try:
+            await self._inbox.submit(Item(env.saga_id, event=reply, body=body, source=self.queue))
+        except StoreRefused as exc:
+            # Dead-lettered when it was first refused; taking it again would loop forever.
+            log.error("a reply for saga %s was refused by the store: %s", env.saga_id, exc)
 
 
 class TimerSource:
@@ -87,10 +91,18 @@ class TimerSource:
         self._orphans = orphans
         self._interval = poll_interval
         self._in_flight: set[tuple[str, str, float]] = set()
+        #: Timers whose firing the store refused: left alone until a restart, not refired
+        #: every poll (the refusal is logged with its reason).
+        self._refused: set[tuple[str, str, float]] = set()
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _settled(self, key: tuple[str, str, float], future: asyncio.Future[object]) -> None:
+        self._in_flight.discard(key)
+        if not future.cancelled() and isinstance(future.exception(), StoreRefused):
+            self._refused.add(key)
 
     async def run(self) -> None:
         await poll(self._fire_due, self._wake, self._interval, "timer")
@@ -98,13 +110,12 @@ class TimerSource:
     async def _fire_due(self) -> float:
         for timer in await self._store.due(1000):
             key = (timer.saga_id, timer.name, timer.due_at)
-            if key in self._in_flight or timer.saga_id in self._orphans:
+            if key in self._in_flight or key in self._refused or timer.saga_id in self._orphans:
                 continue
             self._in_flight.add(key)
             event = TimerFired(timer.kind, timer.step, timer.phase, timer.attempt)
             future = self._inbox.submit(Item(timer.saga_id, event=event, timer=timer))
-            future.add_done_callback(functools.partial(_discard, self._in_flight, key))
-            future.add_done_callback(_consume_exception)
+            future.add_done_callback(functools.partial(self._settled, key))
         next_due = await self._store.next_due()
         if next_due is None:
             return self._interval

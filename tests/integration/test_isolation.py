@@ -27,6 +27,7 @@ from sagakit import (
     Worker,
     open_store,
 )
+from sagakit.errors import StoreRefused
 from sagakit.ports import Batch, Store
 from sagakit.state import HistoryKind, StepStatus
 
@@ -34,9 +35,9 @@ MARKER = "refused-by-the-store"
 
 
 class RefusingStore:
-    """A real store that refuses every commit carrying ``MARKER`` in a state or message,
-    as PostgreSQL refuses a value its column type cannot hold, while it answers everything
-    else."""
+    """A real store that refuses every commit carrying ``MARKER`` in a state or message, as
+    the adapters report a value their database refuses (a data error), while it takes
+    everything else."""
 
     def __init__(self, inner: Store) -> None:
         self._inner = inner
@@ -50,7 +51,7 @@ class RefusingStore:
             texts = [transition.state or ""] + [m.body.decode() for m in transition.outbox]
             if any(MARKER in text for text in texts):
                 self.refusals += 1
-                raise StorageError("value refused by its column type")
+                raise StoreRefused("value refused by its column type")
         return await self._inner.commit(batch)
 
 

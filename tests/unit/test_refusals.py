@@ -18,26 +18,25 @@ def works(n: int) -> list[Work]:
 
 
 class FakeStore:
-    def __init__(self, refused: set[str], *, healthy: bool = True) -> None:
+    def __init__(self, refused: set[str], *, down_after: int = 1000) -> None:
         self.refused = refused
-        self.up = healthy
+        self.down_after = down_after
         self.commits: list[list[str]] = []
 
     async def commit(self, batch: Batch) -> list[bool]:
         ids = [t.saga_id for t in batch.transitions]
+        if len(self.commits) >= self.down_after:
+            raise StorageError("connection lost")
         if any(i in self.refused for i in ids) or ("side" in self.refused and batch.outbox_done):
-            raise StorageError("refused")
+            raise StoreRefused("refused")
         self.commits.append(ids)
         return [True] * len(ids)
-
-    async def healthy(self) -> bool:
-        return self.up
 
 
 async def test_one_culprit_among_many_is_found_in_a_logarithmic_number_of_commits() -> None:
     units: list[Unit] = [*works(64)]
     store = FakeStore({"s37"})
-    written, refused, down = await bisect(store.commit, store.healthy, units, StorageError("first"))
+    written, refused, down = await bisect(store.commit, units, StoreRefused("first"))
     assert down is None
     assert [u.saga_id for u, _ in refused if isinstance(u, Work)] == ["s37"]
     assert len(written) == 63
@@ -49,7 +48,7 @@ async def test_every_culprit_is_found_and_the_records_of_no_instance_are_a_part(
     side = Batch(outbox_done=["m1"])
     units: list[Unit] = [*works(10), side]
     store = FakeStore({"s0", "s9", "side"})
-    written, refused, down = await bisect(store.commit, store.healthy, units, StorageError("x"))
+    written, refused, down = await bisect(store.commit, units, StoreRefused("x"))
     assert down is None
     found = {u.saga_id if isinstance(u, Work) else "side" for u, _ in refused}
     assert found == {"s0", "s9", "side"}
@@ -57,13 +56,11 @@ async def test_every_culprit_is_found_and_the_records_of_no_instance_are_a_part(
 
 
 async def test_a_store_that_stops_answering_ends_the_search() -> None:
-    store = FakeStore({"s1"}, healthy=False)
-    written, refused, down = await bisect(
-        store.commit, store.healthy, [*works(4)], StorageError("x")
-    )
+    store = FakeStore({"s1"}, down_after=1)
+    written, refused, down = await bisect(store.commit, [*works(4)], StoreRefused("x"))
     assert refused == []  # a store that is down refuses nothing: its items are retried
-    assert isinstance(down, StorageError)
-    assert len(written) == 3
+    assert isinstance(down, StorageError) and not isinstance(down, StoreRefused)
+    assert len(written) == 2
 
 
 def test_a_refused_local_answer_becomes_a_non_retryable_error_once() -> None:

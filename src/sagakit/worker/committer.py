@@ -25,7 +25,6 @@ from sagakit.ports import (
     CommandState,
     OutboxMessage,
     TimerOpKind,
-    TimerQueue,
     TransitionStore,
 )
 from sagakit.state import SagaInstance
@@ -35,14 +34,13 @@ from sagakit.worker.apply import Applier
 from sagakit.worker.instances import Instances
 from sagakit.worker.items import FLUSH, STOP_SOURCE, Inbox, Item, Prepared, Work, answer
 from sagakit.worker.local_steps import InstanceReader
-from sagakit.worker.refusals import Unit, bisect, refuse
+from sagakit.worker.refusals import Unit, bisect, is_refusal, refuse
 
 log = logging.getLogger("sagakit.worker")
 
 
-class CommitStore(TransitionStore, InstanceReader, TimerQueue, Protocol):
-    """What the committer needs of a store: read an instance, commit a batch, and answer
-    (its clock) when a commit failed, to tell a refused batch from a store that is down."""
+class CommitStore(TransitionStore, InstanceReader, Protocol):
+    """What the committer needs of a store: read an instance, commit a batch."""
 
 
 class Committer:
@@ -291,7 +289,7 @@ class Committer:
             self._failed(prepared.items(), prepared.done, StorageError("the worker stopped"))
             raise
         except Exception as exc:
-            if await self._healthy():  # the store works: something in the batch is refused
+            if is_refusal(exc):  # the store works, and refuses something in the batch
                 await self._isolate(prepared, doomed, exc)
                 return
             # A store failure: the sources retry, nothing is lost.
@@ -305,15 +303,6 @@ class Committer:
             written = iter(results)
             results = [False if drop else next(written) for drop in doomed]
         self._after_commit(prepared.order, results)
-
-    async def _healthy(self) -> bool:
-        try:
-            await self._store.now()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return False
-        return True
 
     def _fail_batch(self, prepared: Prepared, works: list[Work], exc: Exception) -> None:
         self._failed(prepared.items(), prepared.done, exc)
@@ -354,7 +343,7 @@ class Committer:
         units: list[Unit] = [*live]
         if side.outbox_done or side.dead_letters or side.commands:
             units.append(side)
-        written, refused, down = await bisect(self._store.commit, self._healthy, units, exc)
+        written, refused, down = await bisect(self._store.commit, units, exc)
         self.commits += 1 if written else 0
         side_error: Exception | None = None
         if side in units and id(side) not in written:

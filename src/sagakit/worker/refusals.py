@@ -1,10 +1,10 @@
 """One bad item never fails its neighbours: finding it, and failing it alone.
 
-Values are checked where they enter (sagakit.encoding), so a healthy store refusing a write is
-rare; when it happens the committer must not fail, retry and stall a whole batch for one item.
-It commits the batch in halves until the refused part is a single instance's write (or the
-records that belong to none), commits everything else, and refuses only that part, with the
-reason:
+Values are checked where they enter (sagakit.encoding), so a store refusing a write (a data
+error, which the adapters raise as StoreRefused) is rare; when it happens the committer must
+not fail, retry and stall a whole batch for one item. It commits the batch in halves until the
+refused part is a single instance's write (or the records that belong to none), commits
+everything else, and refuses only that part, with the reason:
 
 - a local step's answer that cannot be stored becomes a non-retryable error of that step
   (Semantics 14: the step fails, not retryably, and its saga compensates or is stuck);
@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from sagakit.errors import StoreRefused
+from sagakit.errors import StorageError, StoreRefused
 from sagakit.ports import Batch, CommandResult, CommandState, DeadLetter
 from sagakit.transitions import Outcome, Reply
 from sagakit.worker.items import Item, Work, answer
@@ -52,19 +52,25 @@ def batch_of(units: Sequence[Unit]) -> Batch:
     return batch
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """A failed commit that says "this data", not "this store": the adapters raise
+    StoreRefused for what the database refuses (a data error); an encoder's error raised
+    inside a commit says the same. Any other StorageError (a lost connection, a lock) is the
+    store's trouble: the batch's sources retry it, nothing is refused."""
+    return isinstance(exc, StoreRefused) or not isinstance(exc, (StorageError, OSError))
+
+
 async def bisect(
     commit: Callable[[Batch], Awaitable[list[bool]]],
-    healthy: Callable[[], Awaitable[bool]],
     units: list[Unit],
     error: Exception,
 ) -> tuple[dict[int, bool], list[tuple[Unit, Exception]], Exception | None]:
-    """Commit ``units`` (which failed together with ``error``) in halves.
+    """Commit ``units`` (which were refused together with ``error``) in halves.
 
     Returns the units written (by ``id``: a work's revision-check result, True for the
-    records that belong to no instance), the units refused
-    alone with their error, and the error that ended the search early when the store itself
-    stopped answering (then every unit not written must be failed as after any store
-    failure, not refused).
+    records that belong to no instance), the units refused alone with their error, and the
+    error that ended the search early when the store itself failed meanwhile (then every
+    unit not written must be failed as after any store failure, not refused).
     """
     written: dict[int, bool] = {}
     refused: list[tuple[Unit, Exception]] = []
@@ -72,8 +78,6 @@ async def bisect(
     while parts:
         part, part_error = parts.pop()
         if len(part) == 1:
-            if not await healthy():
-                return written, refused, part_error
             refused.append((part[0], part_error))
             continue
         half = len(part) // 2
@@ -83,6 +87,8 @@ async def bisect(
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if not is_refusal(exc):
+                    return written, refused, exc
                 parts.append((piece, exc))
                 continue
             answers = iter(results)

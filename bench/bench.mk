@@ -20,9 +20,10 @@ $(DBOS_STAMP): bench/bench.mk
 
 bench-venv: $(STAMP) $(DBOS_STAMP)
 
-# Every point: SQLite and PostgreSQL, C = 1, 16, 64, three interleaved pairs each, then the
-# scale checks (10,000 sagas in flight; a million finished instances, bulk-loaded once into
-# bench/cache/million.db and schema bench_million, then cached) (< 15 min).
+# Every point: SQLite and PostgreSQL, C = 1, 16, 64, three interleaved rounds each (sagakit,
+# DBOS async, DBOS sync), then the scale checks (10,000 sagas in flight; a million finished
+# instances, bulk-loaded once into bench/cache/million.db and schema bench_million, then
+# cached) (< 15 min).
 bench: bench-venv
 	$(BIN)/python bench/run.py --sagakit-python $(BIN)/python \
 		--dbos-python $(DBOS_VENV)/bin/python $(BENCH_ARGS)
@@ -32,7 +33,7 @@ bench: bench-venv
 bench-workers: $(STAMP)
 	$(BIN)/python bench/workers.py --workers 1,2,4 --sagas 4000
 
-# C = 64 only, one pair each (< 3 min).
+# C = 64 only, one round each (< 3 min).
 bench-quick: bench-venv
 	$(BIN)/python bench/run.py --quick --sagakit-python $(BIN)/python \
 		--dbos-python $(DBOS_VENV)/bin/python $(BENCH_ARGS)

@@ -158,6 +158,9 @@ async def run(args: Any) -> int:
             "transactions": commits,
             "per_saga": round(commits / args.sagas, 3),
         }
+    # On both stores: the durable-commit floor at C=1 is these x one commit's cost (run.py).
+    commit_stats["worker_commits"] = commits
+    commit_stats["worker_commits_per_saga"] = round(commits / args.sagas, 3)
     problems.extend(c.verify(outcomes, EFFECTS, run_id, args.sagas))
     if EFFECTS.duplicates:
         settings["duplicate_effect_calls"] = EFFECTS.duplicates

@@ -1,10 +1,10 @@
-# The two commands a new user needs: `make demo` and `make test`.
+# The two commands a new user needs: `make demo` and `make test`; `make check` while iterating.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports unit install clean
+.PHONY: demo test check lint typecheck imports unit install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: lint typecheck imports
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
+
+# Quick iteration: everything `make test` checks, but only the unit tests (no PostgreSQL, no
+# subprocesses); run `make test` before you push.
+check: lint typecheck imports unit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo.db*

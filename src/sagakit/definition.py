@@ -320,11 +320,11 @@ def _check_handler(handler: object, at: str) -> None:
         raise DefinitionError(f"{at}: unknown handler {handler!r}")
 
 
-def _kind(kind: StepKind | str) -> StepKind:
+def _kind(kind: StepKind | str, at: str) -> StepKind:
     try:
         return StepKind(kind)
     except ValueError:
-        raise DefinitionError(f"unknown step kind {kind!r}") from None
+        raise DefinitionError(f"{at}: unknown step kind {kind!r}") from None
 
 
 class Saga(Generic[D]):
@@ -373,7 +373,7 @@ class Saga(Generic[D]):
             {
                 "action": Local(action),
                 "compensation": Local(compensation) if compensation else None,
-                "kind": _kind(kind),
+                "kind": _kind(kind, f"saga {self.name!r}, step {name!r}"),
                 "timeout": timeout,
                 "retry": retry,
                 "compensation_retry": compensation_retry,
@@ -406,7 +406,7 @@ class Saga(Generic[D]):
             {
                 "action": Remote(participant, command),
                 "compensation": Remote(participant, compensation) if compensation else None,
-                "kind": _kind(kind),
+                "kind": _kind(kind, f"saga {self.name!r}, step {name!r}"),
                 "timeout": timeout,
                 "retry": retry,
                 "compensation_retry": compensation_retry,

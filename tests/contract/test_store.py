@@ -1,8 +1,9 @@
 """Contract tests for the store ports, run against every store adapter.
 
 One test class per port (TransitionStore, InstanceQueries, TimerQueue, Outbox, CommandQueue,
-DeadLetters, ParticipantStore). Every class runs against every entry of ``ADAPTERS``: adding a
-backend (PostgreSQL) is one more line there, and a fake can never drift from the real thing.
+DeadLetters, ParticipantStore, Leases). Every class runs against every entry of ``ADAPTERS``:
+adding a backend (PostgreSQL) is one more line there, and a fake can never drift from the real
+thing.
 
 Times that the store judges (due timers) are taken relative to ``await store.now()``, so the
 tests hold for a backend whose clock is the database's and cannot be replaced.
@@ -11,6 +12,7 @@ tests hold for a backend whose clock is the database's and cannot be replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -111,6 +113,9 @@ class StoreAdapter:
     sql: Callable[[str], str] = same_sql
     #: Whether the query methods read apart from the writer, seeing only committed rows.
     isolated_reads: bool = True
+    #: Whether several workers attach to one database at once, each with a lease that runs out
+    #: unless renewed (PostgreSQL). On SQLite one worker owns the file: its lock is the lease.
+    shared: bool = False
 
     async def open(self, tmp_path: Path) -> Store:
         return self.factory(tmp_path)
@@ -119,7 +124,9 @@ class StoreAdapter:
 # One line per backend.
 ADAPTERS = [
     pytest.param(StoreAdapter("sqlite", sqlite_file, persistent=True), id="sqlite"),
-    pytest.param(StoreAdapter("postgresql", postgres, persistent=True), id="postgresql"),
+    pytest.param(
+        StoreAdapter("postgresql", postgres, persistent=True, shared=True), id="postgresql"
+    ),
     pytest.param(
         StoreAdapter("sqlite-memory", sqlite_memory, persistent=False, isolated_reads=False),
         id="sqlite-memory",
@@ -1292,6 +1299,147 @@ class TestCommandCursor:
         await store.commit(Batch(commands=[CommandResult(command, CommandState.REFUSED, "late")]))
         answered = await store.command(command)
         assert answered is not None and answered.state is CommandState.APPLIED
+
+
+class TestLeases:
+    """Ownership and fencing (the Leases port) on both stores. Leases are ended by writing the
+    worker's row, never by waiting for one to run out."""
+
+    pytestmark = pytest.mark.parametrize("adapter", PERSISTENT_ADAPTERS, indirect=True)
+
+    async def test_a_claim_bumps_the_revision_and_fences_a_stale_commit(
+        self, adapter: StoreAdapter, store: Store, tmp_path: Path
+    ) -> None:
+        await store.attach("w1", 30.0, ["fp-3"])
+        held = owned("s1", "w1")
+        assert await store.commit(Batch([insert(held)])) == [True]
+        await end_lease(store, "w1")
+
+        async with next_worker(adapter, store, tmp_path) as second:
+            await second.attach("w2", 30.0, ["fp-3"])
+            assert await second.claim(10, ["another-definition"]) == []
+            claimed = await second.claim(10, ["fp-3"])
+            assert claimed == [replace(held, owner="w2", revision=2)]
+            assert await second.get("s1") == claimed[0]
+            assert await second.claim(10, ["fp-3"]) == []  # its own already
+
+            # The worker that held revision 1 comes back: its commit fails the revision check
+            # and writes none of its records.
+            late = stale_worker(adapter, store, second)
+            moved = replace(held, status=SagaStatus.COMPENSATING, revision=2)
+            stale = update(moved, expected=1, outbox=[message("stale", saga_id="s1")])
+            assert await late.commit(Batch([stale])) == [False]
+            assert await second.get("s1") == claimed[0]
+            assert await pending_ids(second) == []
+
+            # The new owner commits on top of the claimed revision.
+            moved = replace(claimed[0], status=SagaStatus.COMPENSATING, revision=3)
+            assert await second.commit(Batch([update(moved, expected=2)])) == [True]
+            assert await second.get("s1") == moved
+
+    async def test_only_unsettled_instances_of_the_given_definitions_are_claimed(
+        self, adapter: StoreAdapter, store: Store, tmp_path: Path
+    ) -> None:
+        await store.attach("w1", 30.0, ["fp-3"])
+        settled = [
+            owned(s, "w1", status=status)
+            for s, status in [("done", SagaStatus.COMPLETED), ("undone", SagaStatus.FAILED)]
+        ]
+        unsettled = [
+            owned(s, "w1", status=status)
+            for s, status in [
+                ("started", SagaStatus.STARTED),
+                ("pending", SagaStatus.PENDING),
+                ("compensating", SagaStatus.COMPENSATING),
+                ("stuck", SagaStatus.STUCK),  # an operator's retry or resolve needs an owner
+            ]
+        ]
+        other = replace(owned("other", "w1"), fingerprint="fp-other")
+        await store.commit(Batch([insert(i) for i in [*settled, *unsettled, other]]))
+        await end_lease(store, "w1")
+
+        async with next_worker(adapter, store, tmp_path) as second:
+            await second.attach("w2", 30.0, ["fp-3"])
+            first = await second.claim(3, ["fp-3"])
+            rest = await second.claim(10, ["fp-3"])
+            assert len(first) == 3
+            claimed = sorted(i.saga_id for i in [*first, *rest])
+            assert claimed == sorted(i.saga_id for i in unsettled)
+            for saga in [*settled, other]:
+                assert await second.get(saga.saga_id) == saga  # owner and revision untouched
+
+    async def test_heartbeat_fails_once_the_lease_has_run_out(
+        self, adapter: StoreAdapter, store: Store
+    ) -> None:
+        await store.attach("w1", 30.0, ["fp-3"])
+        assert await store.heartbeat() is True
+        await end_lease(store, "w1")
+        if adapter.shared:
+            # Others may have claimed its instances meanwhile: it must drop what it holds.
+            assert await store.heartbeat() is False
+        else:
+            # The lock on the file is the lease: it cannot run out while its holder lives.
+            assert await store.heartbeat() is True
+        assert await store.heartbeat() is True  # renewed: the lease is live again
+
+    async def test_detach_releases_the_workers_instances_to_another_at_once(
+        self, adapter: StoreAdapter, store: Store, tmp_path: Path
+    ) -> None:
+        await store.attach("w1", 30.0, ["fp-3"])
+        held = owned("s1", "w1")
+        await store.commit(Batch([insert(held)]))
+        if adapter.shared:
+            async with next_worker(adapter, store, tmp_path) as second:
+                await second.attach("w2", 30.0, ["fp-3"])
+                assert await second.claim(10, ["fp-3"]) == []  # w1's lease is live
+                await store.detach()
+                # Long before w1's lease (30 s) would have run out.
+                claimed = await second.claim(10, ["fp-3"])
+        else:
+            await store.detach()
+            async with next_worker(adapter, store, tmp_path) as second:
+                await second.attach("w2", 30.0, ["fp-3"])
+                claimed = await second.claim(10, ["fp-3"])
+        assert [(i.saga_id, i.owner) for i in claimed] == [("s1", "w2")]
+        assert claimed[0].revision > held.revision  # a stale commit of w1's is fenced
+
+
+def owned(saga_id: str, worker_id: str, *, status: SagaStatus = SagaStatus.PENDING) -> SagaInstance:
+    return replace(make_instance(saga_id, status=status), owner=worker_id)
+
+
+async def end_lease(store: Store, worker_id: str) -> None:
+    """As if ``worker_id`` had stopped renewing its lease: it ran out a minute ago by the
+    store's clock."""
+    ended = await store.now() - 60
+
+    async def write(tx: ParticipantTx) -> None:
+        await tx.execute(
+            "UPDATE sagakit_workers SET lease_expires_at = ? WHERE worker_id = ?",
+            (ended, worker_id),
+        )
+
+    await store.transaction(write)
+
+
+@contextlib.asynccontextmanager
+async def next_worker(adapter: StoreAdapter, first: Store, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store of a second worker on ``first``'s database. On PostgreSQL it is opened beside
+    the first. On SQLite one worker owns the file, so the first goes first: its store is
+    closed, as its process's death would close it."""
+    if not adapter.shared:
+        await first.close()
+    second = await adapter.open(tmp_path)
+    try:
+        yield second
+    finally:
+        await second.close()
+
+
+def stale_worker(adapter: StoreAdapter, first: Store, second: Store) -> Store:
+    """Where the first worker's late commit arrives: its own store on PostgreSQL; on SQLite the
+    file's (a store has no say in whose commit it is: the revision check is the fence)."""
+    return first if adapter.shared else second
 
 
 class TestLiveDefinitions:

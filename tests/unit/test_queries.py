@@ -15,15 +15,22 @@ from sagakit.storage.queries import Queries, fill, load_queries, parse_queries
 STORES = {"sqlite": sqlite, "postgres": postgres}
 
 
-def _module_tree(dialect: str) -> ast.Module:
-    return ast.parse(Path(str(STORES[dialect].__file__)).read_text())
+def _module_trees(dialect: str) -> list[ast.Module]:
+    """The store's modules: ``<dialect>.py`` and the ``<dialect>_<part>.py`` it is split into."""
+    folder = Path(str(STORES[dialect].__file__)).parent
+    paths = [folder / f"{dialect}.py", *sorted(folder.glob(f"{dialect}_*.py"))]
+    return [ast.parse(path.read_text()) for path in paths]
+
+
+def _nodes(dialect: str) -> list[ast.AST]:
+    return [node for tree in _module_trees(dialect) for node in ast.walk(tree)]
 
 
 def _used_names(dialect: str) -> set[str]:
-    """Every ``Q["name"]`` in the store's module."""
+    """Every ``Q["name"]`` in the store's modules."""
     return {
         node.slice.value
-        for node in ast.walk(_module_tree(dialect))
+        for node in _nodes(dialect)
         if isinstance(node, ast.Subscript)
         and isinstance(node.value, ast.Name)
         and node.value.id == "Q"
@@ -33,9 +40,9 @@ def _used_names(dialect: str) -> set[str]:
 
 
 def _filled(dialect: str) -> dict[str, set[str]]:
-    """The queries the module passes to ``fill(Q["name"], marker=...)``, with their markers."""
+    """The queries the modules pass to ``fill(Q["name"], marker=...)``, with their markers."""
     found: dict[str, set[str]] = {}
-    for node in ast.walk(_module_tree(dialect)):
+    for node in _nodes(dialect):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -51,13 +58,13 @@ def _filled(dialect: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize("dialect", sorted(STORES))
 def test_every_name_used_exists_in_the_file(dialect: str) -> None:
     missing = _used_names(dialect) - load_queries(dialect).keys()
-    assert not missing, f"used by {dialect}.py but not in its queries.sql: {sorted(missing)}"
+    assert not missing, f"used by {dialect}*.py but not in its queries.sql: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("dialect", sorted(STORES))
 def test_every_query_in_the_file_is_used(dialect: str) -> None:
     unused = load_queries(dialect).keys() - _used_names(dialect)
-    assert not unused, f"in {dialect}/queries.sql but unused by {dialect}.py: {sorted(unused)}"
+    assert not unused, f"in {dialect}/queries.sql but unused by {dialect}*.py: {sorted(unused)}"
 
 
 @pytest.mark.parametrize("dialect", sorted(STORES))

@@ -15,7 +15,8 @@ from sagakit.errors import StorageError, StoreLocked
 from sagakit.ports import Batch, InstanceFilter, Transition
 from sagakit.state import SagaInstance, SagaStatus, StepState
 from sagakit.storage import sqlite
-from sagakit.storage.sqlite import SCHEMA_VERSION, Q, SqliteStore, _take_lock
+from sagakit.storage.sqlite import SCHEMA_VERSION, Q, SqliteStore
+from sagakit.storage.sqlite_file import take_lock
 
 V1_SCHEMA = (Path(__file__).parent / "data" / "sqlite_schema_v1.sql").read_text()
 
@@ -195,7 +196,7 @@ async def test_a_reader_refuses_a_version_1_file_and_leaves_it_as_it_is(tmp_path
 
 async def test_no_upgrade_under_a_running_worker(tmp_path: Path) -> None:
     path = version_1_file(tmp_path / "v1.db")
-    older_worker = _take_lock(str(path))  # an older sagakit's worker holds the file
+    older_worker = take_lock(str(path))  # an older sagakit's worker holds the file
     try:
         with pytest.raises(StoreLocked):
             SqliteStore(str(path), upgrade=True)

@@ -8,6 +8,9 @@ commits on the event loop's thread (see :meth:`SqliteStore.commit`). A worker ow
 through an exclusive lock on ``<file>-sagakit.lock`` (held by the kernel, so it is released the
 moment the owning process dies); readers and the CLI open the file alongside it. The statements
 are named queries in ``sql/sqlite/queries.sql`` (``Q["name"]``).
+
+Opening the file (its lock, connections and schema) is in :mod:`sagakit.storage.sqlite_file`;
+the batch commit in :mod:`sagakit.storage.sqlite_commit`.
 """
 
 from __future__ import annotations
@@ -15,22 +18,19 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, dumps, loads
-from sagakit.errors import StorageError, StoreLocked
+from sagakit.errors import StorageError
 from sagakit.ports import (
     Batch,
-    CommandResult,
     CommandState,
     DeadLetter,
     InstanceFilter,
@@ -39,41 +39,25 @@ from sagakit.ports import (
     QueuedCommand,
     RetiredKey,
     Timer,
-    TimerOpKind,
-    Transition,
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
-from sagakit.storage.queries import fill, load_queries
-from sagakit.storage.rows import (
-    STATUS_TEXT,
-    command_from_row,
-    history_row,
-    instance_from_row,
-    transition_state,
+from sagakit.storage.queries import fill
+from sagakit.storage.rows import command_from_row, instance_from_row
+from sagakit.storage.sqlite_commit import commit_batch
+from sagakit.storage.sqlite_file import (
+    SCHEMA_VERSION,
+    Q,
+    open_reader,
+    open_writer,
+    sqlite_path,
+    take_lock,
+    transaction,
 )
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
 
-#: The statements of this module, by name, from ``sql/sqlite/queries.sql``.
-Q = load_queries("sqlite")
-
 _LIVE = tuple(s.value for s in SagaStatus if not s.terminal)
-
-
-def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise StorageError(f"not a SQLite URL: {url!r} (expected sqlite:///path.db)")
-    path = url[len(prefix) :]
-    if not path:
-        raise StorageError(f"SQLite URL without a file path: {url!r}")
-    return path
-
-
-#: The schema version schema.sql creates; sql/sqlite/upgrade_<N>.sql brings N-1 to N.
-SCHEMA_VERSION = 2
 
 #: A batch of at most this many transitions may commit on the event loop's thread ...
 INLINE_BATCH = 4
@@ -102,7 +86,7 @@ class SqliteStore:
         upgrade: bool | None = None,
     ) -> None:
         self.path = path
-        self._upgrade = owner if upgrade is None else upgrade
+        upgrade = owner if upgrade is None else upgrade
         self._upgraded: builtins.list[int] = []  # the upgrades applied when it was opened
         self._clock = clock
         self._lock_file: IO[str] | None = None
@@ -117,7 +101,7 @@ class SqliteStore:
             except OSError as exc:
                 raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
         if owner and not memory:
-            self._lock_file = _take_lock(path)
+            self._lock_file = take_lock(path)
         # One connection writes, on its own thread, under an asyncio lock (a participant's
         # transaction spans awaits); another reads, so a read never sees uncommitted rows.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite-w")
@@ -127,12 +111,10 @@ class SqliteStore:
         self._write_lock: asyncio.Lock | None = None
         self._commit_time = 0.0  # recent commit duration, in seconds (see commit)
         try:
-            self._conn = self._writer.submit(self._connect, synchronous, True).result()
-            self._rconn = (
-                self._conn
-                if memory
-                else self._reader.submit(self._connect, synchronous, False).result()
-            )
+            self._conn, self._upgraded = self._writer.submit(
+                open_writer, path, synchronous, upgrade=upgrade, locked=owner and not memory
+            ).result()
+            self._rconn = self._conn if memory else self._reader.submit(open_reader, path).result()
         except (sqlite3.Error, StorageError) as exc:
             self._release()
             self._writer.shutdown(wait=False)
@@ -144,51 +126,6 @@ class SqliteStore:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteStore:
         return cls(sqlite_path(url), **options)
-
-    def _connect(self, synchronous: str, writer: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(Q["set_busy_timeout"])
-        if not writer:
-            return conn
-        conn.execute(Q["set_journal_mode_wal"])
-        # A PRAGMA takes no bound parameter: the level is put into the statement.
-        conn.execute(fill(Q["set_synchronous"], level=synchronous))
-        try:
-            with _transaction(conn):
-                version = _schema_version(conn)
-                if version is not None and version != SCHEMA_VERSION:
-                    self._upgrade_from(conn, version)
-                _run_script(conn, "schema.sql")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _upgrade_from(self, conn: sqlite3.Connection, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.path} has sagakit schema version {version}, newer than this sagakit's "
-                f"({SCHEMA_VERSION}): upgrade sagakit to open it"
-            )
-        if not self._upgrade:
-            raise StorageError(
-                f"{self.path} has sagakit schema version {version} and this sagakit needs "
-                f"{SCHEMA_VERSION}: stop its worker, then run `sagakit migrate --db "
-                f"sqlite:///{self.path}` (or start a worker on it) to upgrade it"
-            )
-        # Never under a running worker: an older one would go on writing the old layout.
-        lock = (
-            None
-            if self._lock_file is not None or self.path == ":memory:"
-            else _take_lock(self.path)
-        )
-        try:
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                _run_script(conn, f"upgrade_{step}.sql")
-                self._upgraded.append(step)
-        finally:
-            if lock is not None:
-                lock.close()
 
     def _lock(self) -> asyncio.Lock:
         if self._write_lock is None:
@@ -244,127 +181,13 @@ class SqliteStore:
             return await self._run(lambda: self._commit(batch), write=True)
 
     def _commit(self, batch: Batch) -> builtins.list[bool]:
-        conn = self._conn
-        results: list[bool] = []
-        history: list[tuple[object, ...]] = []
-        outbox: list[tuple[object, ...]] = []
-        consumed: list[tuple[str]] = [(i,) for i in batch.outbox_done]
-        commands: list[CommandResult] = list(batch.commands)
         now = self._clock()
         began = time.perf_counter()
-        with _transaction(conn):
-            cur = conn.cursor()  # one for the batch: conn.execute makes a cursor per call
-            for t in batch.transitions:
-                ok = self._write_instance(cur, t)
-                results.append(ok)
-                if not ok:
-                    continue
-                history.extend(history_row(t.saga_id, e) for e in t.history)
-                if t.outbox:
-                    outbox.extend(
-                        (m.id, m.source, m.destination, m.saga_id, m.body) for m in t.outbox
-                    )
-                if t.timer_ops:
-                    self._timer_ops(cur, t)
-                if t.consumed:
-                    consumed.extend((i,) for i in t.consumed)
-                if t.commands:
-                    commands.extend(t.commands)
-            if consumed:
-                cur.executemany(Q["delete_outbox"], consumed)
-            if history:
-                cur.executemany(Q["insert_history"], history)
-            if outbox:
-                cur.executemany(Q["insert_outbox"], outbox)
-            if commands:
-                cur.executemany(
-                    Q["apply_command"], [(c.state.value, c.error, now, c.id) for c in commands]
-                )
-            if batch.dead_letters:
-                cur.executemany(
-                    Q["insert_dead_letter"],
-                    [(now, d.source, d.reason, d.body) for d in batch.dead_letters],
-                )
+        results = commit_batch(self._conn, batch, now)
         took = time.perf_counter() - began
         # A decaying maximum: one slow commit keeps batches off the loop for a while.
         self._commit_time = max(took, self._commit_time * 0.9)
         return results
-
-    @staticmethod
-    def _write_instance(cur: sqlite3.Cursor, t: Transition) -> bool:
-        inst = t.instance
-        if inst is None:
-            return True
-        state = transition_state(t)
-        if t.expected_revision is None:
-            cur.execute(
-                Q["insert_instance"],
-                (
-                    inst.saga_id,
-                    inst.saga_type,
-                    inst.version,
-                    inst.fingerprint,
-                    STATUS_TEXT[inst.status],
-                    inst.correlation_id,
-                    inst.idempotency_key,
-                    inst.created_at,
-                    inst.updated_at,
-                    inst.revision,
-                    state,
-                    inst.owner,
-                    inst.updated_at,
-                ),
-            )
-            return cur.rowcount == 1
-        status = STATUS_TEXT[inst.status]
-        # Most transitions keep the status: tried first, that update names no indexed column,
-        # so SQLite updates no index (it updates every index on a column a SET names, even
-        # to the same value). No row: another status, or another revision (then neither).
-        cur.execute(
-            Q["update_instance_in_status"],
-            (inst.updated_at, inst.revision, state, inst.saga_id, t.expected_revision, status),
-        )
-        if cur.rowcount == 1:
-            return True
-        cur.execute(
-            Q["update_instance"],
-            (
-                status,
-                inst.updated_at,
-                inst.updated_at,
-                inst.revision,
-                state,
-                inst.saga_id,
-                t.expected_revision,
-            ),
-        )
-        return cur.rowcount == 1
-
-    @staticmethod
-    def _timer_ops(cur: sqlite3.Cursor, t: Transition) -> None:
-        for op in t.timer_ops:
-            if op.kind is TimerOpKind.SET and op.timer is not None:
-                tm = op.timer
-                cur.execute(
-                    Q["set_timer"],
-                    (
-                        tm.saga_id,
-                        tm.name,
-                        tm.kind.value,
-                        tm.step,
-                        tm.phase.value,
-                        tm.attempt,
-                        tm.due_at,
-                    ),
-                )
-            elif op.kind is TimerOpKind.CANCEL:
-                if op.names is None:
-                    cur.execute(Q["delete_timers"], (t.saga_id,))
-                else:
-                    cur.executemany(Q["delete_timer"], [(t.saga_id, n) for n in op.names])
-            elif op.kind is TimerOpKind.FIRED and op.timer is not None:
-                tm = op.timer
-                cur.execute(Q["delete_fired_timer"], (tm.saga_id, tm.name, tm.due_at, tm.attempt))
 
     # -- Leases ---------------------------------------------------------------------------
     # One worker owns a SQLite file (the flock), so a lease is the lock itself: attaching
@@ -376,7 +199,7 @@ class SqliteStore:
         prints = dumps(list[JSON](sorted(fingerprints)))
 
         def write() -> None:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 self._conn.execute(Q["clear_workers"], (worker_id,))
                 self._conn.execute(Q["replace_worker"], (worker_id, prints, self._clock() + lease))
 
@@ -387,7 +210,7 @@ class SqliteStore:
         until = self._clock() + self._lease
 
         def write() -> None:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 self._conn.execute(Q["renew_worker"], (until, self.worker_id))
 
         await self._write(write)
@@ -409,7 +232,7 @@ class SqliteStore:
         )
 
         def write() -> builtins.list[tuple[object, ...]]:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 return self._conn.execute(
                     sql, (self.worker_id, *_LIVE, *fingerprints, self.worker_id, limit)
                 ).fetchall()
@@ -421,7 +244,7 @@ class SqliteStore:
             worker_id = self.worker_id
 
             def write() -> None:
-                with _transaction(self._conn):
+                with transaction(self._conn):
                     self._conn.execute(Q["delete_worker"], (worker_id,))
 
             await self._write(write)
@@ -446,7 +269,7 @@ class SqliteStore:
         ids = [(i,) for i in saga_ids]
 
         def write() -> int:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 conn = self._conn
                 conn.execute(Q["create_purge_table"])
                 conn.execute(Q["clear_purge_table"])
@@ -465,7 +288,7 @@ class SqliteStore:
         cutoff = self._clock() - age
 
         def write() -> int:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 conn = self._conn
                 count = conn.execute(Q["purge_retired_keys"], (cutoff,)).rowcount
                 # An inbox key outlives its age while its saga is still live (running or
@@ -576,7 +399,7 @@ class SqliteStore:
 
     async def enqueue(self, saga_id: str, kind: str, body: dict[str, JSON]) -> int:
         def write() -> int:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 cur = self._conn.execute(
                     Q["enqueue_command"],
                     (saga_id, kind, dumps(body), CommandState.PENDING.value, self._clock()),
@@ -684,56 +507,9 @@ class _SqliteTx:
         )
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute(Q["begin_immediate"])
-    try:
-        yield
-        conn.execute(Q["commit"])
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute(Q["rollback"])
-        raise
-
-
-def _schema_version(conn: sqlite3.Connection) -> int | None:
-    """The file's sagakit schema version; None for a file without sagakit's tables yet."""
-    try:
-        row = conn.execute(Q["schema_version"]).fetchone()
-    except sqlite3.OperationalError:  # no sagakit_meta table: a new file
-        return None
-    return int(row[0]) if row else None
-
-
-def _run_script(conn: sqlite3.Connection, name: str) -> None:
-    """Run the statements of sql/sqlite/``name`` one by one, in the open transaction."""
-    script = resources.files("sagakit.storage").joinpath(f"sql/sqlite/{name}").read_text()
-    for statement in script.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
 def _marks(count: int) -> str:
     """``count`` ``?`` placeholders for an ``IN`` list."""
     return ",".join("?" * count)
 
 
-def _take_lock(path: str) -> IO[str]:
-    lock_path = f"{path}-sagakit.lock"
-    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the store's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise StoreLocked(
-            f"{path} is owned by a running worker (pid {holder}); one worker per SQLite file "
-            "(use PostgreSQL for several workers)"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+__all__ = ["INLINE_BATCH", "INLINE_SECONDS", "SCHEMA_VERSION", "Q", "SqliteStore", "sqlite_path"]

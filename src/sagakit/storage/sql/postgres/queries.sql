@@ -2,7 +2,7 @@
 -- Not a migration: only files named NNNN_name.sql are applied by `sagakit migrate`.
 -- Times are judged by the database's clock: extract(epoch FROM clock_timestamp()).
 -- A {marker} stands for a part assembled in Python at run time: a filter's WHERE clause, a
--- schema name (see postgres.py).
+-- schema name (see postgres.py and postgres_schema.py).
 
 -- Schema and migrations ------------------------------------------------------------------------
 
@@ -36,11 +36,11 @@ INSERT INTO sagakit_migrations (version, name) VALUES ($1, $2);
 -- TransitionStore: a batch's writes -----------------------------------------------------------
 
 -- The usual batch (one transition per instance) commits in one statement (one round trip),
--- put together in postgres.py from the commit_* parts below that the batch has rows for: each
--- part is one data-modifying CTE, its parameters numbered from $1 on its own. A part that reads
--- "ok" (the instances whose write passed its revision check, or that only add side records)
--- keeps only those transitions' records. The timer deletes never touch a timer that is upserted,
--- so no row is modified twice. Leaving out the empty parts halves the commit's latency.
+-- put together in postgres_commit.py from the commit_* parts below that the batch has rows
+-- for: each part is one data-modifying CTE, its parameters numbered from $1 on its own. A part
+-- that reads "ok" (the instances whose write passed its revision check, or that only add side
+-- records) keeps only those transitions' records. The timer deletes never touch a timer that is
+-- upserted, so no row is modified twice. Leaving out the empty parts halves the commit's latency.
 
 -- name: commit_ins
 -- Create instances (starts); a duplicate saga_id or idempotency key is skipped, not returned.

@@ -1,6 +1,6 @@
 -- sagakit's queries on SQLite, by name (loaded by sagakit.storage.queries).
 -- A {marker} stands for a part assembled in Python at run time: a filter's WHERE clause, the
--- ? placeholders of an IN list, a PRAGMA value (see sqlite.py).
+-- ? placeholders of an IN list, a PRAGMA value (see sqlite.py and sqlite_file.py).
 
 -- Connection and transactions ----------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""``sagakit demo``: run the order-fulfillment example and check its ledgers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from sagakit import runtime
+from sagakit.cli.common import PROG, db_url
+from sagakit.cli.render import print_json
+from sagakit.examples.demo import run_demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    url = db_url(args)
+    sagas = int(args.sagas)
+    as_json = bool(args.json)
+    print(f"{PROG} demo: {sagas} new order saga(s) on {url}", file=sys.stderr, flush=True)
+    summary = runtime.run(
+        run_demo(
+            url,
+            sagas=sagas,
+            fail_rate=float(args.fail_rate),
+            concurrency=int(args.concurrency),
+            seed=None if args.seed is None else int(args.seed),
+            progress=sys.stderr,
+        )
+    )
+    ok = (
+        summary.get("ledger_ok") is True
+        and _count(summary, "unsettled") == 0
+        and _count(summary, "stuck") == 0
+    )
+    if as_json:
+        print_json(summary)
+        _print_demo_summary(summary, sys.stderr)
+    else:
+        _print_demo_summary(summary, sys.stdout)
+    return 0 if ok else 1
+
+
+def _count(summary: Mapping[str, object], key: str) -> int:
+    value = summary.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _print_demo_summary(summary: Mapping[str, object], out: TextIO) -> None:
+    new = _count(summary, "new")
+    print(
+        f"demo: {new} new saga(s) in {summary.get('seconds')} s "
+        f"({summary.get('sagas_per_second')} sagas/s)",
+        file=out,
+    )
+    print(
+        f"database: {_count(summary, 'started')} saga(s): "
+        f"{_count(summary, 'completed')} completed, {_count(summary, 'failed')} failed, "
+        f"{_count(summary, 'stuck')} stuck, {_count(summary, 'unsettled')} unsettled",
+        file=out,
+    )
+    if summary.get("ledger_ok") is True:
+        print("ledgers: ok", file=out)
+    else:
+        print("ledgers: NOT OK", file=out)
+        problems = summary.get("ledger_problems")
+        for problem in problems if isinstance(problems, list) else []:
+            print(f"  {problem}", file=out)
+    out.flush()

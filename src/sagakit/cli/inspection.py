@@ -1,0 +1,160 @@
+"""The read commands: ``list``, ``show``, ``history`` and ``dead-letters``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sagakit.cli.common import db_url, reader, run
+from sagakit.cli.render import (
+    clip,
+    detail_json,
+    entry_json,
+    human_time,
+    iso,
+    print_history,
+    print_json,
+    print_table,
+    summary_json,
+)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    return run(
+        _list(
+            db_url(args),
+            status=args.status,
+            saga_type=args.saga_type,
+            correlation_id=args.correlation_id,
+            limit=int(args.limit),
+            as_json=bool(args.json),
+        )
+    )
+
+
+async def _list(
+    url: str,
+    *,
+    status: str | None,
+    saga_type: str | None,
+    correlation_id: str | None,
+    limit: int,
+    as_json: bool,
+) -> int:
+    async with reader(url) as client:
+        instances = await client.list(
+            status=status, saga_type=saga_type, correlation_id=correlation_id, limit=limit
+        )
+        stalled = await client.stalled_many(instances)
+    if as_json:
+        print_json(
+            [{**summary_json(i), "stalled": why} for i, why in zip(instances, stalled, strict=True)]
+        )
+        return 0
+    rows = [
+        [
+            i.saga_id,
+            f"{i.saga_type} v{i.version}",
+            i.status.value,
+            human_time(i.updated_at),
+            clip(i.status_reason or (f"not advancing: {why}" if why else ""), 60),
+        ]
+        for i, why in zip(instances, stalled, strict=True)
+    ]
+    print_table(["SAGA ID", "TYPE", "STATUS", "UPDATED (UTC)", "REASON"], rows)
+    print(f"({len(instances)} instance(s))")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    return run(_show(db_url(args), str(args.saga_id), as_json=bool(args.json)))
+
+
+async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
+    async with reader(url) as client:
+        instance = await client.get(saga_id)
+        history = await client.history(saga_id)
+        stalled = await client.stalled(instance)
+    if as_json:
+        print_json({**detail_json(instance, history), "stalled": stalled})
+        return 0
+    fields = [
+        ("saga", instance.saga_id),
+        ("type", f"{instance.saga_type} v{instance.version}"),
+        ("status", instance.status.value),
+        ("reason", instance.status_reason or "-"),
+        ("owner", instance.owner or "-"),
+        ("not advancing", stalled or "-"),
+        ("stuck step", instance.stuck_step or "-"),
+        ("point of no return", instance.point_of_no_return or "-"),
+        ("correlation id", instance.correlation_id),
+        ("created", human_time(instance.created_at)),
+        ("updated", human_time(instance.updated_at)),
+        ("data", json.dumps(instance.data, sort_keys=True)),
+    ]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name:<{width}}  {value}")
+    print()
+    print("steps:")
+    step_rows = []
+    for s in instance.steps:
+        comp = "-"
+        if s.compensation is not None:
+            comp = f"{s.compensation.status.value} ({s.compensation.attempts})"
+            if s.compensation.error:
+                comp += f": {s.compensation.error}"
+        outcome = s.error if s.error else json.dumps(s.result) if s.result is not None else ""
+        step_rows.append(
+            [s.name, s.status.value, str(s.attempts), clip(outcome or "-", 50), clip(comp, 50)]
+        )
+    print_table(
+        ["STEP", "STATUS", "ATTEMPTS", "RESULT / ERROR", "COMPENSATION"], step_rows, indent="  "
+    )
+    print()
+    print("history:")
+    print_history(history, indent="  ")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    return run(_history(db_url(args), str(args.saga_id), as_json=bool(args.json)))
+
+
+async def _history(url: str, saga_id: str, *, as_json: bool) -> int:
+    async with reader(url) as client:
+        history = await client.history(saga_id)
+    if as_json:
+        print_json([entry_json(e) for e in history])
+    else:
+        print_history(history)
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    return run(_dead_letters(db_url(args), limit=int(args.limit), as_json=bool(args.json)))
+
+
+async def _dead_letters(url: str, *, limit: int, as_json: bool) -> int:
+    async with reader(url) as client:
+        letters = await client.dead_letters(limit)
+    items = [
+        {
+            "id": letter.id,
+            "at": iso(letter.at),
+            "source": letter.source,
+            "reason": letter.reason,
+            "body": letter.body.decode("utf-8", errors="replace"),
+        }
+        for letter in letters
+    ]
+    if as_json:
+        print_json(items)
+        return 0
+    rows = [
+        [str(item["id"]), human_time(letter.at), letter.source, clip(letter.reason, 70)]
+        for item, letter in zip(items, letters, strict=True)
+    ]
+    print_table(["ID", "AT (UTC)", "SOURCE", "REASON"], rows)
+    print(f"({len(letters)} dead letter(s))")
+    return 0

@@ -1,0 +1,65 @@
+"""The operator commands: ``abort``, ``retry`` and ``resolve``, optionally waiting until a
+worker has applied them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sagakit.cli.common import CliError, db_url, reader, run
+from sagakit.errors import CommandRefused
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    return run(
+        _operate(
+            db_url(args),
+            str(args.operation),
+            str(args.saga_id),
+            step=str(args.step) if args.operation == "resolve" else None,
+            reason=str(args.reason),
+            by=str(args.by),
+            wait=bool(args.wait),
+            wait_timeout=float(args.timeout),
+        )
+    )
+
+
+async def _operate(
+    url: str,
+    operation: str,
+    saga_id: str,
+    *,
+    step: str | None,
+    reason: str,
+    by: str,
+    wait: bool,
+    wait_timeout: float,
+) -> int:
+    async with reader(url) as client:
+        try:
+            if operation == "abort":
+                handle = await client.abort(saga_id, reason, by=by)
+            elif operation == "retry":
+                handle = await client.retry(saga_id, reason, by=by)
+            else:
+                assert step is not None
+                handle = await client.resolve(saga_id, step, reason, by=by)
+        except CommandRefused as exc:
+            raise CliError(f"{operation} refused: {exc}") from exc
+        print(f"{operation} of saga {saga_id} accepted (command {handle.id})", flush=True)
+        if not wait:
+            print("a worker running on this database will apply it", file=sys.stderr, flush=True)
+            return 0
+        try:
+            await handle.wait(wait_timeout)
+        except CommandRefused as exc:
+            raise CliError(f"{operation} refused by the worker: {exc}") from exc
+        except TimeoutError:
+            raise CliError(
+                f"command {handle.id} was not applied within {wait_timeout:g} s "
+                "(is a worker running on this database?); it stays queued"
+            ) from None
+        instance = await client.get(saga_id)
+    print(f"{operation} of saga {saga_id} applied: the saga is {instance.status.value}")
+    return 0

@@ -25,7 +25,7 @@ import pytest
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON
-from sagakit.errors import StorageError, StoreLocked
+from sagakit.errors import StorageError, StoreLocked, StoreRefused
 from sagakit.ports import (
     ORCHESTRATOR,
     Batch,
@@ -493,6 +493,36 @@ class TestTransitionStore:
             HistoryKind.LATE_REPLY,
         ]
         assert await pending_ids(store) == ["m1"]
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            pytest.param(
+                HistoryEntry(1.0, HistoryKind.CREATED, detail={"x": "caf\ud800"}), id="surrogate"
+            ),
+            pytest.param(
+                HistoryEntry(1.0, HistoryKind.CREATED, detail={"x": 2**70}), id="huge-int"
+            ),
+        ],
+    )
+    async def test_a_value_the_store_cannot_hold_is_refused_and_writes_nothing(
+        self, store: Store, bad: HistoryEntry
+    ) -> None:
+        # StoreRefused, not a plain StorageError: the committer then isolates the culprit
+        # instead of retrying the whole batch as after a lost connection.
+        good, poisoned = make_instance("s1"), make_instance("s2")
+        with pytest.raises(StoreRefused):
+            await store.commit(
+                Batch(
+                    transitions=[
+                        insert(good),
+                        Transition("s2", instance=poisoned, expected_revision=None, history=[bad]),
+                    ]
+                )
+            )
+        assert await store.get("s1") is None  # the whole transaction was rolled back
+        assert await store.commit(Batch(transitions=[insert(good)])) == [True]
+        assert await store.get("s1") is not None
 
     async def test_an_empty_batch_commits_nothing_and_returns_no_flags(self, store: Store) -> None:
         assert await store.commit(Batch()) == []

@@ -34,7 +34,7 @@ import asyncpg
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, dumps, loads
-from sagakit.errors import StorageError
+from sagakit.errors import StorageError, StoreRefused
 from sagakit.ports import (
     Batch,
     CommandState,
@@ -183,6 +183,8 @@ class PostgresStore:
                 try:
                     return await commit_at_once(conn, batch, self.worker_id)
                 except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
+                    if isinstance(exc, ValueError):  # the driver's own data error: a value
+                        raise StoreRefused(f"PostgreSQL driver refused a value: {exc}") from exc
                     if isinstance(exc, asyncpg.InterfaceError) and not conn.is_closed():
                         # The driver refused the call itself (say, a wrong argument count):
                         # a bug, not the network; the connection is fine and is kept.
@@ -191,8 +193,18 @@ class PostgresStore:
                     raise StorageError(f"PostgreSQL connection lost during commit: {exc}") from exc
             async with pool.acquire() as conn, conn.transaction():
                 return await commit_in_rounds(conn, batch, self.worker_id)
+        except asyncpg.DataError as exc:
+            # A value the server cannot hold (a NUL in text or jsonb, a number out of range):
+            # that batch's fault, not the store's (the committer isolates the culprit).
+            raise StoreRefused(f"PostgreSQL refused a value: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise StorageError(f"PostgreSQL error: {exc}") from exc
+        except (asyncpg.InterfaceError, ValueError, TypeError) as exc:
+            # The driver's own data error (a ValueError), or the JSON encoder's (a TypeError):
+            # a value of this batch, not the store.
+            if isinstance(exc, (ValueError, TypeError)):
+                raise StoreRefused(f"PostgreSQL refused a value: {exc}") from exc
+            raise StorageError(f"PostgreSQL driver refused the commit: {exc}") from exc
 
     async def _commit_connection(self, pool: asyncpg.Pool) -> asyncpg.pool.PoolConnectionProxy:
         if self._commit_conn is None:

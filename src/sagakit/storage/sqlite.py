@@ -28,7 +28,7 @@ from typing import IO, Any, TypeVar, cast
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, dumps, loads
-from sagakit.errors import StorageError
+from sagakit.errors import StorageError, StoreRefused
 from sagakit.ports import (
     Batch,
     CommandState,
@@ -161,6 +161,18 @@ class SqliteStore:
     # -- TransitionStore ------------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> builtins.list[bool]:
+        try:
+            return await self._commit_batch(batch)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, sqlite3.DataError):
+                raise StoreRefused(f"SQLite refused a value: {exc.__cause__}") from exc.__cause__
+            raise
+        except (OverflowError, UnicodeError, TypeError, ValueError) as exc:
+            # What the driver cannot bind (an integer past 64 bits, a lone surrogate) or the
+            # encoder cannot write: that batch's fault, not the store's.
+            raise StoreRefused(f"SQLite refused a value: {exc}") from exc
+
+    async def _commit_batch(self, batch: Batch) -> builtins.list[bool]:
         async with self._lock():
             if (
                 len(batch.transitions) <= INLINE_BATCH

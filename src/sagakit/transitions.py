@@ -13,12 +13,31 @@ answer → action) is written out in docs/concepts.md and pinned row by row by t
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import Any
 
 from sagakit.definition import Phase, SagaDefinition, StepKind
+from sagakit.effects import (
+    CancelTimers,
+    Decision,
+    Dispatch,
+    Effect,
+    SetTimer,
+    idempotency_key,
+    timer_name,
+)
 from sagakit.encoding import JSON
+from sagakit.events import (
+    Abort,
+    Begin,
+    Event,
+    OperatorCommand,
+    Outcome,
+    Reply,
+    Resolve,
+    Retry,
+    TimerFired,
+    TimerKind,
+)
 from sagakit.state import (
     CompensationState,
     CompensationStatus,
@@ -31,189 +50,6 @@ from sagakit.state import (
     evolve,
     update_fields,
 )
-
-# -- events -------------------------------------------------------------------------------
-
-
-class Outcome(enum.StrEnum):
-    """What a reply says (Semantics 5)."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"  # definite: the participant promises it did nothing
-    ERROR = "error"  # no definite answer; retryable unless the reply says otherwise
-
-
-class TimerKind(enum.StrEnum):
-    TIMEOUT = "timeout"
-    RETRY = "retry"
-    DEADLINE = "deadline"
-
-
-@dataclass(frozen=True)
-class Begin:
-    """Start moving a freshly created instance."""
-
-
-@dataclass(frozen=True, init=False)
-class Reply:
-    """The answer of a step's action or compensation, remote or local."""
-
-    step: str
-    phase: Phase
-    attempt: int
-    outcome: Outcome
-    result: JSON = None
-    error: str | None = None
-    retryable: bool = True
-    retry_after: float | None = None
-
-    def __init__(
-        self,
-        step: str,
-        phase: Phase,
-        attempt: int,
-        outcome: Outcome,
-        result: JSON = None,
-        error: str | None = None,
-        retryable: bool = True,
-        retry_after: float | None = None,
-    ) -> None:
-        # One per step answer: straight into the dict, not field by field via __setattr__.
-        self.__dict__.update(
-            step=step,
-            phase=phase,
-            attempt=attempt,
-            outcome=outcome,
-            result=result,
-            error=error,
-            retryable=retryable,
-            retry_after=retry_after,
-        )
-
-
-@dataclass(frozen=True)
-class TimerFired:
-    kind: TimerKind
-    step: str | None = None
-    phase: Phase = Phase.ACTION
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class Abort:
-    reason: str
-    by: str = "operator"
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Give the step the instance is stuck on a fresh attempt budget."""
-
-    reason: str
-    by: str = "operator"
-
-
-@dataclass(frozen=True)
-class Resolve:
-    """Declare by hand that what the instance is stuck on is settled."""
-
-    step: str
-    reason: str
-    by: str = "operator"
-
-
-Event = Begin | Reply | TimerFired | Abort | Retry | Resolve
-OperatorCommand = Abort | Retry | Resolve
-
-# -- effects ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, init=False)
-class Dispatch:
-    """Send a step's action or compensation: a command message, or a local run."""
-
-    step: str
-    phase: Phase
-    attempt: int
-    idempotency_key: str
-    deadline: float
-
-    def __init__(
-        self, step: str, phase: Phase, attempt: int, idempotency_key: str, deadline: float
-    ) -> None:
-        # One per step dispatched: straight into the dict, not field by field.
-        self.__dict__.update(
-            step=step,
-            phase=phase,
-            attempt=attempt,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    name: str
-    kind: TimerKind
-    due_at: float
-    step: str | None = None
-    phase: Phase = Phase.ACTION
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class CancelTimers:
-    """Cancel the named timers; ``names=None`` cancels every timer of the instance."""
-
-    names: tuple[str, ...] | None
-
-
-Effect = Dispatch | SetTimer | CancelTimers
-
-
-@dataclass(frozen=True, init=False)
-class Decision:
-    """The outcome of one event.
-
-    ``rejected`` is set when the event cannot apply to this instance at all (a reply for a
-    step that does not exist or was never dispatched): the message goes to the dead-letter
-    place and nothing is written. ``refused`` is set when an operator command is invalid in
-    the instance's state: it is recorded in the history and the instance is unchanged.
-    """
-
-    instance: SagaInstance
-    effects: tuple[Effect, ...] = ()
-    history: tuple[HistoryEntry, ...] = ()
-    refused: str | None = None
-    rejected: str | None = None
-
-    def __init__(
-        self,
-        instance: SagaInstance,
-        effects: tuple[Effect, ...] = (),
-        history: tuple[HistoryEntry, ...] = (),
-        refused: str | None = None,
-        rejected: str | None = None,
-    ) -> None:
-        # One per event: straight into the dict, not field by field through __setattr__.
-        self.__dict__.update(
-            instance=instance, effects=effects, history=history, refused=refused, rejected=rejected
-        )
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.history) or bool(self.effects)
-
-
-def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
-    """The key of a step's action or compensation: the same across every retry (Semantics 2)."""
-    return f"{saga_id}:{step}:{phase.value}"
-
-
-def timer_name(kind: TimerKind, step: str | None = None, phase: Phase = Phase.ACTION) -> str:
-    if kind is TimerKind.DEADLINE:
-        return "deadline"
-    return f"{kind.value}:{step}:{phase.value}"
 
 
 def new_instance(
@@ -871,3 +707,29 @@ class _Transition:
 
 def _command_name(command: OperatorCommand) -> str:
     return type(command).__name__.lower()
+
+
+# The events and effects live in their own modules; every name other modules take from here
+# stays importable from here.
+__all__ = [
+    "Abort",
+    "Begin",
+    "CancelTimers",
+    "Decision",
+    "Dispatch",
+    "Effect",
+    "Event",
+    "OperatorCommand",
+    "Outcome",
+    "Reply",
+    "Resolve",
+    "Retry",
+    "SetTimer",
+    "TimerFired",
+    "TimerKind",
+    "check_command",
+    "decide",
+    "idempotency_key",
+    "new_instance",
+    "timer_name",
+]

@@ -1,8 +1,9 @@
 """What goes into decide(): the events that move a saga instance (Semantics 5, 11).
 
 A reply answers one attempt of a step's action or compensation; a timer fires for a timeout, a
-retry backoff or the saga's deadline; an operator aborts, retries or resolves by hand. All are
-frozen values, so decide() stays a pure function of its arguments.
+retry backoff or the saga's deadline; an operator aborts, retries or resolves by hand (those
+three live in :mod:`sagakit.operator_commands`). All are frozen values, so decide() stays a
+pure function of its arguments.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON
+from sagakit.operator_commands import Abort, Resolve, Retry
 
 
 class Outcome(enum.StrEnum):
@@ -78,28 +80,4 @@ class TimerFired:
     attempt: int = 0
 
 
-@dataclass(frozen=True)
-class Abort:
-    reason: str
-    by: str = "operator"
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Give the step the instance is stuck on a fresh attempt budget."""
-
-    reason: str
-    by: str = "operator"
-
-
-@dataclass(frozen=True)
-class Resolve:
-    """Declare by hand that what the instance is stuck on is settled."""
-
-    step: str
-    reason: str
-    by: str = "operator"
-
-
 Event = Begin | Reply | TimerFired | Abort | Retry | Resolve
-OperatorCommand = Abort | Retry | Resolve

@@ -1,4 +1,4 @@
-"""The answer table: how decide() classifies every reply that reaches an instance (Semantics 10).
+"""Answers: what a step's run answers, and how decide() classifies every reply (Semantics 5, 10).
 
 A reply answers one attempt of a step's action or of its compensation. What it is, relative to
 what was sent (:class:`ReplyKind`), and the state of the phase it answers decide whether it is
@@ -13,14 +13,19 @@ what was sent (:class:`ReplyKind`), and the state of the phase it answers decide
 
 :data:`ANSWER_TABLE` is that classification as data, and decide() reads it; the tests check
 that decide() follows every row and that docs/concepts.md shows the same table.
+
+:func:`outcome_of` is the one mapping from an exception raised by step code to the answer it
+gives, for local steps and participants alike.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sagakit.definition import Phase
+from sagakit.errors import EncodingError, StepError, StepFailed
 from sagakit.events import Outcome
 from sagakit.state import CompensationStatus, HistoryKind, StepStatus
 
@@ -120,3 +125,36 @@ def classify(
     """How decide() handles a reply for ``attempt`` of ``phase``, whose state is ``state`` and
     which has sent ``sent`` attempts."""
     return ANSWER_TABLE[phase, state, reply_kind(outcome, attempt, sent)]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a step whose code raised answers: the reply's outcome, the error recorded for it,
+    and whether (and after how many seconds) to retry."""
+
+    outcome: Outcome
+    error: str
+    retryable: bool = True
+    retry_after: float | None = None
+
+
+def outcome_of(exc: Exception, *, timeout: float | None = None) -> Answer:
+    """The answer of a step whose code raised ``exc``.
+
+    :class:`~sagakit.errors.StepFailed` is a definite failure and
+    :class:`~sagakit.errors.StepError` an error that carries its own retry decision; their
+    message is the step's own reason, recorded as it is. A ``TimeoutError``, where the runner
+    bounds the step by ``timeout`` seconds, is that timeout. An
+    :class:`~sagakit.errors.EncodingError` (a result that cannot be encoded) is final: another
+    attempt would produce the same value (Semantics 14). Any other exception is unexpected: a
+    retryable error, recorded as ``TypeName: message``.
+    """
+    if isinstance(exc, StepFailed):
+        return Answer(Outcome.FAILURE, str(exc) or "failed")
+    if isinstance(exc, StepError):
+        return Answer(Outcome.ERROR, str(exc) or "error", exc.retryable, exc.retry_after)
+    if timeout is not None and isinstance(exc, TimeoutError):
+        return Answer(Outcome.ERROR, f"timed out after {timeout:g}s")
+    if isinstance(exc, EncodingError):
+        return Answer(Outcome.ERROR, str(exc), retryable=False)
+    return Answer(Outcome.ERROR, f"{type(exc).__name__}: {exc}")

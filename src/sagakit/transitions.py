@@ -7,13 +7,10 @@ tests drive it exhaustively. The worker commits the new instance, its history, t
 its dispatches produce and its timers in one transaction, and only then carries the effects
 out.
 
-The rules are those of the Semantics in PRODUCT.md. Every reply is first classified by the
-answer table (:mod:`sagakit.answers`: the state of the phase it answers × what it is →
-rejected, late, duplicate or apply), one handler serving a step's action and its compensation
-alike; docs/concepts.md writes the table out with what each applied answer does, and tests
-check both against the data. The events, effects and operator commands are values of their
-own modules (:mod:`sagakit.events`, :mod:`sagakit.effects`, :mod:`sagakit.operator_commands`),
-re-exported here.
+The rules are those of the Semantics in PRODUCT.md. Every reply is classified by the answer
+table of :mod:`sagakit.answers` (rejected, late, duplicate or apply), and one handler applies
+it to a step's action and to its compensation alike. The events, effects and operator commands
+live in modules of their own and are re-exported here.
 """
 
 from __future__ import annotations
@@ -41,6 +38,7 @@ from sagakit.operator_commands import (
     check_command,
     command_name,
 )
+from sagakit.starts import new_instance
 from sagakit.state import (
     CompensationState,
     CompensationStatus,
@@ -53,34 +51,6 @@ from sagakit.state import (
     evolve,
     update_fields,
 )
-
-
-def new_instance(
-    definition: SagaDefinition,
-    *,
-    saga_id: str,
-    data: JSON,
-    correlation_id: str | None,
-    idempotency_key: str | None,
-    input_digest: str,
-    now: float,
-) -> SagaInstance:
-    """A fresh instance in ``started``; apply :class:`Begin` to set it moving."""
-    return SagaInstance(
-        saga_id=saga_id,
-        saga_type=definition.name,
-        version=definition.version,
-        fingerprint=definition.fingerprint,
-        status=SagaStatus.STARTED,
-        data=data,
-        steps=tuple(StepState(step.name) for step in definition.steps),
-        correlation_id=correlation_id or saga_id,
-        created_at=now,
-        updated_at=now,
-        idempotency_key=idempotency_key,
-        input_digest=input_digest,
-        deadline_at=now + definition.deadline if definition.deadline else None,
-    )
 
 
 def decide(
@@ -129,20 +99,17 @@ class _Transition:
                 return Decision(original, rejected=rejected)
         else:
             refused = self._operator(event)
-            if refused:
+            if refused:  # recorded, and nothing else changes
+                detail: dict[str, JSON] = {
+                    "command": command_name(event),
+                    "reason": event.reason,
+                    "by": event.by,
+                    "error": refused,
+                }
+                self._record(HistoryKind.REFUSED, detail=detail)
                 return Decision(
-                    evolve(self.inst, updated_at=self.now),
-                    history=(
-                        self._entry(
-                            HistoryKind.REFUSED,
-                            detail={
-                                "command": command_name(event),
-                                "reason": event.reason,
-                                "by": event.by,
-                                "error": refused,
-                            },
-                        ),
-                    ),
+                    evolve(original, updated_at=self.now),
+                    history=tuple(self.history),
                     refused=refused,
                 )
         if self.history or self.effects:
@@ -180,18 +147,6 @@ class _Transition:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _entry(
-        self,
-        kind: HistoryKind,
-        step: str | None = None,
-        phase: Phase | None = None,
-        attempt: int | None = None,
-        detail: dict[str, JSON] | None = None,
-    ) -> HistoryEntry:
-        return HistoryEntry(
-            self.now, kind, step, phase.value if phase else None, attempt, detail or {}
-        )
-
     def _record(
         self,
         kind: HistoryKind,
@@ -200,7 +155,11 @@ class _Transition:
         attempt: int | None = None,
         detail: dict[str, JSON] | None = None,
     ) -> None:
-        self.history.append(self._entry(kind, step, phase, attempt, detail))
+        self.history.append(
+            HistoryEntry(
+                self.now, kind, step, phase.value if phase else None, attempt, detail or {}
+            )
+        )
 
     def _status(
         self, status: SagaStatus, *, reason: str | None = None, stuck_step: str | None = None
@@ -538,14 +497,12 @@ class _Transition:
             return
         if self.inst.deadline_passed:
             return
-        point = self._past_no_return()
-        if point is not None or status is SagaStatus.STUCK:
+        self._set(deadline_passed=True)
+        if self._past_no_return() is not None or status is SagaStatus.STUCK:
             # Past the pivot the saga only goes forward; a stuck instance waits for its
             # operator. Either way the deadline is flagged, nothing is compensated.
-            self._set(deadline_passed=True)
             self._record(HistoryKind.DEADLINE, detail={"action": "flagged"})
             return
-        self._set(deadline_passed=True)
         self._record(HistoryKind.DEADLINE, detail={"action": "compensate"})
         self._stop("deadline passed")
 

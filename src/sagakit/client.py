@@ -31,6 +31,7 @@ from sagakit.ports import (
     Retention,
 )
 from sagakit.retention import RetentionPolicy
+from sagakit.starts import resolve_start
 from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
 from sagakit.transitions import Abort, OperatorCommand, Resolve, Retry, check_command
 
@@ -126,24 +127,24 @@ class Client:
             )
             return SagaHandle(saga_id, self)
         # No worker here: a durable start command that a worker with the definition applies
-        # (Semantics 11). With a key, an existing instance for it is returned instead.
+        # (Semantics 11). A key already used answers at once, under the worker's rules: its
+        # instance for the same input, an IdempotencyConflict for another (Semantics 15).
+        encoded = to_json(data, path="saga data")
         if key is not None:
             existing = await self.store.find_by_key(definition.name, key)
-            if existing is not None:
-                return SagaHandle(existing.saga_id, self, definition.name, key)
-            retired = await self.store.retired_key(definition.name, key)
-            if retired is not None:
-                if retired.input_digest != digest_of(to_json(data, path="saga data")):
-                    raise IdempotencyConflict(
-                        f"idempotency key {key!r} was used by saga {retired.saga_id} "
-                        "(since purged) with different input"
-                    )
-                return SagaHandle(retired.saga_id, self, definition.name, key)
+            retired = None
+            if existing is None:  # its instance may have been purged: the key still holds
+                retired = await self.store.retired_key(definition.name, key)
+            resolved = resolve_start(key, digest_of(encoded), existing=existing, retired=retired)
+            if isinstance(resolved, IdempotencyConflict):
+                raise resolved
+            if resolved is not None:
+                return SagaHandle(resolved, self, definition.name, key)
         saga_id = new_id()
         body: dict[str, JSON] = {
             "saga_type": definition.name,
             "version": definition.version,
-            "data": to_json(data, path="saga data"),
+            "data": encoded,
             "key": key,
             "correlation_id": correlation_id,
         }

@@ -21,7 +21,9 @@ before or after, passing ``cmd.idempotency_key`` on.
 
 Raise :class:`~sagakit.errors.StepFailed` for a definite business failure (its writes are
 rolled back, the failure is recorded and replied), :class:`~sagakit.errors.StepError` (or any
-exception) for a retryable error (rolled back, not recorded, so a retry runs again).
+exception) for a retryable error (rolled back, not recorded, so a retry runs again). The reply
+carries the same error text as a local step's would (:func:`sagakit.answers.outcome_of`): the
+message of a ``StepFailed`` or ``StepError``, ``TypeName: message`` for anything else.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from sagakit.answers import outcome_of
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, to_json
-from sagakit.errors import DefinitionError, EncodingError, MessageRejected, StepError, StepFailed
+from sagakit.errors import DefinitionError, EncodingError, MessageRejected
 from sagakit.ids import new_id
 from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode, encode
 from sagakit.ports import DeadLetter, OutboxMessage, ParticipantStore, ParticipantTx, Transport
@@ -225,22 +228,19 @@ class ParticipantRunner:
                 raise EncodingError(
                     f"result of {env.type}: the reply of {size} bytes exceeds {MAX_MESSAGE_BYTES}"
                 )
-        except StepFailed as exc:
+        except Exception as exc:
             await tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
-            return [await self._record(tx, env, Outcome.FAILURE, None, str(exc) or "failed")]
-        except (StepError, EncodingError, Exception) as exc:
-            await tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
-            retryable = (
-                exc.retryable if isinstance(exc, StepError) else not isinstance(exc, EncodingError)
-            )
-            retry_after = exc.retry_after if isinstance(exc, StepError) else None
+            answer = outcome_of(exc)
+            if answer.outcome is Outcome.FAILURE:
+                # Definite: recorded, so a duplicate gets the same answer (Semantics 3).
+                return [await self._record(tx, env, answer.outcome, None, answer.error)]
             reply = self._reply(
                 env,
-                Outcome.ERROR,
+                answer.outcome,
                 None,
-                f"{type(exc).__name__}: {exc}",
-                retryable=retryable,
-                retry_after=retry_after,
+                answer.error,
+                retryable=answer.retryable,
+                retry_after=answer.retry_after,
             )
             return [await self._put(tx, reply)]
         await tx.execute("RELEASE SAVEPOINT sagakit_handler")

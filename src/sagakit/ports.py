@@ -15,8 +15,8 @@ from typing import Protocol, TypeVar
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON
+from sagakit.events import TimerKind
 from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
-from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
 

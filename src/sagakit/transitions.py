@@ -7,18 +7,38 @@ tests drive it exhaustively. The worker commits the new instance, its history, t
 its dispatches produce and its timers in one transaction, and only then carries the effects
 out.
 
-The rules are those of the Semantics in PRODUCT.md; the answer table (step state × incoming
-answer → action) is written out in docs/concepts.md and pinned row by row by tests.
+The rules are those of the Semantics in PRODUCT.md. Every reply is classified by the answer
+table of :mod:`sagakit.answers` (rejected, late, duplicate or apply), and one handler applies
+it to a step's action and to its compensation alike. The events, effects and operator commands
+live in modules of their own and are re-exported here.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import Any
 
+from sagakit.answers import RECORDED_AS, RETRYING, RUNNING, Handling, PhaseState, classify
 from sagakit.definition import Phase, SagaDefinition, StepKind
+from sagakit.effects import (
+    CancelTimers,
+    Decision,
+    Dispatch,
+    Effect,
+    SetTimer,
+    idempotency_key,
+    timer_name,
+)
 from sagakit.encoding import JSON
+from sagakit.events import Begin, Event, Outcome, Reply, TimerFired, TimerKind
+from sagakit.operator_commands import (
+    Abort,
+    OperatorCommand,
+    Resolve,
+    Retry,
+    check_command,
+    command_name,
+)
+from sagakit.starts import new_instance
 from sagakit.state import (
     CompensationState,
     CompensationStatus,
@@ -31,217 +51,6 @@ from sagakit.state import (
     evolve,
     update_fields,
 )
-
-# -- events -------------------------------------------------------------------------------
-
-
-class Outcome(enum.StrEnum):
-    """What a reply says (Semantics 5)."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"  # definite: the participant promises it did nothing
-    ERROR = "error"  # no definite answer; retryable unless the reply says otherwise
-
-
-class TimerKind(enum.StrEnum):
-    TIMEOUT = "timeout"
-    RETRY = "retry"
-    DEADLINE = "deadline"
-
-
-@dataclass(frozen=True)
-class Begin:
-    """Start moving a freshly created instance."""
-
-
-@dataclass(frozen=True, init=False)
-class Reply:
-    """The answer of a step's action or compensation, remote or local."""
-
-    step: str
-    phase: Phase
-    attempt: int
-    outcome: Outcome
-    result: JSON = None
-    error: str | None = None
-    retryable: bool = True
-    retry_after: float | None = None
-
-    def __init__(
-        self,
-        step: str,
-        phase: Phase,
-        attempt: int,
-        outcome: Outcome,
-        result: JSON = None,
-        error: str | None = None,
-        retryable: bool = True,
-        retry_after: float | None = None,
-    ) -> None:
-        # One per step answer: straight into the dict, not field by field via __setattr__.
-        self.__dict__.update(
-            step=step,
-            phase=phase,
-            attempt=attempt,
-            outcome=outcome,
-            result=result,
-            error=error,
-            retryable=retryable,
-            retry_after=retry_after,
-        )
-
-
-@dataclass(frozen=True)
-class TimerFired:
-    kind: TimerKind
-    step: str | None = None
-    phase: Phase = Phase.ACTION
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class Abort:
-    reason: str
-    by: str = "operator"
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Give the step the instance is stuck on a fresh attempt budget."""
-
-    reason: str
-    by: str = "operator"
-
-
-@dataclass(frozen=True)
-class Resolve:
-    """Declare by hand that what the instance is stuck on is settled."""
-
-    step: str
-    reason: str
-    by: str = "operator"
-
-
-Event = Begin | Reply | TimerFired | Abort | Retry | Resolve
-OperatorCommand = Abort | Retry | Resolve
-
-# -- effects ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, init=False)
-class Dispatch:
-    """Send a step's action or compensation: a command message, or a local run."""
-
-    step: str
-    phase: Phase
-    attempt: int
-    idempotency_key: str
-    deadline: float
-
-    def __init__(
-        self, step: str, phase: Phase, attempt: int, idempotency_key: str, deadline: float
-    ) -> None:
-        # One per step dispatched: straight into the dict, not field by field.
-        self.__dict__.update(
-            step=step,
-            phase=phase,
-            attempt=attempt,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-        )
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    name: str
-    kind: TimerKind
-    due_at: float
-    step: str | None = None
-    phase: Phase = Phase.ACTION
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class CancelTimers:
-    """Cancel the named timers; ``names=None`` cancels every timer of the instance."""
-
-    names: tuple[str, ...] | None
-
-
-Effect = Dispatch | SetTimer | CancelTimers
-
-
-@dataclass(frozen=True, init=False)
-class Decision:
-    """The outcome of one event.
-
-    ``rejected`` is set when the event cannot apply to this instance at all (a reply for a
-    step that does not exist or was never dispatched): the message goes to the dead-letter
-    place and nothing is written. ``refused`` is set when an operator command is invalid in
-    the instance's state: it is recorded in the history and the instance is unchanged.
-    """
-
-    instance: SagaInstance
-    effects: tuple[Effect, ...] = ()
-    history: tuple[HistoryEntry, ...] = ()
-    refused: str | None = None
-    rejected: str | None = None
-
-    def __init__(
-        self,
-        instance: SagaInstance,
-        effects: tuple[Effect, ...] = (),
-        history: tuple[HistoryEntry, ...] = (),
-        refused: str | None = None,
-        rejected: str | None = None,
-    ) -> None:
-        # One per event: straight into the dict, not field by field through __setattr__.
-        self.__dict__.update(
-            instance=instance, effects=effects, history=history, refused=refused, rejected=rejected
-        )
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.history) or bool(self.effects)
-
-
-def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
-    """The key of a step's action or compensation: the same across every retry (Semantics 2)."""
-    return f"{saga_id}:{step}:{phase.value}"
-
-
-def timer_name(kind: TimerKind, step: str | None = None, phase: Phase = Phase.ACTION) -> str:
-    if kind is TimerKind.DEADLINE:
-        return "deadline"
-    return f"{kind.value}:{step}:{phase.value}"
-
-
-def new_instance(
-    definition: SagaDefinition,
-    *,
-    saga_id: str,
-    data: JSON,
-    correlation_id: str | None,
-    idempotency_key: str | None,
-    input_digest: str,
-    now: float,
-) -> SagaInstance:
-    """A fresh instance in ``started``; apply :class:`Begin` to set it moving."""
-    return SagaInstance(
-        saga_id=saga_id,
-        saga_type=definition.name,
-        version=definition.version,
-        fingerprint=definition.fingerprint,
-        status=SagaStatus.STARTED,
-        data=data,
-        steps=tuple(StepState(step.name) for step in definition.steps),
-        correlation_id=correlation_id or saga_id,
-        created_at=now,
-        updated_at=now,
-        idempotency_key=idempotency_key,
-        input_digest=input_digest,
-        deadline_at=now + definition.deadline if definition.deadline else None,
-    )
 
 
 def decide(
@@ -260,41 +69,7 @@ def decide(
     return _Transition(instance, definition, now).apply(event)
 
 
-def check_command(instance: SagaInstance, command: OperatorCommand) -> str | None:
-    """Why ``command`` would be refused in ``instance``'s state, or None if it is valid.
-
-    Clients use this to refuse a command up front; the worker applies the same rules.
-    """
-    status = instance.status
-    if isinstance(command, Abort):
-        if status is SagaStatus.COMPENSATING:
-            return "the saga is already compensating"
-        if status.terminal:
-            return f"the saga is already {status.value}"
-        if _stuck_compensation(instance) is not None:
-            return "the saga is stuck compensating; retry or resolve the compensation instead"
-        point = instance.point_of_no_return
-        if point is not None:
-            return (
-                f"step {point!r} is past the point of no return; the saga can only go forward "
-                "(retry or resolve instead)"
-            )
-        return None
-    if status is not SagaStatus.STUCK:
-        return f"the saga is {status.value}, not stuck"
-    if isinstance(command, Resolve) and command.step != instance.stuck_step:
-        return f"the saga is stuck on step {instance.stuck_step!r}, not {command.step!r}"
-    return None
-
-
 # -- the machine --------------------------------------------------------------------------
-
-
-def _stuck_compensation(instance: SagaInstance) -> str | None:
-    for s in instance.steps:
-        if s.compensation is not None and s.compensation.status is CompensationStatus.FAILED:
-            return s.name
-    return None
 
 
 class _Transition:
@@ -324,20 +99,17 @@ class _Transition:
                 return Decision(original, rejected=rejected)
         else:
             refused = self._operator(event)
-            if refused:
+            if refused:  # recorded, and nothing else changes
+                detail: dict[str, JSON] = {
+                    "command": command_name(event),
+                    "reason": event.reason,
+                    "by": event.by,
+                    "error": refused,
+                }
+                self._record(HistoryKind.REFUSED, detail=detail)
                 return Decision(
-                    evolve(self.inst, updated_at=self.now),
-                    history=(
-                        self._entry(
-                            HistoryKind.REFUSED,
-                            detail={
-                                "command": _command_name(event),
-                                "reason": event.reason,
-                                "by": event.by,
-                                "error": refused,
-                            },
-                        ),
-                    ),
+                    evolve(original, updated_at=self.now),
+                    history=tuple(self.history),
                     refused=refused,
                 )
         if self.history or self.effects:
@@ -375,18 +147,6 @@ class _Transition:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _entry(
-        self,
-        kind: HistoryKind,
-        step: str | None = None,
-        phase: Phase | None = None,
-        attempt: int | None = None,
-        detail: dict[str, JSON] | None = None,
-    ) -> HistoryEntry:
-        return HistoryEntry(
-            self.now, kind, step, phase.value if phase else None, attempt, detail or {}
-        )
-
     def _record(
         self,
         kind: HistoryKind,
@@ -395,7 +155,11 @@ class _Transition:
         attempt: int | None = None,
         detail: dict[str, JSON] | None = None,
     ) -> None:
-        self.history.append(self._entry(kind, step, phase, attempt, detail))
+        self.history.append(
+            HistoryEntry(
+                self.now, kind, step, phase.value if phase else None, attempt, detail or {}
+            )
+        )
 
     def _status(
         self, status: SagaStatus, *, reason: str | None = None, stuck_step: str | None = None
@@ -422,23 +186,40 @@ class _Transition:
     def _kind(self, index: int) -> StepKind:
         return self.definition.steps[index].kind
 
-    def _cancel(self, step: str, phase: Phase) -> None:
-        """Cancel the step's timers that can exist in its current state (none for a local
-        step that is running: the worker bounds it, no timer row was written)."""
-        index = self.definition.index(step)
+    def _progress(self, index: int, phase: Phase) -> tuple[PhaseState, int, int]:
+        """The state of a step's action or compensation: its status (None for a compensation
+        not started), the attempts sent and the attempt count its budget starts from."""
         state = self.inst.steps[index]
         if phase is Phase.ACTION:
-            running = state.status is StepStatus.RUNNING
-            retrying = state.status is StepStatus.RETRYING
-        else:
-            comp = state.compensation
-            running = comp is not None and comp.status is CompensationStatus.RUNNING
-            retrying = comp is not None and comp.status is CompensationStatus.RETRYING
+            return state.status, state.attempts, state.budget_from
+        comp = state.compensation
+        if comp is None:
+            return None, 0, 0
+        return comp.status, comp.attempts, comp.budget_from
+
+    def _set_progress(self, index: int, phase: Phase, **changes: object) -> None:
+        if phase is Phase.ACTION:
+            self._set_step(index, **changes)
+            return
+        comp = self.inst.steps[index].compensation
+        assert comp is not None
+        self._set_step(index, compensation=evolve(comp, **changes))
+
+    def _may_proceed(self, phase: Phase) -> bool:
+        # An action is sent again only while the saga goes forward; a compensation whenever
+        # it is due.
+        return phase is Phase.COMPENSATION or self.inst.status is SagaStatus.PENDING
+
+    def _cancel(self, index: int, phase: Phase) -> None:
+        """Cancel the timers the step's phase can have in its current state (none for a local
+        step that is running: the worker bounds it, no timer row was written)."""
+        status = self._progress(index, phase)[0]
+        step = self.definition.steps[index]
         names: list[str] = []
-        if running and self.definition.steps[index].is_remote:
-            names.append(timer_name(TimerKind.TIMEOUT, step, phase))
-        if retrying:
-            names.append(timer_name(TimerKind.RETRY, step, phase))
+        if status is RUNNING[phase] and step.is_remote:
+            names.append(timer_name(TimerKind.TIMEOUT, step.name, phase))
+        if status is RETRYING[phase]:
+            names.append(timer_name(TimerKind.RETRY, step.name, phase))
         if names:
             self.effects.append(CancelTimers(tuple(names)))
 
@@ -509,29 +290,24 @@ class _Transition:
             )
         self._record(HistoryKind.DISPATCHED, step.name, phase, attempt)
 
-    # -- replies --------------------------------------------------------------------------
+    # -- replies (both phases) -------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> str | None:
         try:
             index = self.definition.index(reply.step)
         except KeyError:
             return f"reply for unknown step {reply.step!r} of saga {self.inst.saga_type!r}"
-        state = self.inst.steps[index]
-        if reply.phase is Phase.ACTION:
-            if (
-                state.status is StepStatus.PENDING
-                or reply.attempt < 1
-                or reply.attempt > state.attempts
-            ):
-                return f"reply for attempt {reply.attempt} of step {reply.step!r}, never sent"
-            self._action_reply(index, state, reply)
-            return None
-        comp = state.compensation
-        if comp is None or reply.attempt < 1 or reply.attempt > comp.attempts:
-            return (
-                f"reply for compensation attempt {reply.attempt} of step {reply.step!r}, never sent"
-            )
-        self._compensation_reply(index, comp, reply)
+        phase = reply.phase
+        status, sent, _ = self._progress(index, phase)
+        handling = classify(phase, status, reply.outcome, reply.attempt, sent)
+        if handling is Handling.APPLY:
+            self._note_reply(HistoryKind.REPLY, reply)
+            self._answer(index, phase, reply)
+        elif handling is Handling.REJECTED:
+            what = "attempt" if phase is Phase.ACTION else "compensation attempt"
+            return f"reply for {what} {reply.attempt} of step {reply.step!r}, never sent"
+        else:
+            self._note_reply(RECORDED_AS[handling], reply)
         return None
 
     def _note_reply(self, kind: HistoryKind, reply: Reply) -> None:
@@ -542,79 +318,65 @@ class _Transition:
             detail["result"] = reply.result
         self._record(kind, reply.step, reply.phase, reply.attempt, detail)
 
-    def _action_reply(self, index: int, state: StepState, reply: Reply) -> None:
-        in_flight = state.status in (StepStatus.RUNNING, StepStatus.RETRYING)
-        if not in_flight:
-            duplicate = state.status is StepStatus.DONE and reply.outcome is Outcome.SUCCESS
-            self._note_reply(
-                HistoryKind.DUPLICATE_REPLY if duplicate else HistoryKind.LATE_REPLY, reply
-            )
+    def _answer(self, index: int, phase: Phase, reply: Reply) -> None:
+        """Act on a reply that the answer table applies."""
+        outcome = reply.outcome
+        if outcome is Outcome.ERROR:
+            self._error(index, phase, reply.error or "error", reply.retryable, reply.retry_after)
             return
-        if reply.outcome is Outcome.ERROR and (
-            state.status is StepStatus.RETRYING or reply.attempt != state.attempts
-        ):
-            # An error from an attempt that is no longer current says nothing new.
-            self._note_reply(HistoryKind.LATE_REPLY, reply)
-            return
-        self._note_reply(HistoryKind.REPLY, reply)
-        name = state.name
-        if reply.outcome is Outcome.SUCCESS:
-            self._cancel(name, Phase.ACTION)
-            self._set_step(
-                index,
-                status=StepStatus.DONE,
-                result=reply.result,
-                error=None,
-                outcome_known=True,
-            )
-            if self._kind(index) is StepKind.PIVOT and self.inst.status is SagaStatus.COMPENSATING:
-                self._pivot_succeeded_while_stopping(name)
-            self._after_step_settled()
-        elif reply.outcome is Outcome.FAILURE:
-            self._cancel(name, Phase.ACTION)
-            error = reply.error or "failed"
-            self._set_step(index, status=StepStatus.FAILED, error=error, outcome_known=True)
-            if self._kind(index) is StepKind.RETRIABLE:
-                self._status(
-                    SagaStatus.STUCK,
-                    reason=f"step {name!r} failed past the point of no return: {error}",
-                    stuck_step=name,
-                )
-            elif self.inst.status is SagaStatus.PENDING:
-                self._start_compensation(f"step {name!r} failed: {error}")
+        self._cancel(index, phase)
+        if phase is Phase.ACTION:
+            if outcome is Outcome.SUCCESS:
+                self._action_done(index, reply.result)
             else:
-                self._compensate_next()
+                self._action_ended(index, StepStatus.FAILED, reply.error or "failed")
+        elif outcome is Outcome.SUCCESS:
+            self._compensated(index)
         else:
-            self._action_error(index, reply.error or "error", reply.retryable, reply.retry_after)
+            self._compensation_stuck(index, reply.error or "failed", "failed definitely")
 
-    def _action_error(
-        self, index: int, error: str, retryable: bool, retry_after: float | None
+    def _error(
+        self, index: int, phase: Phase, error: str, retryable: bool, retry_after: float | None
     ) -> None:
-        state = self.inst.steps[index]
+        """An attempt ended with no definite answer (an error, or its timeout): it is retried
+        while the policy allows; then an action's outcome is unknown, and a compensation
+        leaves the saga stuck on it."""
         step = self.definition.steps[index]
-        used = state.attempts - state.budget_from
-        self._cancel(step.name, Phase.ACTION)
-        if retryable and used < step.retry.max_attempts and self.inst.status is SagaStatus.PENDING:
-            self._set_step(index, status=StepStatus.RETRYING, error=error)
-            self._schedule_retry(index, Phase.ACTION, state.attempts, used, retry_after)
-            return
-        kind = step.kind
-        self._set_step(index, status=StepStatus.UNKNOWN, error=error, outcome_known=False)
+        _, attempts, budget_from = self._progress(index, phase)
+        used = attempts - budget_from
+        self._cancel(index, phase)
+        if retryable and used < step.policy_for(phase).max_attempts and self._may_proceed(phase):
+            self._set_progress(index, phase, status=RETRYING[phase], error=error)
+            self._schedule_retry(index, phase, attempts, used, retry_after)
+        elif phase is Phase.ACTION:
+            self._action_ended(index, StepStatus.UNKNOWN, error)
+        else:
+            self._compensation_stuck(index, error, "exhausted its retry policy")
+
+    def _action_done(self, index: int, result: JSON) -> None:
+        name = self.inst.steps[index].name
+        self._set_step(index, status=StepStatus.DONE, result=result, error=None, outcome_known=True)
+        if self._kind(index) is StepKind.PIVOT and self.inst.status is SagaStatus.COMPENSATING:
+            self._pivot_succeeded_while_stopping(name)
+        self._after_step_settled()
+
+    def _action_ended(self, index: int, status: StepStatus, error: str) -> None:
+        """The action failed definitely (``failed``) or has no definite answer (``unknown``)."""
+        name = self.inst.steps[index].name
+        kind = self._kind(index)
+        failed = status is StepStatus.FAILED
+        self._set_step(index, status=status, error=error, outcome_known=failed)
         if kind is StepKind.RETRIABLE:
+            how = "failed past the point of no return" if failed else "exhausted its retry policy"
+            self._status(SagaStatus.STUCK, reason=f"step {name!r} {how}: {error}", stuck_step=name)
+        elif kind is StepKind.PIVOT and not failed:
             self._status(
                 SagaStatus.STUCK,
-                reason=f"step {step.name!r} exhausted its retry policy: {error}",
-                stuck_step=step.name,
-            )
-            return
-        if kind is StepKind.PIVOT:
-            self._status(
-                SagaStatus.STUCK,
-                reason=f"the outcome of pivot {step.name!r} is unknown: {error}",
-                stuck_step=step.name,
+                reason=f"the outcome of pivot {name!r} is unknown: {error}",
+                stuck_step=name,
             )
         elif self.inst.status is SagaStatus.PENDING:
-            self._start_compensation(f"step {step.name!r} failed: {error}")
+            self._start_compensation(f"step {name!r} failed: {error}")
         else:
             self._compensate_next()
 
@@ -690,60 +452,19 @@ class _Transition:
         comp = self.inst.steps[target].compensation
         self._dispatch(target, Phase.COMPENSATION, (comp.attempts if comp else 0) + 1)
 
-    def _compensation_reply(self, index: int, comp: CompensationState, reply: Reply) -> None:
-        in_flight = comp.status in (CompensationStatus.RUNNING, CompensationStatus.RETRYING)
-        if not in_flight:
-            duplicate = comp.status is CompensationStatus.DONE and reply.outcome is Outcome.SUCCESS
-            self._note_reply(
-                HistoryKind.DUPLICATE_REPLY if duplicate else HistoryKind.LATE_REPLY, reply
-            )
-            return
-        if reply.outcome is Outcome.ERROR and (
-            comp.status is CompensationStatus.RETRYING or reply.attempt != comp.attempts
-        ):
-            self._note_reply(HistoryKind.LATE_REPLY, reply)
-            return
-        self._note_reply(HistoryKind.REPLY, reply)
-        name = reply.step
-        self._cancel(name, Phase.COMPENSATION)
-        if reply.outcome is Outcome.SUCCESS:
-            self._set_step(
-                index,
-                status=StepStatus.COMPENSATED,
-                compensation=evolve(comp, status=CompensationStatus.DONE, error=None),
-            )
-            self._compensate_next()
-        elif reply.outcome is Outcome.FAILURE:
-            self._compensation_stuck(index, comp, reply.error or "failed", "failed definitely")
-        else:
-            self._compensation_error(
-                index, reply.error or "error", reply.retryable, reply.retry_after
-            )
-
-    def _compensation_error(
-        self, index: int, error: str, retryable: bool, retry_after: float | None
-    ) -> None:
-        step = self.definition.steps[index]
+    def _compensated(self, index: int) -> None:
         comp = self.inst.steps[index].compensation
         assert comp is not None
-        used = comp.attempts - comp.budget_from
-        self._cancel(step.name, Phase.COMPENSATION)
-        if retryable and used < step.compensation_retry.max_attempts:
-            self._set_step(
-                index,
-                compensation=evolve(comp, status=CompensationStatus.RETRYING, error=error),
-            )
-            self._schedule_retry(index, Phase.COMPENSATION, comp.attempts, used, retry_after)
-            return
-        self._compensation_stuck(index, comp, error, "exhausted its retry policy")
-
-    def _compensation_stuck(
-        self, index: int, comp: CompensationState, error: str, how: str
-    ) -> None:
-        name = self.inst.steps[index].name
         self._set_step(
-            index, compensation=evolve(comp, status=CompensationStatus.FAILED, error=error)
+            index,
+            status=StepStatus.COMPENSATED,
+            compensation=evolve(comp, status=CompensationStatus.DONE, error=None),
         )
+        self._compensate_next()
+
+    def _compensation_stuck(self, index: int, error: str, how: str) -> None:
+        name = self.inst.steps[index].name
+        self._set_progress(index, Phase.COMPENSATION, status=CompensationStatus.FAILED, error=error)
         self._status(
             SagaStatus.STUCK,
             reason=f"compensation of step {name!r} {how}: {error}",
@@ -760,28 +481,14 @@ class _Transition:
             index = self.definition.index(fired.step or "")
         except KeyError:
             return f"timer for unknown step {fired.step!r}"
-        state = self.inst.steps[index]
-        if fired.phase is Phase.ACTION:
-            if fired.kind is TimerKind.TIMEOUT:
-                if state.status is StepStatus.RUNNING and state.attempts == fired.attempt:
-                    self._record(HistoryKind.TIMED_OUT, state.name, Phase.ACTION, fired.attempt)
-                    self._action_error(index, "timed out", True, None)
-            elif (
-                state.status is StepStatus.RETRYING
-                and fired.attempt == state.attempts + 1
-                and self.inst.status is SagaStatus.PENDING
-            ):
-                self._dispatch(index, Phase.ACTION, fired.attempt)
-            return None
-        comp = state.compensation
-        if comp is None:
-            return None
+        phase = fired.phase
+        status, sent, _ = self._progress(index, phase)
         if fired.kind is TimerKind.TIMEOUT:
-            if comp.status is CompensationStatus.RUNNING and comp.attempts == fired.attempt:
-                self._record(HistoryKind.TIMED_OUT, state.name, Phase.COMPENSATION, fired.attempt)
-                self._compensation_error(index, "timed out", True, None)
-        elif comp.status is CompensationStatus.RETRYING and fired.attempt == comp.attempts + 1:
-            self._dispatch(index, Phase.COMPENSATION, fired.attempt)
+            if status is RUNNING[phase] and sent == fired.attempt:
+                self._record(HistoryKind.TIMED_OUT, fired.step, phase, fired.attempt)
+                self._error(index, phase, "timed out", True, None)
+        elif status is RETRYING[phase] and fired.attempt == sent + 1 and self._may_proceed(phase):
+            self._dispatch(index, phase, fired.attempt)
         return None
 
     def _deadline(self) -> None:
@@ -790,14 +497,12 @@ class _Transition:
             return
         if self.inst.deadline_passed:
             return
-        point = self._past_no_return()
-        if point is not None or status is SagaStatus.STUCK:
+        self._set(deadline_passed=True)
+        if self._past_no_return() is not None or status is SagaStatus.STUCK:
             # Past the pivot the saga only goes forward; a stuck instance waits for its
             # operator. Either way the deadline is flagged, nothing is compensated.
-            self._set(deadline_passed=True)
             self._record(HistoryKind.DEADLINE, detail={"action": "flagged"})
             return
-        self._set(deadline_passed=True)
         self._record(HistoryKind.DEADLINE, detail={"action": "compensate"})
         self._stop("deadline passed")
 
@@ -808,7 +513,7 @@ class _Transition:
         if refused:
             return refused
         detail: dict[str, JSON] = {
-            "command": _command_name(command),
+            "command": command_name(command),
             "reason": command.reason,
             "by": command.by,
         }
@@ -824,14 +529,12 @@ class _Transition:
         self._record(HistoryKind.OPERATOR, step_name, detail=detail)
         compensating = comp is not None and comp.status is CompensationStatus.FAILED
         if isinstance(command, Retry):
-            if compensating and comp is not None:
-                self._set_step(index, compensation=evolve(comp, budget_from=comp.attempts))
-                self._status(SagaStatus.COMPENSATING)
-                self._dispatch(index, Phase.COMPENSATION, comp.attempts + 1)
-            else:
-                self._set_step(index, budget_from=state.attempts)
-                self._status(SagaStatus.PENDING)
-                self._dispatch(index, Phase.ACTION, state.attempts + 1)
+            # A fresh budget for what the saga is stuck on: its compensation, or its action.
+            phase = Phase.COMPENSATION if compensating else Phase.ACTION
+            sent = self._progress(index, phase)[1]
+            self._set_progress(index, phase, budget_from=sent)
+            self._status(SagaStatus.COMPENSATING if compensating else SagaStatus.PENDING)
+            self._dispatch(index, phase, sent + 1)
             return None
         # Resolve by hand.
         if compensating and comp is not None:
@@ -853,7 +556,7 @@ class _Transition:
         for i, s in enumerate(self.inst.steps):
             if s.status is StepStatus.RETRYING:
                 # Its retry timer is cancelled; its last attempt had no definite answer.
-                self._cancel(s.name, Phase.ACTION)
+                self._cancel(i, Phase.ACTION)
                 self._set_step(i, status=StepStatus.UNKNOWN, outcome_known=False)
                 if self._kind(i) is StepKind.PIVOT:
                     # As when an in-flight pivot times out: it may have taken effect, so the
@@ -869,5 +572,26 @@ class _Transition:
         self._start_compensation(reason)
 
 
-def _command_name(command: OperatorCommand) -> str:
-    return type(command).__name__.lower()
+# Every name that other modules take from here stays importable from here.
+__all__ = [
+    "Abort",
+    "Begin",
+    "CancelTimers",
+    "Decision",
+    "Dispatch",
+    "Effect",
+    "Event",
+    "OperatorCommand",
+    "Outcome",
+    "Reply",
+    "Resolve",
+    "Retry",
+    "SetTimer",
+    "TimerFired",
+    "TimerKind",
+    "check_command",
+    "decide",
+    "idempotency_key",
+    "new_instance",
+    "timer_name",
+]

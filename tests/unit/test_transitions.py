@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sagakit import Phase, RetryPolicy, Saga, SagaDefinition, StepContext
+from sagakit.answers import ANSWER_ROWS, ANSWER_TABLE, Handling, PhaseState, ReplyKind
 from sagakit.state import (
     CompensationStatus,
     HistoryEntry,
@@ -600,6 +601,141 @@ def test_docs_answer_table_matches_the_tests() -> None:
     lines = {line.strip() for line in docs.read_text(encoding="utf-8").splitlines()}
     missing = [row for row in docs_rows() if row not in lines]
     assert not missing, "docs/concepts.md lacks the rows:\n" + "\n".join(missing)
+
+
+# -- the answer table in the core (sagakit.answers) is what decide() follows -----------------
+
+#: One reply per way of being each kind (step or compensation at attempt 2, as above).
+KIND_REPLIES: dict[ReplyKind, list[tuple[str, int, bool]]] = {
+    ReplyKind.SUCCESS: [("success", 2, True), ("success", 1, True)],
+    ReplyKind.FAILURE: [("failure", 2, True), ("failure", 1, True)],
+    ReplyKind.ERROR: [("error", 2, True), ("error", 2, False)],
+    ReplyKind.OLDER_ERROR: [("error", 1, True), ("error", 1, False)],
+    ReplyKind.NEVER_SENT: [("success", 3, True), ("failure", 0, True), ("error", 3, True)],
+}
+OBSERVED = {
+    HistoryKind.REPLY: Handling.APPLY,
+    HistoryKind.LATE_REPLY: Handling.LATE,
+    HistoryKind.DUPLICATE_REPLY: Handling.DUPLICATE,
+}
+
+
+def scenario_for(phase: Phase, state: PhaseState) -> tuple[Run, str]:
+    if phase is A:
+        return ACTION_SCENARIOS[str(state)]()
+    return COMPENSATION_SCENARIOS["not started" if state is None else str(state)]()
+
+
+def phase_state(instance: SagaInstance, name: str, phase: Phase) -> PhaseState:
+    step = instance.step(name)
+    if phase is A:
+        return step.status
+    return step.compensation.status if step.compensation is not None else None
+
+
+@pytest.mark.parametrize(
+    ("phase", "state", "kind"), list(ANSWER_TABLE), ids=lambda v: str(v) if v else "none"
+)
+def test_decide_follows_every_row_of_the_answer_table(
+    phase: Phase, state: PhaseState, kind: ReplyKind
+) -> None:
+    run, name = scenario_for(phase, state)
+    assert phase_state(run.instance, name, phase) == state
+    expected = ANSWER_TABLE[phase, state, kind]
+    for outcome, attempt, retryable in KIND_REPLIES[kind]:
+        reply = Reply(name, phase, attempt, Outcome(outcome), error="x", retryable=retryable)
+        if outcome == "success":
+            reply = ok(name, attempt, phase, result={"attempt": attempt})
+        decision = run.peek(reply)
+        if decision.rejected is not None:
+            observed = Handling.REJECTED
+            assert decision.instance == run.instance and not decision.changed
+        else:
+            observed = OBSERVED[decision.history[0].kind]
+            if observed is not Handling.APPLY:
+                assert len(decision.history) == 1 and decision.effects == ()
+                assert decision.instance.steps == run.instance.steps
+        assert observed is expected, (outcome, attempt, retryable)
+
+
+def test_the_answer_table_has_a_row_for_every_state_and_a_column_for_every_kind() -> None:
+    states: list[tuple[Phase, PhaseState]] = [(A, s) for s in StepStatus]
+    states += [(C, None)] + [(C, s) for s in CompensationStatus]
+    assert list(ANSWER_ROWS) == states
+    assert set(ANSWER_TABLE) == {(p, s, k) for p, s in states for k in ReplyKind}
+
+
+def core_table_markdown() -> list[str]:
+    """The core's answer table as docs/concepts.md shows it."""
+    lines = [
+        "| phase | state | " + " | ".join(kind.value for kind in ReplyKind) + " |",
+        "|---" * (2 + len(ReplyKind)) + "|",
+    ]
+    for (phase, state), row in ANSWER_ROWS.items():
+        label = "not started" if state is None else state.value
+        cells = " | ".join(handling.value for handling in row)
+        lines.append(f"| {phase.value} | {label} | {cells} |")
+    return lines
+
+
+def test_docs_show_the_core_answer_table() -> None:
+    docs = Path(__file__).parents[2] / "docs" / "concepts.md"
+    expected = "\n".join(core_table_markdown())
+    assert expected in docs.read_text(encoding="utf-8"), (
+        "docs/concepts.md should hold the answer table of sagakit.answers:\n" + expected
+    )
+
+
+def docs_section_rows(heading: str) -> dict[str, list[str]]:
+    """The rows of the first table under ``heading`` in docs/concepts.md: label -> cells."""
+    text = (Path(__file__).parents[2] / "docs" / "concepts.md").read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("|") and not line.startswith("|---"):
+            label, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+            rows[label] = cells
+    return rows
+
+
+def handling_of(cell: str) -> tuple[Handling, Handling]:
+    """A docs cell as (current attempt, older attempt) handlings: a cell that names what is
+    done is an applied answer."""
+    current, _, older = cell.removesuffix(")").partition(" (older attempt: ")
+    names = {h.value: h for h in Handling if h is not Handling.APPLY}
+    return names.get(current, Handling.APPLY), names.get(older or current, Handling.APPLY)
+
+
+@pytest.mark.parametrize("phase", [A, C])
+def test_the_docs_answer_tables_agree_with_the_core(phase: Phase) -> None:
+    """Each detailed table in docs/concepts.md, cell by cell, classifies as the core does."""
+    if phase is A:
+        rows = docs_section_rows("### Answers to a step's action")
+        states: dict[str, PhaseState] = {s.value: s for s in StepStatus}
+        states["running, saga stopping"] = StepStatus.RUNNING
+    else:
+        rows = docs_section_rows("### Answers to a step's compensation")
+        states = {f"compensation {s.value}": s for s in CompensationStatus}
+        states["compensation not started"] = None
+    header = rows.pop("step state")
+    assert header == [
+        "success",
+        "failure",
+        "retryable error",
+        "non-retryable error",
+        "attempt never sent",
+    ]
+    assert set(rows) == set(states)
+    for label, cells in rows.items():
+        success, failure, retryable, final, never = map(handling_of, cells)
+        row = dict(zip(ReplyKind, ANSWER_ROWS[phase, states[label]], strict=True))
+        assert success == (row[ReplyKind.SUCCESS],) * 2, label
+        assert failure == (row[ReplyKind.FAILURE],) * 2, label
+        for error in (retryable, final):
+            assert error == (row[ReplyKind.ERROR], row[ReplyKind.OLDER_ERROR]), label
+        assert never == (row[ReplyKind.NEVER_SENT],) * 2, label
 
 
 # -- forward ---------------------------------------------------------------------------------

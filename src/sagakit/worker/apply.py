@@ -38,6 +38,7 @@ from sagakit.ports import (
     TimerOp,
     TimerOpKind,
 )
+from sagakit.starts import resolve_start
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, evolve
 from sagakit.transitions import (
     Begin,
@@ -113,6 +114,7 @@ class Applier:
 
         if start.key is not None:
             existing: SagaInstance | None = None
+            retired: RetiredKey | None = None
             other = keys_in_batch.get((definition.name, start.key))
             if other is not None:
                 existing = other.instance
@@ -124,31 +126,16 @@ class Applier:
                 return
             else:
                 existing = await self._keys.find_by_key(definition.name, start.key)
-            if existing is None and other is None:
-                retired = await self._keys.retired_key(definition.name, start.key)
-                if retired is not None:  # its instance was purged: the start stays idempotent
-                    if retired.input_digest != start.digest:
-                        error = (
-                            f"idempotency key {start.key!r} was used by saga {retired.saga_id} "
-                            "(since purged) with different input"
-                        )
-                        answer(item, IdempotencyConflict(error))
-                        settle(error)
-                    else:
-                        item.result = retired.saga_id
-                        settle(None)
-                    return
-            if existing is not None:
-                if existing.input_digest != start.digest:
-                    error = (
-                        f"idempotency key {start.key!r} was used by saga {existing.saga_id} "
-                        "with different input"
-                    )
-                    answer(item, IdempotencyConflict(error))
-                    settle(error)
-                else:
-                    item.result = existing.saga_id
-                    settle(None)
+                if existing is None:  # its instance may have been purged: the key still holds
+                    retired = await self._keys.retired_key(definition.name, start.key)
+            resolved = resolve_start(start.key, start.digest, existing=existing, retired=retired)
+            if isinstance(resolved, IdempotencyConflict):
+                answer(item, resolved)
+                settle(str(resolved))
+                return
+            if resolved is not None:
+                item.result = resolved
+                settle(None)
                 return
             keys_in_batch[(definition.name, start.key)] = work
         instance = new_instance(

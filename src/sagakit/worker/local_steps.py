@@ -13,16 +13,14 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from sagakit.answers import outcome_of
 from sagakit.app import App
 from sagakit.definition import Local, SagaDefinition
 from sagakit.encoding import to_json
 from sagakit.errors import (
     ConcurrencyConflict,
     DefinitionMissing,
-    EncodingError,
     SagaNotFound,
-    StepError,
-    StepFailed,
     StoreRefused,
 )
 from sagakit.state import SagaInstance
@@ -236,23 +234,14 @@ class LocalSteps:
                 task.uncancel()  # the deadline passed as the run ended: its answer stands
             result = to_json(result, path=f"result of {step}")
             return Reply(step, phase, attempt, Outcome.SUCCESS, result)
-        except StepFailed as exc:
-            return Reply(step, phase, attempt, Outcome.FAILURE, error=str(exc) or "failed")
-        except StepError as exc:
+        except Exception as exc:
+            answer = outcome_of(exc, timeout=timeout)
             return Reply(
                 step,
                 phase,
                 attempt,
-                Outcome.ERROR,
-                error=str(exc) or "error",
-                retryable=exc.retryable,
-                retry_after=exc.retry_after,
+                answer.outcome,
+                error=answer.error,
+                retryable=answer.retryable,
+                retry_after=answer.retry_after,
             )
-        except TimeoutError:
-            return Reply(step, phase, attempt, Outcome.ERROR, error=f"timed out after {timeout:g}s")
-        except EncodingError as exc:
-            return Reply(step, phase, attempt, Outcome.ERROR, error=str(exc), retryable=False)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            return Reply(step, phase, attempt, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")

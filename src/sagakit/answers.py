@@ -130,12 +130,15 @@ def classify(
 @dataclass(frozen=True)
 class Answer:
     """What a step whose code raised answers: the reply's outcome, the error recorded for it,
-    and whether (and after how many seconds) to retry."""
+    and whether (and after how many seconds) to retry. ``unexpected`` marks an exception that
+    step code did not raise on purpose (a bug, most likely): only its message is recorded, so
+    the runner logs its traceback."""
 
     outcome: Outcome
     error: str
     retryable: bool = True
     retry_after: float | None = None
+    unexpected: bool = False
 
 
 def outcome_of(exc: Exception, *, timeout: float | None = None) -> Answer:
@@ -157,4 +160,4 @@ def outcome_of(exc: Exception, *, timeout: float | None = None) -> Answer:
         return Answer(Outcome.ERROR, f"timed out after {timeout:g}s")
     if isinstance(exc, EncodingError):
         return Answer(Outcome.ERROR, str(exc), retryable=False)
-    return Answer(Outcome.ERROR, f"{type(exc).__name__}: {exc}")
+    return Answer(Outcome.ERROR, f"{type(exc).__name__}: {exc}", unexpected=True)

@@ -36,7 +36,7 @@ import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sagakit.encoding import JSON, dumps
 from sagakit.errors import DefinitionError
@@ -219,20 +219,38 @@ class SagaDefinition:
 
     def to_mermaid(self) -> str:
         """The definition as a Mermaid flowchart: actions forward, compensations dashed back."""
-        lines = ["flowchart LR"]
-        previous = "start"
-        lines.append("  start((start))")
-        for i, step in enumerate(self.steps):
-            node = f"s{i}"
-            shape = {"compensatable": "[{}]", "pivot": "{{{{{}}}}}", "retriable": "([{}])"}
-            label = f"{step.name}<br/>{step.kind.value}"
-            lines.append(f"  {node}" + shape[step.kind.value].format(label))
-            lines.append(f"  {previous} --> {node}")
-            if step.compensation is not None:
-                lines.append(f"  {node} -. compensate .-> {node}c[undo {step.name}]")
-            previous = node
-        lines.append(f"  {previous} --> done((done))")
-        return "\n".join(lines)
+        return flowchart(self.steps)
+
+
+class DrawnStep(Protocol):
+    """What a flowchart shows of a step (a :class:`Step`, or a step as a store records it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> StepKind: ...
+
+    @property
+    def compensation(self) -> object | None: ...
+
+
+def flowchart(steps: Sequence[DrawnStep]) -> str:
+    """A Mermaid flowchart of ``steps``: actions forward, compensations dashed back."""
+    lines = ["flowchart LR"]
+    previous = "start"
+    lines.append("  start((start))")
+    for i, step in enumerate(steps):
+        node = f"s{i}"
+        shape = {"compensatable": "[{}]", "pivot": "{{{{{}}}}}", "retriable": "([{}])"}
+        label = f"{step.name}<br/>{step.kind.value}"
+        lines.append(f"  {node}" + shape[step.kind.value].format(label))
+        lines.append(f"  {previous} --> {node}")
+        if step.compensation is not None:
+            lines.append(f"  {node} -. compensate .-> {node}c[undo {step.name}]")
+        previous = node
+    lines.append(f"  {previous} --> done((done))")
+    return "\n".join(lines)
 
 
 def fingerprint_of(steps: Sequence[Step]) -> str:

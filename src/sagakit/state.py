@@ -153,6 +153,14 @@ class HistoryKind(enum.StrEnum):
     DEADLINE = "deadline"
     OPERATOR = "operator"
     REFUSED = "refused"
+    #: Written by a claim: ``detail`` says from which worker (``from``, None when the instance
+    #: had no owner), to which (``to``) and why (``reason``, one of :data:`TAKEOVER_REASONS`).
+    TAKEOVER = "takeover"
+
+
+#: Why a worker took an instance over: its owner's lease ran out (it died or hung), its owner
+#: stopped cleanly and released it, or it had no owner at all.
+TAKEOVER_REASONS = ("lease expired", "worker stopped", "no owner")
 
 
 @dataclass(frozen=True, init=False)

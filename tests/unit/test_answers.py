@@ -29,15 +29,19 @@ from sagakit.transitions import Outcome
         (
             TimeoutError("read timed out"),
             None,
-            Answer(Outcome.ERROR, "TimeoutError: read timed out"),
+            Answer(Outcome.ERROR, "TimeoutError: read timed out", unexpected=True),
         ),
         (
             EncodingError("result of a: not JSON-encodable"),
             None,
             Answer(Outcome.ERROR, "result of a: not JSON-encodable", retryable=False),
         ),
-        (RuntimeError("disk on fire"), None, Answer(Outcome.ERROR, "RuntimeError: disk on fire")),
-        (KeyError("sku"), 1.0, Answer(Outcome.ERROR, "KeyError: 'sku'")),
+        (
+            RuntimeError("disk on fire"),
+            None,
+            Answer(Outcome.ERROR, "RuntimeError: disk on fire", unexpected=True),
+        ),
+        (KeyError("sku"), 1.0, Answer(Outcome.ERROR, "KeyError: 'sku'", unexpected=True)),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
 )

@@ -6,6 +6,7 @@ The public API. Everything here is documented in docs/ and stable within a major
 from __future__ import annotations
 
 from sagakit.app import App
+from sagakit.catalog import DefinitionRecord, WorkerRecord
 from sagakit.client import Client, CommandHandle, SagaHandle
 from sagakit.definition import (
     Phase,
@@ -61,6 +62,7 @@ __all__ = [
     "DefinitionError",
     "DefinitionMissing",
     "DefinitionNotRegistered",
+    "DefinitionRecord",
     "EncodingError",
     "HistoryEntry",
     "IdempotencyConflict",
@@ -88,6 +90,7 @@ __all__ = [
     "StoreLocked",
     "TransportError",
     "Worker",
+    "WorkerRecord",
     "__version__",
     "open_store",
 ]

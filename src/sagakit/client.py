@@ -16,11 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sagakit.catalog import DefinitionRecord, WorkerRecord
 from sagakit.definition import Saga, SagaDefinition
 from sagakit.encoding import JSON, digest_of, to_json
 from sagakit.errors import CommandRefused, IdempotencyConflict, SagakitError, SagaNotFound
 from sagakit.ids import new_id
 from sagakit.ports import (
+    Catalog,
     CommandQueue,
     CommandState,
     DeadLetter,
@@ -36,7 +38,7 @@ from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
 from sagakit.transitions import Abort, OperatorCommand, Resolve, Retry, check_command
 
 
-class ClientStore(InstanceQueries, CommandQueue, DeadLetters, Retention, Protocol):
+class ClientStore(InstanceQueries, CommandQueue, DeadLetters, Retention, Catalog, Protocol):
     """The store ports a client needs."""
 
 
@@ -215,6 +217,27 @@ class Client:
                 else f"no running worker has the definition {what}"
             )
         return reasons
+
+    async def definitions(
+        self, name: str | None = None, *, version: int | None = None
+    ) -> builtins.list[DefinitionRecord]:
+        """The definitions workers run or ran, as they recorded them when they attached to
+        the store (none of their code is needed): all of them, or those named ``name``
+        (and of ``version``). Ordered by name, then version, then when they were recorded: a
+        name and version recorded with two fingerprints (two deployments that disagree) gives
+        two records, the latest last."""
+        found = await self.store.definitions()
+        return [
+            d
+            for d in found
+            if (name is None or d.name == name) and (version is None or d.version == version)
+        ]
+
+    async def workers(self) -> builtins.list[WorkerRecord]:
+        """The workers the store knows: live ones first, then those that stopped or whose
+        lease ran out (kept for a day, while they own no unfinished instance), each with its
+        lease, the definitions it runs and how many unfinished instances it owns."""
+        return await self.store.workers()
 
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         await self.get(saga_id)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from sagakit.catalog import DefinitionRecord, WorkerRecord
 from sagakit.definition import Phase
 from sagakit.encoding import JSON
 from sagakit.events import TimerKind
@@ -134,6 +135,15 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """An instance a claim took over, and the history entry the claim wrote for it (kind
+    ``takeover``: from which worker, to which, and why)."""
+
+    instance: SagaInstance
+    takeover: HistoryEntry
+
+
+@dataclass(frozen=True)
 class InstanceFilter:
     status: SagaStatus | None = None
     saga_type: str | None = None
@@ -190,17 +200,45 @@ class Leases(Protocol):
         """Renew the lease; False when this worker was declared dead meanwhile."""
         ...
 
-    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
+    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[Claimed]:
         """Take over up to ``limit`` unsettled instances of the given definitions whose owner
-        has no live lease. A worker claims only what it can advance (Semantics 1)."""
+        has no live lease. A worker claims only what it can advance (Semantics 1). Each claim
+        writes a ``takeover`` history entry: from which worker, and why (its lease expired, it
+        stopped and released the instance, or the instance had no owner)."""
         ...
 
     async def detach(self) -> None:
-        """Release this worker's instances for the others (a clean stop)."""
+        """Release this worker's instances for the others (a clean stop); its row stays,
+        marked stopped, until a later attach cleans it up (see :class:`Catalog`)."""
         ...
 
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another process queues work for the workers."""
+        ...
+
+
+class Catalog(Protocol):
+    """What workers run, for readers that run no user code (G1: describe, workers).
+
+    A worker records its definitions right after it attaches. Worker rows stay after their
+    worker stopped or died, so that ``workers`` shows them, until a worker attaches and removes
+    those whose lease ran out more than :data:`~sagakit.catalog.DEAD_WORKER_RETENTION` ago
+    and that own no unfinished instance.
+    """
+
+    async def record_definitions(
+        self, worker_id: str, definitions: Sequence[DefinitionRecord]
+    ) -> None:
+        """Write ``definitions`` (a new record per name, version and fingerprint; the same one
+        is overwritten) and note them as those worker ``worker_id`` runs."""
+        ...
+
+    async def definitions(self) -> builtins.list[DefinitionRecord]:
+        """Every definition recorded, by name, then version, then when it was recorded."""
+        ...
+
+    async def workers(self) -> builtins.list[WorkerRecord]:
+        """Every worker row, live ones first, then latest started first."""
         ...
 
 
@@ -302,6 +340,7 @@ class Store(
     TransitionStore,
     InstanceQueries,
     Leases,
+    Catalog,
     Retention,
     TimerQueue,
     CommandQueue,

@@ -1,9 +1,9 @@
 """Contract tests for the store ports, run against every store adapter.
 
 One test class per port (TransitionStore, InstanceQueries, TimerQueue, Outbox, CommandQueue,
-DeadLetters, ParticipantStore, Leases). Every class runs against every entry of ``ADAPTERS``:
-adding a backend (PostgreSQL) is one more line there, and a fake can never drift from the real
-thing.
+DeadLetters, ParticipantStore, Leases, Catalog). Every class runs against every entry of
+``ADAPTERS``: adding a backend (PostgreSQL) is one more line there, and a fake can never drift
+from the real thing.
 
 Times that the store judges (due timers) are taken relative to ``await store.now()``, so the
 tests hold for a backend whose clock is the database's and cannot be replaced.
@@ -23,7 +23,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from sagakit.definition import Phase
+from sagakit.catalog import (
+    DEAD_WORKER_RETENTION,
+    DefinitionRecord,
+    DefinitionRef,
+    HandlerRecord,
+    StepRecord,
+)
+from sagakit.definition import Phase, RetryPolicy, StepKind
 from sagakit.encoding import JSON
 from sagakit.errors import StorageError, StoreLocked, StoreRefused
 from sagakit.ports import (
@@ -1348,10 +1355,14 @@ class TestLeases:
         async with next_worker(adapter, store, tmp_path) as second:
             await second.attach("w2", 30.0, ["fp-3"])
             assert await second.claim(10, ["another-definition"]) == []
-            claimed = await second.claim(10, ["fp-3"])
-            assert claimed == [replace(held, owner="w2", revision=2)]
-            assert await second.get("s1") == claimed[0]
+            [claim] = await second.claim(10, ["fp-3"])
+            assert claim.instance == replace(held, owner="w2", revision=2)
+            assert await second.get("s1") == claim.instance
             assert await second.claim(10, ["fp-3"]) == []  # its own already
+            # The claim wrote who took the instance over, from whom and why.
+            assert claim.takeover.kind is HistoryKind.TAKEOVER
+            assert claim.takeover.detail == {"from": "w1", "to": "w2", "reason": "lease expired"}
+            assert (await second.history("s1"))[-1] == claim.takeover
 
             # The worker that held revision 1 comes back: its commit fails the revision check
             # and writes none of its records.
@@ -1359,11 +1370,11 @@ class TestLeases:
             moved = replace(held, status=SagaStatus.COMPENSATING, revision=2)
             stale = update(moved, expected=1, outbox=[message("stale", saga_id="s1")])
             assert await late.commit(Batch([stale])) == [False]
-            assert await second.get("s1") == claimed[0]
+            assert await second.get("s1") == claim.instance
             assert await pending_ids(second) == []
 
             # The new owner commits on top of the claimed revision.
-            moved = replace(claimed[0], status=SagaStatus.COMPENSATING, revision=3)
+            moved = replace(claim.instance, status=SagaStatus.COMPENSATING, revision=3)
             assert await second.commit(Batch([update(moved, expected=2)])) == [True]
             assert await second.get("s1") == moved
 
@@ -1393,7 +1404,7 @@ class TestLeases:
             first = await second.claim(3, ["fp-3"])
             rest = await second.claim(10, ["fp-3"])
             assert len(first) == 3
-            claimed = sorted(i.saga_id for i in [*first, *rest])
+            claimed = sorted(c.instance.saga_id for c in [*first, *rest])
             assert claimed == sorted(i.saga_id for i in unsettled)
             for saga in [*settled, other]:
                 assert await second.get(saga.saga_id) == saga  # owner and revision untouched
@@ -1430,18 +1441,29 @@ class TestLeases:
             async with next_worker(adapter, store, tmp_path) as second:
                 await second.attach("w2", 30.0, ["fp-3"])
                 claimed = await second.claim(10, ["fp-3"])
-        assert [(i.saga_id, i.owner) for i in claimed] == [("s1", "w2")]
-        assert claimed[0].revision > held.revision  # a stale commit of w1's is fenced
+        assert [(c.instance.saga_id, c.instance.owner) for c in claimed] == [("s1", "w2")]
+        assert claimed[0].instance.revision > held.revision  # a stale commit of w1's is fenced
+        assert claimed[0].takeover.detail == {"from": "w1", "to": "w2", "reason": "worker stopped"}
+
+    async def test_an_instance_without_owner_is_claimed_from_no_one(
+        self, adapter: StoreAdapter, store: Store
+    ) -> None:
+        await store.commit(Batch([insert(make_instance("s1"))]))  # owner None
+        await store.attach("w1", 30.0, ["fp-3"])
+        [claim] = await store.claim(10, ["fp-3"])
+        assert claim.instance.owner == "w1"
+        assert claim.takeover.detail == {"from": None, "to": "w1", "reason": "no owner"}
+        assert (await store.history("s1"))[-1] == claim.takeover
 
 
 def owned(saga_id: str, worker_id: str, *, status: SagaStatus = SagaStatus.PENDING) -> SagaInstance:
     return replace(make_instance(saga_id, status=status), owner=worker_id)
 
 
-async def end_lease(store: Store, worker_id: str) -> None:
-    """As if ``worker_id`` had stopped renewing its lease: it ran out a minute ago by the
-    store's clock."""
-    ended = await store.now() - 60
+async def end_lease(store: Store, worker_id: str, ago: float = 60.0) -> None:
+    """As if ``worker_id`` had stopped renewing its lease: it ran out ``ago`` seconds ago (a
+    minute by default) by the store's clock."""
+    ended = await store.now() - ago
 
     async def write(tx: ParticipantTx) -> None:
         await tx.execute(
@@ -1480,3 +1502,109 @@ class TestLiveDefinitions:
         assert await store.heartbeat()
         await store.detach()
         assert await store.live_fingerprints() == set()
+
+
+class TestCatalog:
+    """What workers run, recorded for readers that run no user code (the Catalog port)."""
+
+    async def test_definitions_are_recorded_by_name_version_and_fingerprint(
+        self, store: Store
+    ) -> None:
+        assert await store.definitions() == []
+        await store.attach("w1", 30.0, ["fp-a", "fp-b"])
+        first = definition_record("order", 1, "fp-a")
+        await store.record_definitions("w1", [first, definition_record("audit", 2, "fp-b")])
+        found = await store.definitions()
+        assert [(d.name, d.version) for d in found] == [("audit", 2), ("order", 1)]
+        assert all(d.recorded_at > 0 for d in found)
+        assert replace(found[1], recorded_at=0.0) == first  # every field round-trips
+
+        # The same one again overwrites it; another fingerprint of the same name and version
+        # (two deployments that disagree) is a record of its own.
+        again = replace(first, deadline=99.0)
+        await store.record_definitions("w1", [again, definition_record("order", 1, "fp-c")])
+        orders = [d for d in await store.definitions() if d.name == "order"]
+        assert sorted((d.fingerprint, d.deadline) for d in orders) == [
+            ("fp-a", 99.0),
+            ("fp-c", None),
+        ]
+
+    async def test_workers_show_their_lease_definitions_and_what_they_own(
+        self, store: Store
+    ) -> None:
+        await store.attach("w1", 30.0, ["fp-3"])
+        await store.record_definitions("w1", [definition_record("order", 3, "fp-3")])
+        live = [owned(s, "w1", status=SagaStatus.PENDING) for s in ("a", "b")]
+        done = owned("c", "w1", status=SagaStatus.COMPLETED)
+        await store.commit(Batch([insert(i) for i in [*live, done]]))
+        now = await store.now()
+
+        [worker] = await store.workers()
+        assert worker.worker_id == "w1" and worker.alive and worker.state == "alive"
+        assert worker.definitions == (DefinitionRef("order", 3, "fp-3"),)
+        assert worker.owned == 2  # unfinished instances only
+        assert worker.pid > 0 and worker.host
+        assert worker.started_at <= now <= worker.lease_expires_at
+        assert worker.stopped_at is None
+
+        await store.detach()  # a clean stop releases the instances and keeps the row
+        [worker] = await store.workers()
+        assert (worker.alive, worker.state, worker.owned) == (False, "stopped", 0)
+        assert worker.stopped_at is not None
+
+    async def test_a_worker_whose_lease_ran_out_is_expired(self, store: Store) -> None:
+        await store.attach("w1", 30.0, ["fp-3"])
+        await end_lease(store, "w1")
+        [worker] = await store.workers()
+        assert (worker.alive, worker.state) == (False, "expired")
+
+    async def test_attach_forgets_workers_dead_for_a_day_that_own_nothing(
+        self, store: Store
+    ) -> None:
+        await store.attach("gone", 30.0, ["fp-3"])
+        await store.attach("holding", 30.0, ["fp-3"])
+        await store.commit(Batch([insert(owned("s1", "holding"))]))
+        await store.attach("recent", 30.0, ["fp-3"])
+        for worker_id in ("gone", "holding"):
+            await end_lease(store, worker_id, ago=DEAD_WORKER_RETENTION + 3600)
+        await end_lease(store, "recent", ago=3600)
+
+        await store.attach("w4", 30.0, ["fp-3"])
+        # "holding" still owns an unfinished instance: its row stays until it is taken over.
+        assert {w.worker_id for w in await store.workers()} == {"holding", "recent", "w4"}
+
+
+def definition_record(name: str, version: int, fingerprint: str) -> DefinitionRecord:
+    """A record that uses every field, so a lossy encoding shows."""
+    policy = RetryPolicy(max_attempts=4, initial_delay=0.25, backoff=3.0, max_delay=9.0, jitter=0)
+    return DefinitionRecord(
+        name=name,
+        version=version,
+        fingerprint=fingerprint,
+        steps=(
+            StepRecord(
+                "reserve",
+                StepKind.COMPENSATABLE,
+                HandlerRecord("local", function="shop.reserve"),
+                HandlerRecord("local", function="shop.release"),
+                timeout=5.0,
+                compensation_timeout=7.5,
+                retry=policy,
+                compensation_retry=RetryPolicy(),
+            ),
+            StepRecord(
+                "charge",
+                StepKind.PIVOT,
+                HandlerRecord("remote", participant="payments", command="card.charge"),
+                None,
+                timeout=30.0,
+                compensation_timeout=30.0,
+                retry=RetryPolicy(),
+                compensation_retry=RetryPolicy(),
+                custom_input=True,
+            ),
+        ),
+        deadline=None,
+        data_type="shop.Order",
+        data_schema={"type": "object", "properties": {"sku": {"type": "string"}}},
+    )

@@ -84,6 +84,60 @@ async def test_migrations_apply_once_and_give_the_pinned_schema(url: str) -> Non
     assert found == SNAPSHOT.read_text()
 
 
+async def test_migration_4_upgrades_a_database_in_use(url: str) -> None:
+    """A database at migration 3 with a worker that stopped (the old way: it deleted its row
+    and cleared its instances' owner) and one that died: migration 4 keeps both workers'
+    instances, and the next worker takes them over with takeover entries."""
+    dsn, schema = split_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path = "{schema}"')
+        await conn.execute(Q["create_migrations_table"])
+        for version, name, sql in migrations():
+            if version <= 3:
+                await conn.execute(sql)
+                await conn.execute(Q["record_migration"], version, name)
+        await conn.execute(
+            "INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at,"
+            " lease_expires_at, fingerprints) VALUES ('dead', 'h', 1, 1, 1, 2, '[\"fp\"]')"
+        )
+        await conn.execute(
+            "INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,"
+            " correlation_id, created_at, updated_at, status_at, revision, state, owner)"
+            " VALUES ('a', 't', 1, 'fp', 'pending', 'a', 1, 1, 1, 1, $1, 'dead'),"
+            " ('b', 't', 1, 'fp', 'stuck', 'b', 2, 2, 2, 1, $1, NULL)",
+            V3_STATE,
+        )
+    finally:
+        await conn.close()
+    store = PostgresStore(url, owner=True)
+    try:
+        assert await store.migrate() == [4]
+        [dead] = await store.workers()
+        assert (dead.worker_id, dead.state, dead.owned, dead.definitions) == (
+            "dead",
+            "expired",
+            1,
+            (),
+        )
+        await store.attach("w2", 10.0, ["fp"])
+        claimed = {c.instance.saga_id: c.takeover.detail for c in await store.claim(10, ["fp"])}
+        assert claimed == {
+            "a": {"from": "dead", "to": "w2", "reason": "lease expired"},
+            "b": {"from": None, "to": "w2", "reason": "no owner"},
+        }
+    finally:
+        await store.close()
+
+
+V3_STATE = (
+    '{"data": null, "steps": [], "reason": null, "stuck_reason": null, "stuck_step": null,'
+    ' "deadline_at": null, "deadline_passed": false, "point_of_no_return": null,'
+    ' "input_digest": ""}'
+)
+
+
 async def test_a_reader_refuses_an_unmigrated_database(url: str) -> None:
     store = PostgresStore(url, migrate=False)
     try:

@@ -17,6 +17,7 @@ import pytest
 
 from sagakit import Client, SagaStatus
 from sagakit.examples.orders import DECLINED_CARD, Order, check_ledgers, order_saga
+from sagakit.state import HistoryKind
 from sagakit.storage.postgres import PostgresStore
 from sagakit.testing import check_invariants
 
@@ -101,6 +102,7 @@ async def test_kill_and_pause_workers_under_load(pg_url: str, tmp_path: Path) ->
         problems = await store.transaction(check_ledgers)
         counts = await store.count_by_status()
         wrong: list[str] = []
+        takeovers: list[str] = []
         for i in range(SAGAS):
             found = await store.find_by_key(order_saga.name, f"order-{i}")
             assert found is not None
@@ -109,6 +111,9 @@ async def test_kill_and_pause_workers_under_load(pg_url: str, tmp_path: Path) ->
                 wrong.append(f"order-{i}: {found.status.value} ({found.status_reason})")
             history = await store.history(found.saga_id)
             wrong += [f"order-{i}: {v}" for v in check_invariants(found, order_saga, history)]
+            takeovers += [
+                str(e.detail["reason"]) for e in history if e.kind is HistoryKind.TAKEOVER
+            ]
     finally:
         for proc in workers:
             if proc.poll() is None:
@@ -119,5 +124,8 @@ async def test_kill_and_pause_workers_under_load(pg_url: str, tmp_path: Path) ->
     assert not problems, problems[:10]
     assert counts.get(SagaStatus.STUCK, 0) == 0
     assert not wrong, wrong[:10]
+    # The history says which worker took what over, and why: the killed worker's sagas
+    # and the paused one's were taken over once their lease had expired.
+    assert "lease expired" in takeovers
     assert workers[1].returncode == 0  # the paused worker came back and stopped cleanly
     assert workers[2].returncode == 0

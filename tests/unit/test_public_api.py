@@ -16,6 +16,7 @@ PUBLIC = {
     "DefinitionError",
     "DefinitionMissing",
     "DefinitionNotRegistered",
+    "DefinitionRecord",
     "EncodingError",
     "HistoryEntry",
     "IdempotencyConflict",
@@ -43,6 +44,7 @@ PUBLIC = {
     "StoreLocked",
     "TransportError",
     "Worker",
+    "WorkerRecord",
     "__version__",
     "open_store",
 }

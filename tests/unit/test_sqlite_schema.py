@@ -1,6 +1,7 @@
 """The SQLite schema: ``status_at`` moves with the status only, so a step that keeps the status
-updates no index; a version-1 file (before ``status_at``) is upgraded by its owner or by
-``sagakit migrate``, never under a running worker, to the schema a new file has."""
+updates no index; a version-1 file (before ``status_at``) or version-2 file (before workers
+recorded what they run) is upgraded by its owner or by ``sagakit migrate``, never under a running
+worker, to the schema a new file has."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sagakit.storage.sqlite import SCHEMA_VERSION, Q, SqliteStore
 from sagakit.storage.sqlite_file import take_lock
 
 V1_SCHEMA = (Path(__file__).parent / "data" / "sqlite_schema_v1.sql").read_text()
+V2_SCHEMA = (Path(__file__).parent / "data" / "sqlite_schema_v2.sql").read_text()
 
 
 def make_instance(
@@ -159,9 +161,9 @@ async def test_a_version_1_file_is_upgraded_by_its_owner_to_a_new_file_s_schema(
     path = version_1_file(tmp_path / "v1.db")
     store = SqliteStore(str(path), owner=True)
     try:
-        assert await store.migrate() == [2]
+        assert await store.migrate() == [2, 3]
         assert await store.migrate() == []
-        assert rows(path, "SELECT value FROM sagakit_meta WHERE key = 'schema_version'") == [("2",)]
+        assert rows(path, "SELECT value FROM sagakit_meta WHERE key = 'schema_version'") == [("3",)]
         assert rows(path, "SELECT status_at FROM sagakit_instances") == [(7.5,)]
         stuck = await store.list(InstanceFilter(status=SagaStatus.STUCK))
         assert [i.saga_id for i in stuck] == ["old"]
@@ -185,6 +187,48 @@ async def test_a_version_1_file_is_upgraded_by_its_owner_to_a_new_file_s_schema(
         assert await reopened.migrate() == []
     finally:
         await reopened.close()
+
+
+def version_2_file(path: Path) -> Path:
+    """A version-2 file as a worker left it: an instance it released, its worker row."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V2_SCHEMA)
+        conn.execute(
+            "INSERT INTO sagakit_instances (saga_id, saga_type, version, fingerprint, status,"
+            " correlation_id, created_at, updated_at, revision, state, owner, status_at)"
+            " VALUES ('old', 'order', 1, 'fp', 'pending', 'old', 5.0, 7.5, 3, ?, 'w-old', 7.5)",
+            (V1_STATE,),
+        )
+        conn.execute(
+            "INSERT INTO sagakit_workers (worker_id, fingerprints, lease_expires_at)"
+            " VALUES ('w-old', '[\"fp\"]', 99.0)"
+        )
+    conn.close()
+    return path
+
+
+async def test_a_version_2_file_is_upgraded_to_a_new_file_s_schema_and_taken_over(
+    tmp_path: Path,
+) -> None:
+    path = version_2_file(tmp_path / "v2.db")
+    store = SqliteStore(str(path), owner=True)
+    try:
+        assert await store.migrate() == [3]
+        assert rows(path, "SELECT value FROM sagakit_meta WHERE key = 'schema_version'") == [("3",)]
+        assert await store.workers() == []  # the old rows went with the old layout
+        await store.attach("w-new", 10.0, ["fp"])
+        [claimed] = await store.claim(10, ["fp"])
+        assert claimed.instance.owner == "w-new"
+        assert claimed.takeover.detail == {
+            "from": "w-old",
+            "to": "w-new",
+            "reason": "lease expired",
+        }
+    finally:
+        await store.close()
+    new = SqliteStore(str(tmp_path / "new.db"))
+    await new.close()
+    assert schema_of(path) == schema_of(tmp_path / "new.db")
 
 
 async def test_a_reader_refuses_a_version_1_file_and_leaves_it_as_it_is(tmp_path: Path) -> None:
@@ -222,7 +266,7 @@ def test_sagakit_migrate_upgrades_a_version_1_file(
     path = version_1_file(tmp_path / "v1.db")
     url = f"sqlite:///{path}"
     assert main(["migrate", "--db", url]) == 0
-    assert capsys.readouterr().out.strip() == f"applied migration(s) 2 to {url}"
+    assert capsys.readouterr().out.strip() == f"applied migration(s) 2, 3 to {url}"
     assert main(["migrate", "--db", url]) == 0
     assert capsys.readouterr().out.strip() == f"{url} is up to date"
 

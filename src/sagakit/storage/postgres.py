@@ -27,16 +27,18 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import asyncpg
 
+from sagakit.catalog import DEAD_WORKER_RETENTION, DefinitionRecord, WorkerRecord
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, dumps, loads
 from sagakit.errors import StorageError, StoreRefused
 from sagakit.ports import (
     Batch,
+    Claimed,
     CommandState,
     DeadLetter,
     InstanceFilter,
@@ -47,6 +49,7 @@ from sagakit.ports import (
     Timer,
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
+from sagakit.storage import postgres_workers as roster
 from sagakit.storage.postgres_commit import columns, commit_at_once, commit_in_rounds
 from sagakit.storage.postgres_schema import (
     Conn,
@@ -162,6 +165,16 @@ class PostgresStore:
         except asyncpg.PostgresError as exc:
             raise StorageError(f"PostgreSQL error: {exc}") from exc
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A pooled connection in a transaction; a database error is a StorageError."""
+        pool = await self._ready()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                yield conn
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"PostgreSQL error: {exc}") from exc
+
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever another process queues work (LISTEN/NOTIFY)."""
         await self._ready()
@@ -222,14 +235,12 @@ class PostgresStore:
     async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
         self.worker_id = worker_id
         self._lease = lease
-        await self._fetch(
-            Q["attach_worker"],
-            worker_id,
-            socket.gethostname(),
-            os.getpid(),
-            lease,
-            dumps(list[JSON](sorted(fingerprints))),
-        )
+        prints = dumps(list[JSON](sorted(fingerprints)))
+        async with self._transaction() as conn:
+            await conn.execute(Q["forget_dead_workers"], DEAD_WORKER_RETENTION)
+            await conn.execute(
+                Q["attach_worker"], worker_id, socket.gethostname(), os.getpid(), lease, prints
+            )
 
     async def live_fingerprints(self) -> set[str]:
         rows = await self._fetch(Q["live_fingerprints"])
@@ -239,7 +250,7 @@ class PostgresStore:
         rows = await self._fetch(Q["heartbeat"], self.worker_id, self._lease)
         return bool(rows and rows[0][0])
 
-    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
+    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[Claimed]:
         rows = await self._fetch(
             Q["claim_instances"],
             self.worker_id,
@@ -247,17 +258,34 @@ class PostgresStore:
             list(fingerprints),
             limit,
         )
-        return [instance_from_row(r) for r in rows]
+        return [roster.claimed_from_row(r, self.worker_id) for r in rows]
 
     async def detach(self) -> None:
         if self.worker_id is None or self._pool is None:
             return
-        pool = self._pool
-        async with pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(Q["release_instances"], self.worker_id, list(_LIVE))
-            await conn.execute(Q["delete_worker"], self.worker_id)
+            await conn.execute(Q["stop_worker"], self.worker_id)
             await conn.execute(Q["notify_released"])
         self.worker_id = None
+
+    # -- Catalog --------------------------------------------------------------------------
+
+    async def record_definitions(
+        self, worker_id: str, definitions: Sequence[DefinitionRecord]
+    ) -> None:
+        async with self._transaction() as conn:
+            if definitions:
+                await conn.execute(Q["record_definitions"], *roster.definition_columns(definitions))
+            await conn.execute(
+                Q["set_worker_definitions"], worker_id, roster.definition_refs(definitions)
+            )
+
+    async def definitions(self) -> builtins.list[DefinitionRecord]:
+        return [roster.definition_from_row(r) for r in await self._fetch(Q["definitions"])]
+
+    async def workers(self) -> builtins.list[WorkerRecord]:
+        return [roster.worker_from_row(r) for r in await self._fetch(Q["workers"])]
 
     # -- Retention ------------------------------------------------------------------------
 
@@ -291,7 +319,7 @@ class PostgresStore:
                 # stuck): an operator's retry must still find it.
                 (Q["purge_inbox"], (age, list(_LIVE))),
                 (Q["purge_commands"], (age,)),
-                (Q["purge_workers"], (age,)),
+                (Q["forget_dead_workers"], (age,)),
             )
             for sql, args in statements:
                 status = await conn.execute(sql, *args)

@@ -26,11 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
+from sagakit.catalog import DefinitionRecord, WorkerRecord
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, dumps, loads
 from sagakit.errors import StorageError, StoreRefused
 from sagakit.ports import (
     Batch,
+    Claimed,
     CommandState,
     DeadLetter,
     InstanceFilter,
@@ -41,6 +43,7 @@ from sagakit.ports import (
     Timer,
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
+from sagakit.storage import sqlite_workers as roster
 from sagakit.storage.queries import fill
 from sagakit.storage.rows import command_from_row, instance_from_row
 from sagakit.storage.sqlite_commit import commit_batch
@@ -204,62 +207,37 @@ class SqliteStore:
     # -- Leases ---------------------------------------------------------------------------
     # One worker owns a SQLite file (the flock), so a lease is the lock itself: attaching
     # claims every unsettled instance, and nothing can be taken over while the owner lives.
+    # The lease rows, claims and catalog are in sqlite_workers.
 
     async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
         self.worker_id = worker_id
         self._lease = lease
-        prints = dumps(list[JSON](sorted(fingerprints)))
-
-        def write() -> None:
-            with transaction(self._conn):
-                self._conn.execute(Q["clear_workers"], (worker_id,))
-                self._conn.execute(Q["replace_worker"], (worker_id, prints, self._clock() + lease))
-
-        await self._write(write)
+        now = self._clock()
+        await self._write(lambda: roster.attach(self._conn, worker_id, lease, fingerprints, now))
 
     async def heartbeat(self) -> bool:
         # The file lock is the real lease; this one lets readers see that a worker is alive.
-        until = self._clock() + self._lease
-
-        def write() -> None:
-            with transaction(self._conn):
-                self._conn.execute(Q["renew_worker"], (until, self.worker_id))
-
-        await self._write(write)
+        now = self._clock()
+        await self._write(lambda: roster.renew(self._conn, self.worker_id, self._lease, now))
         return True
 
     async def live_fingerprints(self) -> set[str]:
         rows = await self._query(Q["live_fingerprints"], (self._clock(),))
         return {str(p) for r in rows for p in cast(list[JSON], loads(cast(str, r[0])))}
 
-    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
+    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[Claimed]:
         # Stuck instances are claimed too: an operator's retry or resolve needs an owner.
         if not fingerprints:
             return []
-        # SQLite binds no list: the IN lists' placeholders are put in here, one per value.
-        sql = fill(
-            Q["claim_instances"],
-            live=_marks(len(_LIVE)),
-            fingerprints=_marks(len(fingerprints)),
+        now = self._clock()
+        return await self._write(
+            lambda: roster.claim(self._conn, self.worker_id, limit, fingerprints, now)
         )
-
-        def write() -> builtins.list[tuple[object, ...]]:
-            with transaction(self._conn):
-                return self._conn.execute(
-                    sql, (self.worker_id, *_LIVE, *fingerprints, self.worker_id, limit)
-                ).fetchall()
-
-        return [instance_from_row(r) for r in await self._write(write)]
 
     async def detach(self) -> None:
         if self.worker_id is not None:
-            worker_id = self.worker_id
-
-            def write() -> None:
-                with transaction(self._conn):
-                    self._conn.execute(Q["delete_worker"], (worker_id,))
-
-            await self._write(write)
+            worker_id, now = self.worker_id, self._clock()
+            await self._write(lambda: roster.detach(self._conn, worker_id, now))
         self.worker_id = None
 
     async def migrate(self) -> builtins.list[int]:
@@ -270,6 +248,23 @@ class SqliteStore:
 
     async def listen(self, callback: Callable[[], None]) -> None:
         """Nothing to listen to: only the owning worker writes work to a SQLite file."""
+
+    # -- Catalog --------------------------------------------------------------------------
+
+    async def record_definitions(
+        self, worker_id: str, definitions: Sequence[DefinitionRecord]
+    ) -> None:
+        now = self._clock()
+        await self._write(
+            lambda: roster.record_definitions(self._conn, worker_id, definitions, now)
+        )
+
+    async def definitions(self) -> builtins.list[DefinitionRecord]:
+        return await self._run(lambda: roster.read_definitions(self._rconn))
+
+    async def workers(self) -> builtins.list[WorkerRecord]:
+        now = self._clock()
+        return await self._run(lambda: roster.read_workers(self._rconn, now))
 
     # -- Retention ------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from sagakit.storage.queries import fill, load_queries
 Q = load_queries("sqlite")
 
 #: The schema version schema.sql creates; sql/sqlite/upgrade_<N>.sql brings N-1 to N.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def sqlite_path(url: str) -> str:

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from sagakit.app import App
+from sagakit.catalog import DefinitionRecord
 from sagakit.definition import Local, Phase
-from sagakit.ports import Leases, TimerQueue
+from sagakit.ports import Catalog, Leases, TimerQueue
 from sagakit.state import CompensationStatus, SagaInstance, StepStatus
 from sagakit.transitions import Dispatch, idempotency_key
 from sagakit.worker.clock import StoreClock
@@ -26,8 +27,8 @@ from sagakit.worker.local_steps import LocalSteps
 log = logging.getLogger("sagakit.worker")
 
 
-class LeaseStore(Leases, TimerQueue, Protocol):
-    """Leases, and the store's clock they are judged by."""
+class LeaseStore(Leases, Catalog, TimerQueue, Protocol):
+    """Leases, the catalog of what workers run, and the store's clock leases are judged by."""
 
 
 class Ownership:
@@ -56,6 +57,7 @@ class Ownership:
         self._on_takeover = on_takeover
         self._rescan_outbox = rescan_outbox
         self._wake = asyncio.Event()
+        self._records: list[DefinitionRecord] | None = None
 
     def _fingerprints(self) -> list[str]:
         return [d.fingerprint for d in self._app.definitions]
@@ -65,9 +67,17 @@ class Ownership:
         self._wake.set()
 
     async def attach(self) -> None:
-        """Register this worker and its lease, and measure the store's clock."""
-        await self._store.attach(self.worker_id, self.lease, self._fingerprints())
+        """Register this worker, its lease and the definitions it runs (for commands that run
+        no user code: describe, workers), and measure the store's clock."""
+        await self._attach()
         await self._clock.sync(self._store)
+
+    async def _attach(self) -> None:
+        await self._store.attach(self.worker_id, self.lease, self._fingerprints())
+        if self._records is None:
+            # Made once: a typed saga's JSON Schema takes some work to build.
+            self._records = [DefinitionRecord.of(d) for d in self._app.definitions]
+        await self._store.record_definitions(self.worker_id, self._records)
 
     async def take_over(self, *, rescan: bool = True) -> int:
         """Claim the instances no live worker owns and pick up where their owner stopped."""
@@ -75,9 +85,9 @@ class Ownership:
         fingerprints = self._fingerprints()
         while claimed := await self._store.claim(500, fingerprints):
             total += len(claimed)
-            for instance in claimed:
-                self._orphans.discard(instance.saga_id)
-                self._adopt(instance)
+            for claim in claimed:
+                self._orphans.discard(claim.instance.saga_id)
+                self._adopt(claim.instance)
         if total:
             log.info("took over %d instance(s)", total)
             self._on_takeover()
@@ -120,7 +130,7 @@ class Ownership:
                     # Declared dead while paused: what we hold may have been taken over.
                     log.warning("worker %s lost its lease; dropping what it held", self.worker_id)
                     self._instances.forget_all()
-                    await self._store.attach(self.worker_id, self.lease, self._fingerprints())
+                    await self._attach()
                 await self._clock.sync(self._store)
                 await self.take_over()
             except asyncio.CancelledError:

@@ -275,12 +275,20 @@ INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at, lea
 VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()),
     extract(epoch FROM clock_timestamp()), extract(epoch FROM clock_timestamp()) + $4, $5)
 ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-    lease_expires_at = excluded.lease_expires_at, fingerprints = excluded.fingerprints;
+    lease_expires_at = excluded.lease_expires_at, fingerprints = excluded.fingerprints,
+    stopped_at = NULL;
+
+-- name: forget_dead_workers
+-- Workers whose lease ran out over $1 s ago, owning no unfinished instance (index _live_owner).
+DELETE FROM sagakit_workers AS w
+WHERE w.lease_expires_at < extract(epoch FROM clock_timestamp()) - $1 AND NOT EXISTS (
+    SELECT 1 FROM sagakit_instances AS i WHERE i.owner = w.worker_id
+        AND i.status IN ('started', 'pending', 'compensating', 'stuck'));
 
 -- name: live_fingerprints
 -- The definitions that workers with a live lease run (why an instance is not advancing).
 SELECT fingerprints FROM sagakit_workers
-WHERE lease_expires_at >= extract(epoch FROM clock_timestamp());
+WHERE lease_expires_at >= extract(epoch FROM clock_timestamp()) AND stopped_at IS NULL;
 
 -- name: heartbeat
 -- Renew a worker's lease; returns whether the lease it renews had not expired yet.
@@ -292,32 +300,76 @@ FROM old WHERE w.worker_id = $1
 RETURNING old.lease_expires_at >= extract(epoch FROM clock_timestamp());
 
 -- name: claim_instances
--- Take over unsettled instances whose owner has no live lease (revision bump = fencing).
+-- Take over instances whose owner has no live lease (revision bump = fencing); write takeovers.
 WITH candidates AS (
-    SELECT i.saga_id FROM sagakit_instances AS i
+    SELECT i.saga_id, coalesce(i.owner, i.released_by) AS previous,
+        CASE WHEN i.owner IS NULL AND i.released_by IS NULL THEN 'no owner'
+            WHEN i.owner IS NULL OR w.stopped_at IS NOT NULL THEN 'worker stopped'
+            ELSE 'lease expired' END AS reason,
+        extract(epoch FROM clock_timestamp())::double precision AS at
+    FROM sagakit_instances AS i
     LEFT JOIN sagakit_workers AS w ON w.worker_id = i.owner
     WHERE i.status = ANY($2::text[]) AND i.fingerprint = ANY($3::text[])
         AND i.owner IS DISTINCT FROM $1
-        AND (i.owner IS NULL OR w.worker_id IS NULL
+        AND (i.owner IS NULL OR w.worker_id IS NULL OR w.stopped_at IS NOT NULL
             OR w.lease_expires_at < extract(epoch FROM clock_timestamp()))
-    ORDER BY i.created_at LIMIT $4 FOR UPDATE OF i SKIP LOCKED)
-UPDATE sagakit_instances AS i SET owner = $1, revision = i.revision + 1
-FROM candidates AS c WHERE i.saga_id = c.saga_id
-RETURNING i.saga_id, i.saga_type, i.version, i.fingerprint, i.status, i.correlation_id,
-    i.idempotency_key, i.created_at, i.updated_at, i.revision, i.state, i.owner;
+    ORDER BY i.created_at LIMIT $4 FOR UPDATE OF i SKIP LOCKED),
+claimed AS (
+    UPDATE sagakit_instances AS i SET owner = $1, released_by = NULL, revision = i.revision + 1
+    FROM candidates AS c WHERE i.saga_id = c.saga_id
+    RETURNING i.saga_id, i.saga_type, i.version, i.fingerprint, i.status, i.correlation_id,
+        i.idempotency_key, i.created_at, i.updated_at, i.revision, i.state, i.owner,
+        c.previous, c.reason, c.at),
+hist AS (
+    INSERT INTO sagakit_history (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT saga_id, at, 'takeover', NULL, NULL, NULL,
+        json_build_object('from', previous, 'to', $1::text, 'reason', reason)::text
+    FROM claimed)
+SELECT * FROM claimed;
 
 -- name: release_instances
--- A stopping worker gives up its live instances (revision bump = fencing).
-UPDATE sagakit_instances SET owner = NULL, revision = revision + 1
+-- A stopping worker gives up its live instances (revision bump = fencing), noting itself.
+UPDATE sagakit_instances SET owner = NULL, released_by = owner, revision = revision + 1
 WHERE owner = $1 AND status = ANY($2::text[]);
 
--- name: delete_worker
--- A stopping worker drops its lease.
-DELETE FROM sagakit_workers WHERE worker_id = $1;
+-- name: stop_worker
+-- A stopping worker ends its lease now; its row stays for `sagakit workers`.
+UPDATE sagakit_workers SET stopped_at = extract(epoch FROM clock_timestamp()),
+    lease_expires_at = extract(epoch FROM clock_timestamp())
+WHERE worker_id = $1;
 
 -- name: notify_released
 -- Wake the other workers (channel sagakit_work) to claim what a stopping worker released.
 NOTIFY sagakit_work, 'released';
+
+-- Catalog ----------------------------------------------------------------------------------------
+
+-- name: record_definitions
+-- The definitions a worker runs, by name, version and fingerprint (the same one is overwritten).
+INSERT INTO sagakit_definitions (saga_type, version, fingerprint, spec, recorded_at)
+SELECT *, extract(epoch FROM clock_timestamp())
+FROM unnest($1::text[], $2::int[], $3::text[], $4::text[])
+ON CONFLICT (saga_type, version, fingerprint) DO UPDATE SET spec = excluded.spec,
+    recorded_at = excluded.recorded_at;
+
+-- name: set_worker_definitions
+-- The definitions a worker runs ([name, version, fingerprint] each).
+UPDATE sagakit_workers SET definitions = $2 WHERE worker_id = $1;
+
+-- name: definitions
+-- Every recorded definition, by name and version.
+SELECT spec, recorded_at FROM sagakit_definitions ORDER BY saga_type, version, recorded_at;
+
+-- name: workers
+-- Every worker, live ones first, with the unfinished instances each owns (index _live_owner).
+SELECT w.worker_id, w.host, w.pid, w.started_at, w.heartbeat_at, w.lease_expires_at,
+    w.stopped_at, w.definitions,
+    (SELECT count(*) FROM sagakit_instances AS i WHERE i.owner = w.worker_id
+        AND i.status IN ('started', 'pending', 'compensating', 'stuck')),
+    w.stopped_at IS NULL AND w.lease_expires_at >= extract(epoch FROM clock_timestamp())
+        AS alive
+FROM sagakit_workers AS w
+ORDER BY alive DESC, w.started_at DESC;
 
 -- Retention ------------------------------------------------------------------------------------
 
@@ -364,11 +416,6 @@ WHERE x.at < extract(epoch FROM clock_timestamp()) - $1 AND NOT EXISTS (
 -- Retention: operator commands already applied or refused, older than the cutoff.
 DELETE FROM sagakit_commands
 WHERE state != 'pending' AND created_at < extract(epoch FROM clock_timestamp()) - $1;
-
--- name: purge_workers
--- Retention: workers whose lease expired longer ago than the cutoff.
-DELETE FROM sagakit_workers
-WHERE lease_expires_at < extract(epoch FROM clock_timestamp()) - $1;
 
 -- name: retired_key
 -- The instance an idempotency key named before it was purged (primary key of the table).

@@ -91,16 +91,28 @@ DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ? AND due_at = ? AND att
 
 -- Leases ---------------------------------------------------------------------------------------
 
+-- name: claim_candidates
+-- Live instances (stuck too) of known definitions not this worker's, with last owner and why.
+SELECT i.saga_id, coalesce(i.owner, i.released_by),
+    CASE WHEN i.owner IS NULL AND i.released_by IS NULL THEN 'no owner'
+        WHEN i.owner IS NULL OR w.stopped_at IS NOT NULL THEN 'worker stopped'
+        ELSE 'lease expired' END
+FROM sagakit_instances AS i LEFT JOIN sagakit_workers AS w ON w.worker_id = i.owner
+WHERE i.status IN ({live}) AND i.fingerprint IN ({fingerprints})
+    AND (i.owner IS NULL OR i.owner != ?)
+LIMIT ?;
+
 -- name: claim_instances
--- Take over live instances (stuck too) of known definitions; uses sagakit_instances_status.
-UPDATE sagakit_instances SET owner = ?, revision = revision + 1
-WHERE saga_id IN (
-    SELECT saga_id FROM sagakit_instances
-    WHERE status IN ({live}) AND fingerprint IN ({fingerprints})
-        AND (owner IS NULL OR owner != ?)
-    LIMIT ?)
+-- Take the candidates over (revision bump = fencing); their takeover entries follow.
+UPDATE sagakit_instances SET owner = ?, released_by = NULL, revision = revision + 1
+WHERE saga_id IN ({ids})
 RETURNING saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
     created_at, updated_at, revision, state, owner;
+
+-- name: release_instances
+-- A stopping worker gives up its live instances (revision bump = fencing), noting itself.
+UPDATE sagakit_instances SET owner = NULL, released_by = owner, revision = revision + 1
+WHERE owner = ? AND status IN ('started', 'pending', 'compensating', 'stuck');
 
 -- Retention ------------------------------------------------------------------------------------
 
@@ -249,22 +261,62 @@ SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?;
 -- Store a participant's reply under its idempotency key.
 INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?);
 
--- name: replace_worker
--- The owning worker, its definitions and lease (one worker per file: it replaces any other).
-INSERT OR REPLACE INTO sagakit_workers (worker_id, fingerprints, lease_expires_at) VALUES (?, ?, ?);
+-- name: attach_worker
+-- Register the worker, the definitions it runs and its first lease (or renew it, come back).
+INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at, lease_expires_at,
+    stopped_at, fingerprints, definitions)
+VALUES (?, ?, ?, ?, ?, ?, NULL, ?, '[]')
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+    lease_expires_at = excluded.lease_expires_at, stopped_at = NULL,
+    fingerprints = excluded.fingerprints;
 
--- name: clear_workers
--- Forget earlier owners of the file (they are dead: the file lock is this worker's).
-DELETE FROM sagakit_workers WHERE worker_id != ?;
+-- name: expire_other_workers
+-- Earlier owners of the file are gone (the file's lock is this worker's): their leases end now.
+UPDATE sagakit_workers SET lease_expires_at = ?
+WHERE worker_id != ? AND stopped_at IS NULL AND lease_expires_at > ?;
+
+-- name: forget_dead_workers
+-- Workers whose lease ran out before a cutoff and that own no unfinished instance.
+DELETE FROM sagakit_workers
+WHERE lease_expires_at < ? AND NOT EXISTS (
+    SELECT 1 FROM sagakit_instances AS i WHERE i.owner = sagakit_workers.worker_id
+        AND i.status IN ('started', 'pending', 'compensating', 'stuck'));
 
 -- name: renew_worker
 -- Renew the owning worker's lease.
-UPDATE sagakit_workers SET lease_expires_at = ? WHERE worker_id = ?;
+UPDATE sagakit_workers SET heartbeat_at = ?, lease_expires_at = ? WHERE worker_id = ?;
 
--- name: delete_worker
--- A worker that stops cleanly.
-DELETE FROM sagakit_workers WHERE worker_id = ?;
+-- name: stop_worker
+-- A worker that stops cleanly: its lease ends now; its row stays for `sagakit workers`.
+UPDATE sagakit_workers SET stopped_at = ?, lease_expires_at = ? WHERE worker_id = ?;
 
 -- name: live_fingerprints
 -- The definitions the worker with a live lease runs (why an instance is not advancing).
-SELECT fingerprints FROM sagakit_workers WHERE lease_expires_at >= ?;
+SELECT fingerprints FROM sagakit_workers WHERE lease_expires_at >= ? AND stopped_at IS NULL;
+
+-- Catalog ----------------------------------------------------------------------------------------
+
+-- name: record_definition
+-- A definition a worker runs, by name, version and fingerprint (the same one is overwritten).
+INSERT INTO sagakit_definitions (saga_type, version, fingerprint, spec, recorded_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (saga_type, version, fingerprint) DO UPDATE SET spec = excluded.spec,
+    recorded_at = excluded.recorded_at;
+
+-- name: set_worker_definitions
+-- The definitions a worker runs ([name, version, fingerprint] each).
+UPDATE sagakit_workers SET definitions = ? WHERE worker_id = ?;
+
+-- name: definitions
+-- Every recorded definition, by name and version.
+SELECT spec, recorded_at FROM sagakit_definitions ORDER BY saga_type, version, recorded_at;
+
+-- name: workers
+-- Every worker, live ones first, with the unfinished instances each owns (index _status).
+SELECT w.worker_id, w.host, w.pid, w.started_at, w.heartbeat_at, w.lease_expires_at,
+    w.stopped_at, w.definitions,
+    (SELECT count(*) FROM sagakit_instances AS i WHERE i.owner = w.worker_id
+        AND i.status IN ('started', 'pending', 'compensating', 'stuck')),
+    w.stopped_at IS NULL AND w.lease_expires_at >= ? AS alive
+FROM sagakit_workers AS w
+ORDER BY alive DESC, w.started_at DESC;

@@ -1,4 +1,4 @@
--- sagakit schema for SQLite, version 2 (sqlite.SCHEMA_VERSION). Applied idempotently when
+-- sagakit schema for SQLite, version 3 (sqlite.SCHEMA_VERSION). Applied idempotently when
 -- a store opens, after the upgrade of an older file (upgrade_<N>.sql).
 CREATE TABLE IF NOT EXISTS sagakit_meta (
     key   TEXT PRIMARY KEY,
@@ -21,7 +21,10 @@ CREATE TABLE IF NOT EXISTS sagakit_instances (
     -- When the instance entered its status (for a finished one: when it finished). The
     -- listing indexes use it rather than updated_at, so a step that keeps the status updates
     -- no index.
-    status_at       REAL NOT NULL
+    status_at       REAL NOT NULL,
+    -- The worker that released the instance at a clean stop (owner is then NULL), for the
+    -- takeover entry of the claim that follows.
+    released_by     TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sagakit_instances_key
     ON sagakit_instances (saga_type, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -105,11 +108,32 @@ CREATE TABLE IF NOT EXISTS sagakit_retired_keys (
 );
 CREATE INDEX IF NOT EXISTS sagakit_inbox_at ON sagakit_inbox (at);
 
--- The worker that owns the file, the definitions it runs and its lease (renewed by heartbeat).
+-- Workers: the one that owns the file, and earlier ones until a later attach forgets them
+-- (their lease ran out a day ago and they own no unfinished instance). The lease is renewed by
+-- heartbeat, and a clean stop sets stopped_at. The definitions column holds [name, version,
+-- fingerprint] of each definition the worker runs, fingerprints the fingerprints alone (read by
+-- live_fingerprints). No semicolon in these comments: the file is split on them.
 CREATE TABLE IF NOT EXISTS sagakit_workers (
     worker_id        TEXT PRIMARY KEY,
+    host             TEXT NOT NULL,
+    pid              INTEGER NOT NULL,
+    started_at       REAL NOT NULL,
+    heartbeat_at     REAL NOT NULL,
+    lease_expires_at REAL NOT NULL,
+    stopped_at       REAL,
     fingerprints     TEXT NOT NULL,
-    lease_expires_at REAL NOT NULL
+    definitions      TEXT NOT NULL
 );
 
-INSERT OR IGNORE INTO sagakit_meta (key, value) VALUES ('schema_version', '2');
+-- The definitions workers run, as they recorded them at attach (sagakit.catalog), for the
+-- commands that run no user code.
+CREATE TABLE IF NOT EXISTS sagakit_definitions (
+    saga_type   TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (saga_type, version, fingerprint)
+);
+
+INSERT OR IGNORE INTO sagakit_meta (key, value) VALUES ('schema_version', '3');

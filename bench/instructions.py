@@ -3,18 +3,22 @@ alone, for comparing two versions of the engine when wall-clock numbers swing.
 
     .venv/bin/python bench/instructions.py                  # SQLite, C=64, this checkout
     .venv/bin/python bench/instructions.py --loop asyncio   # on the standard event loop
+    .venv/bin/python bench/instructions.py --log-level DEBUG  # with every saga event logged
 
 One process runs the order saga (SPEC.md section 1) with a worker on a fresh SQLite file:
 a warm-up round of N sagas, then a measured round of N. Two such processes run under
 callgrind, with N = --small and N = --large; the difference of their instruction counts over
 2 x (large - small) sagas is the engine's (and the driver's) instructions per saga, without
-the interpreter's start-up and imports. Needs valgrind (apt install valgrind); slow (about
+the interpreter's start-up and imports. Logging is set up as ``sagakit worker`` sets it up
+(text lines on stderr, at INFO unless --log-level says otherwise), so the count includes what
+the worker logs about the sagas that fail. Needs valgrind (apt install valgrind); slow (about
 a minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import subprocess
@@ -27,7 +31,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def child(sagas: int, concurrency: int, path: str) -> None:
+def child(sagas: int, concurrency: int, path: str, log_level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     import _common as c
     import sagakit_bench as b
 
@@ -68,6 +77,8 @@ def count(sagas: int, args: argparse.Namespace) -> int:
                 str(args.concurrency),
                 "--db",
                 str(Path(tmp) / "saga.db"),
+                "--log-level",
+                args.log_level,
             ],
             capture_output=True,
             text=True,
@@ -86,17 +97,20 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.concurrency, args.db)
+        child(args.child, args.concurrency, args.db, args.log_level)
         return 0
     small, large = count(args.small, args), count(args.large, args)
     per_saga = (large - small) / (2 * (args.large - args.small))
     print(
         f"{per_saga / 1e6:.2f} M instructions per saga "
-        f"(SQLite, C={args.concurrency}, {args.loop} loop; "
+        f"(SQLite, C={args.concurrency}, {args.loop} loop, logging at {args.log_level}; "
         f"{small:,} for 2 x {args.small} sagas, {large:,} for 2 x {args.large})"
     )
     return 0

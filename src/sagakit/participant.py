@@ -231,6 +231,26 @@ class ParticipantRunner:
         except Exception as exc:
             await tx.execute("ROLLBACK TO SAVEPOINT sagakit_handler")
             answer = outcome_of(exc)
+            if answer.unexpected:  # a bug, most likely: the reply carries only its message
+                log.warning(
+                    "participant %s: %s for saga %s raised an unexpected %s; answered as a "
+                    "retryable error",
+                    self.participant.name,
+                    env.type,
+                    env.saga_id,
+                    type(exc).__name__,
+                    exc_info=exc,
+                    extra={
+                        "saga_id": env.saga_id,
+                        "saga_type": env.saga_type,
+                        "correlation_id": env.correlation_id,
+                        "step": env.step,
+                        "phase": env.phase.value,
+                        "attempt": env.attempt,
+                        "reason": answer.error,
+                        "event": "unexpected_exception",
+                    },
+                )
             if answer.outcome is Outcome.FAILURE:
                 # Definite: recorded, so a duplicate gets the same answer (Semantics 3).
                 return [await self._record(tx, env, answer.outcome, None, answer.error)]

@@ -315,8 +315,7 @@ class Applier:
         if item.body is not None:
             letter = DeadLetter(item.source or "worker", reason, item.body, at=self._clock())
             work.dead_letters.append(letter)
-            batch.dead_letters.append(letter)
-            log.warning("dead-lettered a message: %s", reason, extra={"saga_id": item.saga_id})
+            batch.dead_letters.append(letter)  # logged once it is stored (see logbook.py)
         elif item.command_id is not None:
             work.transition.commands.append(
                 CommandResult(item.command_id, CommandState.REFUSED, reason)

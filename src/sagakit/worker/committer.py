@@ -34,6 +34,7 @@ from sagakit.worker.apply import Applier
 from sagakit.worker.instances import Instances
 from sagakit.worker.items import FLUSH, STOP_SOURCE, Inbox, Item, Prepared, Work, answer
 from sagakit.worker.local_steps import InstanceReader
+from sagakit.worker.logbook import Logbook
 from sagakit.worker.refusals import Unit, bisect, is_refusal, refuse
 
 log = logging.getLogger("sagakit.worker")
@@ -56,6 +57,7 @@ class Committer:
         send: Callable[[list[OutboxMessage]], None],
         run_local: Callable[[str, Dispatch], None],
         timers_changed: Callable[[], None],
+        logbook: Logbook,
     ) -> None:
         self._store = store
         self._applier = applier
@@ -66,6 +68,7 @@ class Committer:
         self._send = send
         self._run_local = run_local
         self._timers_changed = timers_changed
+        self._logbook = logbook
         self._watchers: dict[str, list[asyncio.Future[SagaInstance]]] = {}
         self._done_pending: list[tuple[str, asyncio.Future[object]]] = []
         self.commits = 0
@@ -299,6 +302,7 @@ class Committer:
             return
         self.commits += 1
         self._side_written(prepared, None)
+        self._logbook.dead_letters(batch.dead_letters)
         if any(doomed):
             written = iter(results)
             results = [False if drop else next(written) for drop in doomed]
@@ -348,6 +352,9 @@ class Committer:
         side_error: Exception | None = None
         if side in units and id(side) not in written:
             side_error = down
+        self._logbook.dead_letters(
+            [letter for unit in units if id(unit) in written for letter in unit.dead_letters]
+        )
         if down is not None:  # the store stopped answering meanwhile: as any store failure
             log.error("commit of %d transition(s) failed: %s", len(prepared.order), down)
             for work in live:
@@ -374,6 +381,8 @@ class Committer:
                 raise
             except Exception as error:
                 log.error("the records of a refused item were not written: %s", error)
+            else:
+                self._logbook.dead_letters(records.dead_letters)
         for item in again:
             self._inbox.put_nowait(item)
         order = [
@@ -438,6 +447,7 @@ class Committer:
             self._send(messages)
         if timers_set:
             self._timers_changed()
+        self._logbook.committed(order, results)  # what was written, said once it was
 
 
 async def _settle(task: asyncio.Task[None]) -> None:

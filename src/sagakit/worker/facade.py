@@ -36,6 +36,7 @@ from sagakit.worker.committer import Committer
 from sagakit.worker.instances import Instances
 from sagakit.worker.items import STOP_SOURCE, Inbox, Item, Start, input_digest
 from sagakit.worker.local_steps import LocalSteps
+from sagakit.worker.logbook import Logbook
 from sagakit.worker.ownership import Ownership
 from sagakit.worker.sources import CommandSource, ReplySource, TimerSource
 
@@ -79,12 +80,19 @@ class Worker:
         self._clock = StoreClock(clock)
         self._inbox = Inbox()
         self._instances = Instances()
+        logbook = Logbook()
         orphans: set[str] = set()  # instances whose definition this worker does not have
         self._timers = TimerSource(store, self._inbox, orphans, poll_interval)
         self._commands = CommandSource(app, store, self._inbox, orphans, poll_interval)
         self._replies = ReplySource(self._inbox, reply_queue, self._clock)
         self._local_steps = LocalSteps(
-            app, store, self._instances, self._inbox, worker_id=self.worker_id, clock=self._clock
+            app,
+            store,
+            self._instances,
+            self._inbox,
+            worker_id=self.worker_id,
+            clock=self._clock,
+            logbook=logbook,
         )
         self._relay: Relay
         self._ownership = Ownership(
@@ -98,6 +106,7 @@ class Worker:
             orphans=orphans,
             on_takeover=self._after_takeover,
             rescan_outbox=self._rescan_outbox,
+            logbook=logbook,
         )
         applier = Applier(
             app,
@@ -120,6 +129,7 @@ class Worker:
             send=self._send,
             run_local=self._local_steps.spawn,
             timers_changed=self._timers.wake,
+            logbook=logbook,
         )
         self._relay = Relay(
             store,
@@ -189,7 +199,12 @@ class Worker:
         ]
         if self._retention is not None:
             self._tasks.append(asyncio.create_task(self._retention_loop(self._retention)))
-        log.info("worker started with %d saga definition(s)", len(self.app.definitions))
+        log.info(
+            "worker %s started with %d saga definition(s)",
+            self.worker_id,
+            len(self.app.definitions),
+            extra={"worker_id": self.worker_id},
+        )
 
     async def stop(self) -> None:
         """Stop after the commit in progress; what is not committed is redone on restart."""
@@ -215,7 +230,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await self.store.detach()
         self._stopped.set()
-        log.info("worker stopped")
+        log.info("worker %s stopped", self.worker_id, extra={"worker_id": self.worker_id})
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -29,6 +29,7 @@ from sagakit.worker.context import step_context
 from sagakit.worker.instances import Instances
 from sagakit.worker.items import Inbox, Item, LocalKey
 from sagakit.worker.local_timeouts import LocalTimeouts
+from sagakit.worker.logbook import Logbook
 
 log = logging.getLogger("sagakit.worker")
 
@@ -73,6 +74,7 @@ class LocalSteps:
         *,
         worker_id: str,
         clock: Callable[[], float],
+        logbook: Logbook,
     ) -> None:
         self._app = app
         self._reader = reader
@@ -80,6 +82,7 @@ class LocalSteps:
         self._inbox = inbox
         self._worker_id = worker_id
         self._clock = clock
+        self._logbook = logbook
         self._timeouts = LocalTimeouts()
         #: Runs by what they run (one run per attempt), until their reply is committed.
         self.tasks: dict[LocalKey, asyncio.Task[None]] = {}
@@ -236,6 +239,8 @@ class LocalSteps:
             return Reply(step, phase, attempt, Outcome.SUCCESS, result)
         except Exception as exc:
             answer = outcome_of(exc, timeout=timeout)
+            if answer.unexpected:  # a bug, most likely: the history keeps only its message
+                self._logbook.crashed(instance, step, phase, attempt, exc)
             return Reply(
                 step,
                 phase,

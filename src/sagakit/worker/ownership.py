@@ -23,6 +23,7 @@ from sagakit.transitions import Dispatch, idempotency_key
 from sagakit.worker.clock import StoreClock
 from sagakit.worker.instances import Instances
 from sagakit.worker.local_steps import LocalSteps
+from sagakit.worker.logbook import Logbook
 
 log = logging.getLogger("sagakit.worker")
 
@@ -45,6 +46,7 @@ class Ownership:
         orphans: set[str],
         on_takeover: Callable[[], None],
         rescan_outbox: Callable[[], Awaitable[None]],
+        logbook: Logbook,
     ) -> None:
         self._app = app
         self._store = store
@@ -56,6 +58,7 @@ class Ownership:
         self._orphans = orphans
         self._on_takeover = on_takeover
         self._rescan_outbox = rescan_outbox
+        self._logbook = logbook
         self._wake = asyncio.Event()
         self._records: list[DefinitionRecord] | None = None
 
@@ -85,11 +88,17 @@ class Ownership:
         fingerprints = self._fingerprints()
         while claimed := await self._store.claim(500, fingerprints):
             total += len(claimed)
+            self._logbook.takeovers(claimed)
             for claim in claimed:
                 self._orphans.discard(claim.instance.saga_id)
                 self._adopt(claim.instance)
         if total:
-            log.info("took over %d instance(s)", total)
+            log.info(
+                "worker %s took over %d instance(s)",
+                self.worker_id,
+                total,
+                extra={"worker_id": self.worker_id},
+            )
             self._on_takeover()
             if rescan:
                 await self._rescan_outbox()

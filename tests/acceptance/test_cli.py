@@ -506,3 +506,119 @@ def test_abort_with_wait_against_a_running_worker(
     assert "failed" in one_line_error(again)
 
     assert worker.terminate() == 0, worker.stderr
+
+
+# -- workers and the worker's log -------------------------------------------------------
+
+DECLINING_APP = """
+    from sagakit import App, Saga, StepFailed
+
+
+    async def reserve(ctx):
+        return {"held": 1}
+
+
+    async def release(ctx):
+        return None
+
+
+    async def charge(ctx):
+        raise StepFailed("card declined")
+
+
+    async def refund(ctx):
+        return None
+
+
+    declining = (
+        Saga("declining")
+        .local("reserve", reserve, compensation=release)
+        .local("charge", charge, compensation=refund)
+        .build()
+    )
+    app = App(sagas=[declining])
+"""
+
+QUEUE_START = """
+    import asyncio
+    import sys
+
+    from sagakit import Client, open_store
+    from declining import declining
+
+
+    async def main(url):
+        store = open_store(url)
+        try:
+            handle = await Client(store).start(declining, {"n": 1}, correlation_id="order-7")
+            print(handle.saga_id, flush=True)
+        finally:
+            await store.close()
+
+
+    asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_workers_and_the_worker_s_json_log(
+    tmp_path: Path, background: Callable[..., Background]
+) -> None:
+    (tmp_path / "declining.py").write_text(textwrap.dedent(DECLINING_APP))
+    (tmp_path / "queue_start.py").write_text(textwrap.dedent(QUEUE_START))
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = _env(PYTHONPATH=path)
+    db = url(tmp_path / "logs.db")
+    queued = subprocess.run(
+        [sys.executable, str(tmp_path / "queue_start.py"), db],
+        capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert queued.returncode == 0, queued.stderr
+    saga_id = queued.stdout.strip()
+    empty = sagakit("workers", "--json", "--db", db)
+    assert empty.returncode == 0 and json.loads(empty.stdout) == []
+
+    worker = background(
+        "worker", "--app", "declining:app", "--db", db, "--log-format", "json", env=env
+    )
+    worker.wait_for_line(READY, 20)
+    worker.wait_for_line("failed, every completed step compensated", 20)
+
+    [alive] = json.loads(sagakit("workers", "--json", "--db", db).stdout)
+    assert alive["state"] == "alive" and alive["alive"] is True and alive["owned"] == 0
+    assert [d["name"] for d in alive["definitions"]] == ["declining"]
+    assert alive["definitions"][0]["version"] == 1 and alive["pid"] > 0
+    assert is_iso_utc(alive["started_at"]) and alive["stopped_at"] is None
+    table = sagakit("workers", "--db", db)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split()[:2] == ["WORKER", "STATE"]
+    assert alive["worker_id"] in table.stdout and "declining v1" in table.stdout
+    [listed] = json.loads(sagakit("list", "--json", "--db", db).stdout)
+    assert listed["owner"] == alive["worker_id"]
+    assert (
+        f"owner               {alive['worker_id']}" in sagakit("show", saga_id, "--db", db).stdout
+    )
+
+    assert worker.terminate() == 0, worker.stderr
+    [stopped] = json.loads(sagakit("workers", "--json", "--db", db).stdout)
+    assert stopped["state"] == "stopped" and is_iso_utc(stopped["stopped_at"])
+
+    # Every line on stderr is one JSON object; the saga's lines carry its fields.
+    logged = [json.loads(line) for line in worker.stderr.splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in logged)
+    about = [line for line in logged if line.get("saga_id") == saga_id]
+    assert [(line["level"], line["event"]) for line in about] == [
+        ("WARNING", "status"),
+        ("WARNING", "status"),
+    ]
+    compensating = about[0]
+    assert compensating["logger"] == "sagakit.saga"
+    assert compensating["saga_type"] == "declining"
+    assert compensating["correlation_id"] == "order-7"
+    assert compensating["reason"] == "step 'charge' failed: card declined"
+    assert any(READY in line["message"] for line in logged)
+
+
+def test_workers_of_a_missing_database_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = sagakit("workers", "--db", url(tmp_path / "none.db"))
+    assert "database file not found" in one_line_error(missing)
+    assert list(tmp_path.iterdir()) == []

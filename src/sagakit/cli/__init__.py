@@ -10,7 +10,7 @@ error. Errors are one line on stderr, never a traceback. See docs/cli.md.
 The package: :mod:`~sagakit.cli.parser` (every command and option),
 :mod:`~sagakit.cli.common` (the URL, errors, a client), :mod:`~sagakit.cli.render` (tables and
 JSON), and one module per command group — :mod:`~sagakit.cli.demo`, :mod:`~sagakit.cli.worker`,
-:mod:`~sagakit.cli.inspection` (list, show, history, dead-letters),
+:mod:`~sagakit.cli.inspection` (list, show, history, dead-letters), :mod:`~sagakit.cli.workers`,
 :mod:`~sagakit.cli.operations` (abort, retry, resolve) and :mod:`~sagakit.cli.maintenance`
 (migrate, purge).
 """

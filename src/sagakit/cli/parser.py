@@ -14,6 +14,7 @@ from sagakit.cli.inspection import cmd_dead_letters, cmd_history, cmd_list, cmd_
 from sagakit.cli.maintenance import cmd_migrate, cmd_purge
 from sagakit.cli.operations import cmd_operator
 from sagakit.cli.worker import cmd_worker
+from sagakit.cli.workers import cmd_workers
 from sagakit.retention import parse_duration
 from sagakit.storage import DEFAULT_URL
 
@@ -113,9 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="INFO",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level on stderr (default INFO)",
+        help="logging level on stderr (default INFO; DEBUG tells every step)",
+    )
+    worker.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line with the saga's fields (default text)",
     )
     worker.set_defaults(handler=cmd_worker)
+
+    workers = commands.add_parser(
+        "workers",
+        parents=[common, as_json],
+        help="list workers: their leases, the definitions they run, what they own",
+        description="List the workers the database knows: alive ones first, then those that "
+        "stopped or whose lease expired (kept a day while they own no unfinished saga), with "
+        "each one's lease, the saga definitions it runs and how many unfinished sagas it owns.",
+    )
+    workers.set_defaults(handler=cmd_workers)
 
     listing = commands.add_parser(
         "list",

@@ -31,6 +31,7 @@ def summary_json(instance: SagaInstance) -> dict[str, object]:
         "reason": instance.status_reason,
         "stuck_step": instance.stuck_step,
         "correlation_id": instance.correlation_id,
+        "owner": instance.owner,
         "created_at": iso(instance.created_at),
         "updated_at": iso(instance.updated_at),
     }

@@ -9,22 +9,37 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from sagakit import App, Worker
 from sagakit.cli.common import PROG, CliError, db_url, run
 from sagakit.errors import SagakitError
+from sagakit.logs import JsonFormatter
 from sagakit.retention import RetentionPolicy
 from sagakit.storage import open_store
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     app = _load_app(str(args.app))
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=str(args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return run(_worker(app, str(args.app), db_url(args), args.lease, args.retention))
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=str(args.log_level), handlers=[handler])
+    say = _log_line if args.log_format == "json" else _text_line
+    return run(_worker(app, str(args.app), db_url(args), args.lease, args.retention, say))
+
+
+def _text_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _log_line(text: str) -> None:
+    # With JSON logs every line on stderr is one JSON object, this command's own lines too.
+    logging.getLogger("sagakit.cli").info(text)
 
 
 def _load_app(ref: str) -> App:
@@ -51,7 +66,14 @@ def _load_app(ref: str) -> App:
     return value
 
 
-async def _worker(app: App, ref: str, url: str, lease: float, args_retention: float | None) -> int:
+async def _worker(
+    app: App,
+    ref: str,
+    url: str,
+    lease: float,
+    args_retention: float | None,
+    say: Callable[[str], None],
+) -> int:
     store = open_store(url, owner=True)
     try:
         stop = asyncio.Event()
@@ -65,14 +87,12 @@ async def _worker(app: App, ref: str, url: str, lease: float, args_retention: fl
             await worker.start()
             try:
                 names = ", ".join(f"{d.name} v{d.version}" for d in app.definitions) or "none"
-                print(
+                say(
                     f"{PROG} worker (pid {os.getpid()}) running {ref} on {url}: sagas {names}; "
-                    f"{len(app.participants)} participant(s); stop with Ctrl-C or SIGTERM",
-                    file=sys.stderr,
-                    flush=True,
+                    f"{len(app.participants)} participant(s); stop with Ctrl-C or SIGTERM"
                 )
                 await stop.wait()
-                print(f"{PROG} worker: stopping", file=sys.stderr, flush=True)
+                say(f"{PROG} worker: stopping")
             finally:
                 await worker.stop()
         finally:
@@ -80,5 +100,5 @@ async def _worker(app: App, ref: str, url: str, lease: float, args_retention: fl
                 loop.remove_signal_handler(sig)
     finally:
         await store.close()
-    print(f"{PROG} worker: stopped", file=sys.stderr, flush=True)
+    say(f"{PROG} worker: stopped")
     return 0

@@ -1,0 +1,62 @@
+"""``sagakit workers``: the workers a database knows, their leases, the definitions they run
+and how many unfinished instances each owns (read from the store: no application is imported)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sagakit import WorkerRecord
+from sagakit.cli.common import db_url, reader, run
+from sagakit.cli.render import human_time, iso, print_json, print_table
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    return run(_workers(db_url(args), as_json=bool(args.json)))
+
+
+async def _workers(url: str, *, as_json: bool) -> int:
+    async with reader(url) as client:
+        workers = await client.workers()
+    if as_json:
+        print_json([worker_json(w) for w in workers])
+        return 0
+    rows = [
+        [
+            w.worker_id,
+            w.state,
+            human_time(w.started_at),
+            _lease(w),
+            str(w.owned),
+            ", ".join(f"{d.name} v{d.version}" for d in w.definitions) or "-",
+        ]
+        for w in workers
+    ]
+    print_table(["WORKER", "STATE", "STARTED (UTC)", "LEASE (UTC)", "OWNS", "DEFINITIONS"], rows)
+    print(f"({len(workers)} worker(s))")
+    return 0
+
+
+def worker_json(worker: WorkerRecord) -> dict[str, object]:
+    return {
+        "worker_id": worker.worker_id,
+        "state": worker.state,
+        "alive": worker.alive,
+        "host": worker.host,
+        "pid": worker.pid,
+        "started_at": iso(worker.started_at),
+        "heartbeat_at": iso(worker.heartbeat_at),
+        "lease_expires_at": iso(worker.lease_expires_at),
+        "stopped_at": iso(worker.stopped_at),
+        "owned": worker.owned,
+        "definitions": [
+            {"name": d.name, "version": d.version, "fingerprint": d.fingerprint}
+            for d in worker.definitions
+        ],
+    }
+
+
+def _lease(worker: WorkerRecord) -> str:
+    if worker.stopped_at is not None and not worker.alive:
+        return f"stopped {human_time(worker.stopped_at)}"
+    word = "until" if worker.alive else "expired"
+    return f"{word} {human_time(worker.lease_expires_at)}"

@@ -101,12 +101,13 @@ class DeadLetter:
 
 
 @dataclass
-class Transition:
-    """Everything one instance's events wrote, to commit atomically.
+class InstanceWrite:
+    """What one batch writes for one instance, atomically: its new state and the records
+    its events produced (history, outbox messages, timer operations, command results).
 
     ``instance`` is the new state (None: no state change, only side records).
     ``expected_revision`` is the revision the decision was based on; None inserts a new
-    instance. A transition whose check fails is dropped whole: none of its records are
+    instance. A write whose check fails is dropped whole: none of its records are
     written and none of its messages are sent.
     """
 
@@ -127,7 +128,7 @@ class Transition:
 class Batch:
     """One database transaction: many transitions plus records that belong to none."""
 
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[InstanceWrite] = field(default_factory=list)
     outbox_done: list[str] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     commands: list[CommandResult] = field(default_factory=list)

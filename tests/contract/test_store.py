@@ -33,13 +33,13 @@ from sagakit.ports import (
     CommandState,
     DeadLetter,
     InstanceFilter,
+    InstanceWrite,
     OutboxMessage,
     ParticipantTx,
     Store,
     Timer,
     TimerOp,
     TimerOpKind,
-    Transition,
 )
 from sagakit.state import (
     CompensationState,
@@ -227,8 +227,8 @@ def set_timer(t: Timer) -> TimerOp:
     return TimerOp(TimerOpKind.SET, timer=t)
 
 
-def insert(inst: SagaInstance, **records: object) -> Transition:
-    return Transition(
+def insert(inst: SagaInstance, **records: object) -> InstanceWrite:
+    return InstanceWrite(
         inst.saga_id,
         instance=inst,
         expected_revision=None,
@@ -237,8 +237,8 @@ def insert(inst: SagaInstance, **records: object) -> Transition:
     )  # type: ignore[arg-type]
 
 
-def update(inst: SagaInstance, expected: int, **records: object) -> Transition:
-    return Transition(inst.saga_id, instance=inst, expected_revision=expected, **records)  # type: ignore[arg-type]
+def update(inst: SagaInstance, expected: int, **records: object) -> InstanceWrite:
+    return InstanceWrite(inst.saga_id, instance=inst, expected_revision=expected, **records)  # type: ignore[arg-type]
 
 
 async def timers_of(store: Store) -> set[tuple[str, str, float, int]]:
@@ -282,7 +282,7 @@ class TestTransitionStore:
         cmds = {s: await store.enqueue(s, "abort", {"reason": s}) for s in ids}
         before = await store.get("stale")
 
-        def moved(s: str, expected: int) -> Transition:
+        def moved(s: str, expected: int) -> InstanceWrite:
             return update(
                 replace(make_instance(s), status=SagaStatus.COMPENSATING, revision=2),
                 expected,
@@ -351,8 +351,8 @@ class TestTransitionStore:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
@@ -399,7 +399,9 @@ class TestTransitionStore:
         past = await store.now() - 100
         inst = make_instance("s1")
         await store.commit(Batch([insert(inst)]))
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "a", past))])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "a", past))])])
+        )
         stale = replace(inst, status=SagaStatus.COMPLETED, updated_at=1001.0, revision=6)
         entry = HistoryEntry(1001.0, HistoryKind.STATUS)
         for ops in ([], [TimerOp(TimerOpKind.CANCEL)]):
@@ -433,7 +435,9 @@ class TestTransitionStore:
             consumed=["m-start"],
             commands=[CommandResult(cmd, CommandState.APPLIED)],
         )
-        await store.commit(Batch([Transition("s0", outbox=[message("m-start", source="inbound")])]))
+        await store.commit(
+            Batch([InstanceWrite("s0", outbox=[message("m-start", source="inbound")])])
+        )
         result = await store.commit(
             Batch(
                 [
@@ -481,7 +485,7 @@ class TestTransitionStore:
         self, store: Store
     ) -> None:
         await store.commit(Batch([insert(make_instance("s1"))]))
-        side = Transition(
+        side = InstanceWrite(
             "s1",
             history=[HistoryEntry(1002.0, HistoryKind.LATE_REPLY, "reserve", "action", 1)],
             outbox=[message("m1")],
@@ -516,7 +520,9 @@ class TestTransitionStore:
                 Batch(
                     transitions=[
                         insert(good),
-                        Transition("s2", instance=poisoned, expected_revision=None, history=[bad]),
+                        InstanceWrite(
+                            "s2", instance=poisoned, expected_revision=None, history=[bad]
+                        ),
                     ]
                 )
             )
@@ -664,13 +670,13 @@ class TestInstanceQueries:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", history=later),
-                    Transition("s2", history=[HistoryEntry(5.0, HistoryKind.STATUS)]),
+                    InstanceWrite("s1", history=later),
+                    InstanceWrite("s2", history=[HistoryEntry(5.0, HistoryKind.STATUS)]),
                 ]
             )
         )
         last = HistoryEntry(1003.0, HistoryKind.OPERATOR, None, None, None, {"who": "ops"})
-        await store.commit(Batch([Transition("s1", history=[last])]))
+        await store.commit(Batch([InstanceWrite("s1", history=[last])]))
         # Commit order, not time order: a clock that steps back does not reorder history.
         assert await store.history("s1") == [created("s1"), *later, last]
         assert await store.history("s2") == [created("s2"), HistoryEntry(5.0, HistoryKind.STATUS)]
@@ -707,7 +713,9 @@ class TestTimerQueue:
             timer("s3", "future", now + 3600),
             timer("s1", "early", now - 100, attempt=4, kind=TimerKind.RETRY),
         ]
-        await store.commit(Batch([Transition(t.saga_id, timer_ops=[set_timer(t)]) for t in timers]))
+        await store.commit(
+            Batch([InstanceWrite(t.saga_id, timer_ops=[set_timer(t)]) for t in timers])
+        )
         assert await store.due(100) == [timers[3], timers[1], timers[0]]
         assert await store.due(2) == [timers[3], timers[1]]
 
@@ -717,7 +725,7 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition(
+                    InstanceWrite(
                         "s1",
                         timer_ops=[
                             set_timer(timer("s1", "b", now + 7200)),
@@ -733,7 +741,7 @@ class TestTimerQueue:
     async def test_now_is_the_clock_that_judges_due_timers(self, store: Store) -> None:
         first = await store.now()
         await store.commit(
-            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", first))])])
+            Batch([InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", first))])])
         )
         assert await store.now() >= first
         assert [t.name for t in await store.due(10)] == ["t"]
@@ -743,13 +751,15 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", "t", past))]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "t", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", past))]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "t", past))]),
                 ]
             )
         )
         await store.commit(
-            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", past + 5, attempt=2))])])
+            Batch(
+                [InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", past + 5, attempt=2))])]
+            )
         )
         assert await timers_of(store) == {("s1", "t", past + 5, 2), ("s2", "t", past, 1)}
 
@@ -758,15 +768,15 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "abc"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "abc"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
         await store.commit(
             Batch(
                 [
-                    Transition(
+                    InstanceWrite(
                         "s1",
                         timer_ops=[
                             TimerOp(TimerOpKind.CANCEL, names=("a", "b", "missing")),
@@ -782,41 +792,47 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.CANCEL)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.CANCEL)])]))
         assert await timers_of(store) == {("s2", "a", past, 1)}
         assert await store.next_due() == past
 
     async def test_fired_deletes_exactly_the_timer_that_fired(self, store: Store) -> None:
         past = await store.now() - 100
         t = timer("s1", "t", past)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(t)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(t)])]))
         [fired] = await store.due(10)
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, fired)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, fired)])])
+        )
         assert await store.due(10) == []
         assert await store.next_due() is None
 
     async def test_fired_keeps_a_timer_set_again_with_a_new_due_time(self, store: Store) -> None:
         past = await store.now() - 100
         old = timer("s1", "t", past)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         renewed = replace(old, due_at=past + 1)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(renewed)])]))
         # The old firing is applied after the timer was set again: it must not delete it.
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])])
+        )
         assert await store.due(10) == [renewed]
 
     async def test_fired_keeps_a_timer_set_again_with_a_new_attempt(self, store: Store) -> None:
         past = await store.now() - 100
         old = timer("s1", "t", past, attempt=1)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         renewed = replace(old, attempt=2)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(renewed)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])])
+        )
         assert await store.due(10) == [renewed]
 
     @pytest.mark.parametrize(
@@ -836,7 +852,7 @@ class TestTimerQueue:
         old = timer("s1", "t", past)
         new = replace(old, due_at=past + 1, attempt=2)
         other = timer("s1", "u", past + 2)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         by_name = {
             "fired-old": TimerOp(TimerOpKind.FIRED, old),
             "set-new": set_timer(new),
@@ -844,7 +860,7 @@ class TestTimerQueue:
             "cancel": TimerOp(TimerOpKind.CANCEL, names=("t",)),
             "cancel-all": TimerOp(TimerOpKind.CANCEL),
         }
-        await store.commit(Batch([Transition("s1", timer_ops=[by_name[o] for o in ops])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[by_name[o] for o in ops])]))
         named = {"new": new, "other": other}
         assert await store.due(10) == sorted((named[n] for n in left), key=lambda t: t.due_at)
 
@@ -857,14 +873,14 @@ class TestOutbox:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", outbox=[message("z1"), message("a2")]),
-                    Transition("s2", outbox=[message("p1", source="payment", saga_id="s2")]),
-                    Transition("s3", outbox=[message("m3", saga_id="s3")]),
+                    InstanceWrite("s1", outbox=[message("z1"), message("a2")]),
+                    InstanceWrite("s2", outbox=[message("p1", source="payment", saga_id="s2")]),
+                    InstanceWrite("s3", outbox=[message("m3", saga_id="s3")]),
                 ]
             )
         )
         await store.transaction(lambda tx: tx.outbox_put(message("b4")))
-        await store.commit(Batch([Transition("s1", outbox=[message("c5")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message("c5")])]))
         assert await pending_ids(store) == ["z1", "a2", "m3", "b4", "c5"]
         assert await pending_ids(store, "payment") == ["p1"]
         assert await pending_ids(store, "nobody") == []
@@ -872,20 +888,20 @@ class TestOutbox:
 
     async def test_messages_round_trip(self, store: Store) -> None:
         sent = OutboxMessage("m1", ORCHESTRATOR, "inventory", bytes(range(256)), "s1")
-        await store.commit(Batch([Transition("s1", outbox=[sent])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[sent])]))
         assert await store.pending(ORCHESTRATOR, 10) == [sent]
 
     async def test_a_message_id_is_written_once(self, store: Store) -> None:
         first = message("m1")
-        await store.commit(Batch([Transition("s1", outbox=[first])]))
-        await store.commit(Batch([Transition("s1", outbox=[replace(first, body=b"again")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[first])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[replace(first, body=b"again")])]))
         assert await store.pending(ORCHESTRATOR, 10) == [first]
 
     async def test_consumed_and_outbox_done_delete_only_their_messages(self, store: Store) -> None:
-        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abcde"])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message(i) for i in "abcde"])]))
         await store.commit(
             Batch(
-                [Transition("s1", consumed=["b"])],
+                [InstanceWrite("s1", consumed=["b"])],
                 outbox_done=["d", "never-written"],
             )
         )
@@ -898,17 +914,17 @@ class TestOutbox:
     ) -> None:
         # Batch shapes the PostgreSQL statement is put together for: a transition with no
         # state and no records beside sent ids, then sent ids alone, then nothing at all.
-        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abc"])]))
-        assert await store.commit(Batch([Transition("s2")], outbox_done=["a"])) == [True]
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message(i) for i in "abc"])]))
+        assert await store.commit(Batch([InstanceWrite("s2")], outbox_done=["a"])) == [True]
         assert await store.commit(Batch(outbox_done=["b"])) == []
-        assert await store.commit(Batch([Transition("s3")])) == [True]
+        assert await store.commit(Batch([InstanceWrite("s3")])) == [True]
         assert await pending_ids(store) == ["c"]
 
     async def test_a_consumed_message_does_not_come_back_after_new_writes(
         self, store: Store
     ) -> None:
-        await store.commit(Batch([Transition("s1", outbox=[message("a")])]))
-        await store.commit(Batch([Transition("s1", consumed=["a"], outbox=[message("b")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message("a")])]))
+        await store.commit(Batch([InstanceWrite("s1", consumed=["a"], outbox=[message("b")])]))
         assert await pending_ids(store) == ["b"]
 
 
@@ -955,8 +971,8 @@ class TestCommandQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", commands=[CommandResult(applied, CommandState.APPLIED)]),
-                    Transition(
+                    InstanceWrite("s1", commands=[CommandResult(applied, CommandState.APPLIED)]),
+                    InstanceWrite(
                         "s1",
                         commands=[
                             CommandResult(refused, CommandState.REFUSED, "retry: s1 is not stuck")
@@ -1159,7 +1175,7 @@ class TestDurability:
             assert [d.reason for d in await second.dead_letters(10)] == ["bad"]
             assert await second.transaction(lambda tx: tx.inbox_get("inventory", "k")) == b"r"
             # Insertion order continues across the restart.
-            await second.commit(Batch([Transition("s1", outbox=[message("m3")])]))
+            await second.commit(Batch([InstanceWrite("s1", outbox=[message("m3")])]))
             assert await pending_ids(second) == ["m1", "m2", "m3"]
         finally:
             await second.close()

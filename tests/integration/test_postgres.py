@@ -27,7 +27,7 @@ from sagakit import (
 )
 from sagakit.errors import StorageError
 from sagakit.examples.demo import run_demo
-from sagakit.ports import Batch, Transition
+from sagakit.ports import Batch, InstanceWrite
 from sagakit.retention import RetentionPolicy
 from sagakit.state import SagaInstance, StepState
 from sagakit.storage.postgres import PostgresStore, Q, migrations, split_url
@@ -402,7 +402,7 @@ async def test_a_commit_the_driver_refuses_is_not_a_lost_connection(
 
     store = PostgresStore(url, owner=True)
     try:
-        assert await store.commit(Batch([Transition("refused", instance(1))])) == [True]
+        assert await store.commit(Batch([InstanceWrite("refused", instance(1))])) == [True]
         kept = store._commit_conn
         assert kept is not None
 
@@ -413,9 +413,9 @@ async def test_a_commit_the_driver_refuses_is_not_a_lost_connection(
         with monkeypatch.context() as patched:
             patched.setattr(type(kept), "fetch", refuse)
             with pytest.raises(StorageError, match="driver refused") as refused:
-                await store.commit(Batch([Transition("refused", instance(2), 1)]))
+                await store.commit(Batch([InstanceWrite("refused", instance(2), 1)]))
         assert "connection lost" not in str(refused.value)
         assert store._commit_conn is kept  # not dropped: it works
-        assert await store.commit(Batch([Transition("refused", instance(2), 1)])) == [True]
+        assert await store.commit(Batch([InstanceWrite("refused", instance(2), 1)])) == [True]
     finally:
         await store.close()

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import cast
 
-from sagakit.ports import Batch, Timer, TimerOpKind, Transition
+from sagakit.ports import Batch, InstanceWrite, Timer, TimerOpKind
 from sagakit.state import SagaInstance
 from sagakit.storage.postgres_schema import Conn, Q
 from sagakit.storage.rows import STATUS_TEXT, history_row, transition_state
@@ -141,7 +141,7 @@ async def commit_in_rounds(conn: Conn, batch: Batch, worker_id: str | None) -> l
 
 
 async def _side_records(
-    conn: Conn, batch: Batch, ok: list[Transition], worker_id: str | None
+    conn: Conn, batch: Batch, ok: list[InstanceWrite], worker_id: str | None
 ) -> None:
     history = [history_row(t.saga_id, e) for t in ok for e in t.history]
     if history:
@@ -172,7 +172,7 @@ async def _side_records(
         )
 
 
-async def _timers(conn: Conn, ok: list[Transition]) -> None:
+async def _timers(conn: Conn, ok: list[InstanceWrite]) -> None:
     clear, names, fired, upserts = _timer_changes(ok)
     if clear:
         await conn.execute(
@@ -252,7 +252,7 @@ _TimerChanges = tuple[
 ]
 
 
-def _timer_changes(transitions: Sequence[Transition]) -> _TimerChanges:
+def _timer_changes(transitions: Sequence[InstanceWrite]) -> _TimerChanges:
     """Each transition's ordered timer operations, collapsed per instance into: instances to
     clear, timers to delete by name, fired timers to delete exactly, and timers to upsert —
     with no timer both deleted and upserted, so they can run as one statement."""
@@ -295,7 +295,7 @@ def _timer_changes(transitions: Sequence[Transition]) -> _TimerChanges:
     return clear, names, fired, upserts
 
 
-def _rounds(transitions: Sequence[Transition]) -> list[list[int]]:
+def _rounds(transitions: Sequence[InstanceWrite]) -> list[list[int]]:
     """Indexes of the transitions that write an instance, grouped so that no round names a
     saga twice; a saga's k-th transition is in round k."""
     rounds: list[list[int]] = []
@@ -311,7 +311,7 @@ def _rounds(transitions: Sequence[Transition]) -> list[list[int]]:
     return rounds
 
 
-def _one_step(batch: Batch) -> Transition | None:
+def _one_step(batch: Batch) -> InstanceWrite | None:
     """The batch's one transition when it is one step of one saga: an update, its history
     and at most the cancelling of all its timers (commit_one_update)."""
     if len(batch.transitions) != 1 or batch.outbox_done or batch.commands or batch.dead_letters:
@@ -329,7 +329,7 @@ def columns(rows: Sequence[Sequence[object]], width: int) -> list[list[object]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-def _insert_row(t: Transition) -> tuple[object, ...]:
+def _insert_row(t: InstanceWrite) -> tuple[object, ...]:
     inst = cast(SagaInstance, t.instance)
     return (
         inst.saga_id,
@@ -347,7 +347,7 @@ def _insert_row(t: Transition) -> tuple[object, ...]:
     )
 
 
-def _update_row(t: Transition) -> tuple[object, ...]:
+def _update_row(t: InstanceWrite) -> tuple[object, ...]:
     inst = cast(SagaInstance, t.instance)
     return (
         inst.saga_id,

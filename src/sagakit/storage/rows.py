@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol, cast
 
 from sagakit.encoding import JSON, dump_text, loads
-from sagakit.ports import CommandState, QueuedCommand, Transition
+from sagakit.ports import CommandState, InstanceWrite, QueuedCommand
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 
 
@@ -36,7 +36,7 @@ def state_text(inst: SagaInstance) -> str:
     )
 
 
-def transition_state(t: Transition) -> str:
+def transition_state(t: InstanceWrite) -> str:
     """The state column of ``t``'s instance: encoded by the worker already, or now."""
     if t.state is not None:
         return t.state

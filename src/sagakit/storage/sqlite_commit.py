@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from sagakit.ports import Batch, CommandResult, TimerOpKind, Transition
+from sagakit.ports import Batch, CommandResult, InstanceWrite, TimerOpKind
 from sagakit.storage.rows import STATUS_TEXT, history_row, transition_state
 from sagakit.storage.sqlite_file import Q, transaction
 
@@ -56,7 +56,7 @@ def commit_batch(conn: sqlite3.Connection, batch: Batch, now: float) -> list[boo
     return results
 
 
-def _write_instance(cur: sqlite3.Cursor, t: Transition) -> bool:
+def _write_instance(cur: sqlite3.Cursor, t: InstanceWrite) -> bool:
     inst = t.instance
     if inst is None:
         return True
@@ -106,7 +106,7 @@ def _write_instance(cur: sqlite3.Cursor, t: Transition) -> bool:
     return cur.rowcount == 1
 
 
-def _timer_ops(cur: sqlite3.Cursor, t: Transition) -> None:
+def _timer_ops(cur: sqlite3.Cursor, t: InstanceWrite) -> None:
     for op in t.timer_ops:
         if op.kind is TimerOpKind.SET and op.timer is not None:
             tm = op.timer

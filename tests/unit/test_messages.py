@@ -213,8 +213,10 @@ def test_malformed_messages_are_rejected_with_the_reason(data: bytes, reason: st
     ],
 )
 def test_a_missing_required_field_is_named(field: str) -> None:
-    assert rejected(body(raw(**{field: ...}))) == f"missing field(s): {field}"
-    assert rejected(body(raw(**{field: None}))) == f"missing field(s): {field}"
+    missing: dict[str, Any] = {field: ...}
+    assert rejected(body(raw(**missing))) == f"missing field(s): {field}"
+    missing[field] = None
+    assert rejected(body(raw(**missing))) == f"missing field(s): {field}"
 
 
 def test_every_missing_field_is_named_at_once() -> None:

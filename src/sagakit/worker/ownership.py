@@ -159,14 +159,15 @@ def shape_conflict(
     unfinished instances carry ``unsettled``: a definition of the app whose name and version
     they use with another fingerprint (None: no conflict). An instance that carries the app
     definition's legacy fingerprint is no conflict: it is claimed and given the new one."""
-    advice = "deploy a changed saga as a new version (see docs/how-to/deploying-changes.md)"
+    advice = "deploy a changed saga as a new version"
+    guide = "(see docs/how-to/deploying-changes.md)"
     for ref in live:
         mine = app.definition(ref.saga_type, ref.version)
         if mine is not None and ref.fingerprint != mine.fingerprint:
             return (
                 f"saga {ref.saga_type!r} v{ref.version} has other steps in this worker "
                 f"(fingerprint {mine.fingerprint}) than in a running worker "
-                f"({ref.fingerprint}): {advice}"
+                f"({ref.fingerprint}): {advice} {guide}"
             )
     for ref in unsettled:
         mine = app.definition(ref.saga_type, ref.version)
@@ -177,6 +178,6 @@ def shape_conflict(
             return (
                 f"saga {ref.saga_type!r} v{ref.version} has other steps in this worker "
                 f"(fingerprint {mine.fingerprint}) than its unfinished instances "
-                f"({ref.fingerprint}): {advice}, beside the old one until they finish"
+                f"({ref.fingerprint}): {advice}, beside the old one until they finish {guide}"
             )
     return None

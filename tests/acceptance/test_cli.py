@@ -251,6 +251,7 @@ def test_show_json_shape(demo_db: str) -> None:
         "created_at", "updated_at", "data", "steps", "history",
     } <= set(shown)  # fmt: skip
     assert shown["saga_id"] == saga_id and shown["version"] == 1
+    assert shown["fingerprint"].startswith("v2:")
     assert shown["status"] == "failed" and "card declined" in shown["reason"]
     assert shown["stuck_step"] is None
     assert shown["data"]["card"] == "tok_declined"

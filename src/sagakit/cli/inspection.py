@@ -120,6 +120,7 @@ async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
     fields = [
         ("saga", instance.saga_id),
         ("type", f"{instance.saga_type} v{instance.version}"),
+        ("fingerprint", instance.fingerprint),
         ("status", instance.status.value),
         ("reason", instance.status_reason or "-"),
         ("owner", instance.owner or "-"),

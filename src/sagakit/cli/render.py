@@ -83,6 +83,7 @@ def detail_json(instance: SagaInstance, history: Sequence[HistoryEntry]) -> dict
         )
     return {
         **summary_json(instance),
+        "fingerprint": instance.fingerprint,
         "idempotency_key": instance.idempotency_key,
         "point_of_no_return": instance.point_of_no_return,
         "deadline_at": iso(instance.deadline_at),

@@ -77,6 +77,11 @@ ERROR_REPLY = replace(
 )
 
 
+def one(name: str, value: Any) -> dict[str, Any]:
+    """``{name: value}``, typed for ``**`` into a call whose parameters it may name."""
+    return {name: value}
+
+
 def raw(env: Envelope = COMMAND, **changes: Any) -> dict[str, Any]:
     """The envelope as a JSON object, with fields changed (a value of ``...`` removes one)."""
     out: dict[str, Any] = dict(to_dict(env))
@@ -328,7 +333,7 @@ NAMES = (
 @pytest.mark.parametrize("name", NAMES)
 def test_a_nul_in_an_id_or_name_is_rejected_naming_the_field(name: str) -> None:
     with pytest.raises(MessageRejected) as caught:
-        decode(body(raw(REPLY, **{name: "s\x001"})))
+        decode(body(raw(REPLY, **one(name, "s\x001"))))
     assert str(caught.value) == f"field {name!r}: NUL character '\\x00'"
     assert caught.value.envelope is None  # the ids are not sound: nothing to route
 
@@ -336,22 +341,22 @@ def test_a_nul_in_an_id_or_name_is_rejected_naming_the_field(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_a_lone_surrogate_in_an_id_or_name_is_rejected_naming_the_field(name: str) -> None:
     # orjson refuses the escape as malformed; the reason still names the field.
-    assert '"\\ud800"' in body(raw(**{name: "\ud800"})).decode()
-    assert rejected(body(raw(**{name: "\ud800"}))) == f"field {name!r}: lone surrogate '\\ud800'"
+    assert '"\\ud800"' in body(raw(**one(name, "\ud800"))).decode()
+    assert rejected(body(raw(**one(name, "\ud800")))) == f"field {name!r}: lone surrogate '\\ud800'"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_an_id_or_name_longer_than_the_limit_is_rejected(name: str) -> None:
-    ok = decode(body(raw(**{name: "n" * MAX_NAME_LENGTH})))
+    ok = decode(body(raw(**one(name, "n" * MAX_NAME_LENGTH))))
     assert getattr(ok, name) == "n" * MAX_NAME_LENGTH
-    reason = rejected(body(raw(**{name: "n" * (MAX_NAME_LENGTH + 1)})))
+    reason = rejected(body(raw(**one(name, "n" * (MAX_NAME_LENGTH + 1)))))
     assert reason == f"field {name!r}: longer than {MAX_NAME_LENGTH} characters"
 
 
 @pytest.mark.parametrize("name", ["attempt", "definition_version"])
 def test_counts_fit_the_stores_32_bit_columns(name: str) -> None:
-    assert getattr(decode(body(raw(**{name: 2**31 - 1}))), name) == 2**31 - 1
-    assert rejected(body(raw(**{name: 2**31}))) == f"field {name!r}: larger than 2147483647"
+    assert getattr(decode(body(raw(**one(name, 2**31 - 1)))), name) == 2**31 - 1
+    assert rejected(body(raw(**one(name, 2**31)))) == f"field {name!r}: larger than 2147483647"
 
 
 @pytest.mark.parametrize(
@@ -417,7 +422,7 @@ def test_encode_refuses_what_decode_would_reject() -> None:
     for name in NAMES:
         for bad, problem in (("a\x00", "NUL character"), ("a\ud800", "lone surrogate")):
             with pytest.raises(EncodingError, match=rf"^field '{name}': {problem}"):
-                encode(replace(COMMAND, **{name: bad}))
+                encode(replace(COMMAND, **one(name, bad)))
     with pytest.raises(EncodingError, match=r"^field 'step': longer than 512 characters"):
         encode(replace(COMMAND, step="s" * (MAX_NAME_LENGTH + 1)))
     with pytest.raises(EncodingError, match=r"^payload\.x: lone surrogate"):

@@ -35,7 +35,7 @@ from sagakit.encoding import (
     to_json,
 )
 from sagakit.errors import EncodingError
-from sagakit.ports import Batch, Store, Transition
+from sagakit.ports import Batch, InstanceWrite, Store
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage import PostgresStore, SqliteStore
 from sagakit.storage.postgres import new_schema_url, split_url
@@ -349,10 +349,12 @@ class StoreRoundTrip:
         saga_id = f"values-{self.count}"
         instance = replace(TEMPLATE, saga_id=saga_id, data=data, reason=reason)
         entry = HistoryEntry(1.0, HistoryKind.CREATED, detail={"value": data})
-        transition = Transition(saga_id, instance=instance, expected_revision=None, history=[entry])
+        transition = InstanceWrite(
+            saga_id, instance=instance, expected_revision=None, history=[entry]
+        )
         return self.runner.run(self._write_read(transition))
 
-    async def _write_read(self, transition: Transition) -> tuple[JSON, str | None, JSON]:
+    async def _write_read(self, transition: InstanceWrite) -> tuple[JSON, str | None, JSON]:
         await self.store.commit(Batch([transition]))
         got = await self.store.get(transition.saga_id)
         assert got is not None

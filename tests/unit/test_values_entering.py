@@ -297,7 +297,6 @@ async def test_a_reply_that_breaks_the_rules_is_dead_lettered_and_acknowledged(
         assert any(reason in r for r in reasons), (reason, reasons)
 
 
-@pytest.mark.xfail(strict=True, reason="worker wiring: lead")
 async def test_a_reply_that_breaks_the_rules_ends_its_attempt_at_once(store: Store) -> None:
     """Issue 10 §2: the attempt the bad reply answers ends at once as an unknown outcome with
     the reason recorded, rather than waiting for its timeout (a minute here)."""
@@ -317,7 +316,6 @@ async def test_a_reply_that_breaks_the_rules_ends_its_attempt_at_once(store: Sto
 # -- a local step's error text ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="worker wiring: lead")
 async def test_a_local_step_failing_with_a_bad_message_fails_its_saga(store: Store) -> None:
     """An exception's text is a value too: a surrogate in it must not reach the store raw."""
     from sagakit import StepFailed

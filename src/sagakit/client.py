@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sagakit.definition import Saga, SagaDefinition
-from sagakit.encoding import JSON, digest_of, to_json
+from sagakit.encoding import JSON, check_json, check_name, digest_of, to_json
 from sagakit.errors import CommandRefused, IdempotencyConflict, SagakitError, SagaNotFound
 from sagakit.ids import new_id
 from sagakit.ports import (
@@ -169,7 +169,14 @@ class Client:
         key: str | None = None,
         correlation_id: str | None = None,
     ) -> SagaHandle:
-        """Start an instance (idempotent with ``key``); returns once it is durably created."""
+        """Start an instance (idempotent with ``key``); returns once it is durably created.
+
+        Raises EncodingError, before anything is written, when ``data``, ``key`` or
+        ``correlation_id`` breaks the value rules (docs/concepts.md)."""
+        if key is not None:
+            check_name(key, "idempotency key")
+        if correlation_id is not None:
+            check_name(correlation_id, "correlation id")
         definition = saga.build() if isinstance(saga, Saga) else saga
         if self._worker is not None:
             saga_id = await self._worker.start_saga(
@@ -396,6 +403,10 @@ class Client:
     async def abort(self, saga_id: str, reason: str, *, by: str = "operator") -> CommandHandle:
         """Compensate now (refused past the point of no return). A start still queued is
         cancelled at once: no worker creates its instance (``cancelled_start`` is set)."""
+        if reason:
+            check_name(saga_id, "saga id")
+            check_json(reason, path="reason")
+            check_name(by, "by")
         if reason and await self.store.get(saga_id) is None:
             start = await self.store.start_command(saga_id)
             if start is not None:
@@ -429,6 +440,12 @@ class Client:
     ) -> CommandHandle:
         if not command.reason:
             raise CommandRefused("an operator command needs a reason")
+        # Refused here, before the command is queued: a worker could not record it.
+        check_name(saga_id, "saga id")
+        check_json(command.reason, path="reason")
+        check_name(command.by, "by")
+        for name, value in extra.items():
+            check_name(value, name)
         instance = await self.get(saga_id)
         refused = check_command(instance, command)
         if refused:

@@ -6,8 +6,8 @@ The public API. Everything here is documented in docs/ and stable within a major
 from __future__ import annotations
 
 from sagakit.app import App
-from sagakit.catalog import DefinitionRecord, WorkerRecord
-from sagakit.client import Client, CommandHandle, SagaHandle
+from sagakit.catalog import DefinitionRecord
+from sagakit.client import Client, CommandHandle, QueuedStart, SagaHandle
 from sagakit.definition import (
     Phase,
     RetryPolicy,
@@ -36,7 +36,7 @@ from sagakit.errors import (
     TransportError,
 )
 from sagakit.participant import Command, Participant
-from sagakit.ports import ParticipantTx
+from sagakit.ports import ParticipantTx, WorkerRecord
 from sagakit.state import (
     CompensationStatus,
     HistoryEntry,
@@ -71,6 +71,7 @@ __all__ = [
     "Participant",
     "ParticipantTx",
     "Phase",
+    "QueuedStart",
     "RetryPolicy",
     "Saga",
     "SagaDefinition",

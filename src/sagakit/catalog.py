@@ -2,9 +2,10 @@
 
 A worker writes each definition it runs when it attaches to a store (a
 :class:`DefinitionRecord`: steps, kinds, pivot, timeouts, retry policies and the JSON Schema of
-typed saga data), and its own row (a :class:`WorkerRecord`: its lease, the definitions it runs).
-Commands that import no application (``sagakit describe``, ``sagakit workers``, a dashboard)
-read them through :meth:`sagakit.Client.definitions` and :meth:`sagakit.Client.workers`.
+typed saga data), beside its own row (a :class:`~sagakit.ports.WorkerRecord`: its lease, the
+definitions it runs). Commands that import no application (``sagakit describe``, ``sagakit
+workers``, a dashboard) read them through :meth:`sagakit.Client.definitions` and
+:meth:`sagakit.Client.workers`.
 
 >>> from sagakit import Saga
 >>> saga = Saga("greet").remote("hello", participant="mailer", command="mail.send",
@@ -35,23 +36,6 @@ from sagakit.encoding import JSON
 #: How long the row of a worker whose lease ran out (and that owns no unfinished instance) is
 #: kept, so ``sagakit workers`` still shows it: a worker that attaches removes older ones.
 DEAD_WORKER_RETENTION = 86400.0
-
-
-@dataclass(frozen=True)
-class DefinitionRef:
-    """Which definition: its name, version and fingerprint (Semantics 1)."""
-
-    name: str
-    version: int
-    fingerprint: str
-
-    def to_json(self) -> list[JSON]:
-        return [self.name, self.version, self.fingerprint]
-
-    @classmethod
-    def from_json(cls, value: JSON) -> DefinitionRef:
-        name, version, fingerprint = cast(list[JSON], value)
-        return cls(str(name), int(cast(int, version)), str(fingerprint))
 
 
 @dataclass(frozen=True)
@@ -168,10 +152,6 @@ class DefinitionRecord:
     recorded_at: float = 0.0
 
     @property
-    def ref(self) -> DefinitionRef:
-        return DefinitionRef(self.name, self.version, self.fingerprint)
-
-    @property
     def pivot(self) -> str | None:
         """The pivot step (the point of no return), if the saga has one."""
         return next((s.name for s in self.steps if s.kind is StepKind.PIVOT), None)
@@ -220,32 +200,6 @@ class DefinitionRecord:
             data_schema=data.get("data_schema"),
             recorded_at=recorded_at,
         )
-
-
-@dataclass(frozen=True)
-class WorkerRecord:
-    """A worker as the store knows it. ``alive`` is judged by the store's clock when it was
-    read: the lease has not run out and the worker has not stopped. ``owned`` counts the
-    unfinished instances (started, pending, compensating or stuck) it owns."""
-
-    worker_id: str
-    host: str
-    pid: int
-    started_at: float
-    heartbeat_at: float
-    lease_expires_at: float
-    stopped_at: float | None
-    definitions: tuple[DefinitionRef, ...]
-    owned: int
-    alive: bool
-
-    @property
-    def state(self) -> str:
-        """``alive``, ``stopped`` (released its instances at a clean stop) or ``expired``
-        (its lease ran out: it died, hung or lost the database)."""
-        if self.alive:
-            return "alive"
-        return "stopped" if self.stopped_at is not None else "expired"
 
 
 def _policy_json(policy: RetryPolicy) -> dict[str, JSON]:

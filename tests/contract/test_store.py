@@ -19,17 +19,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
 
-from sagakit.catalog import (
-    DEAD_WORKER_RETENTION,
-    DefinitionRecord,
-    DefinitionRef,
-    HandlerRecord,
-    StepRecord,
-)
+from sagakit.catalog import DEAD_WORKER_RETENTION, DefinitionRecord, HandlerRecord, StepRecord
 from sagakit.definition import Phase, RetryPolicy, StepKind
 from sagakit.encoding import JSON
 from sagakit.errors import StorageError, StoreLocked, StoreRefused
@@ -39,14 +34,15 @@ from sagakit.ports import (
     CommandResult,
     CommandState,
     DeadLetter,
+    DefinitionRef,
     InstanceFilter,
+    InstanceWrite,
     OutboxMessage,
     ParticipantTx,
     Store,
     Timer,
     TimerOp,
     TimerOpKind,
-    Transition,
 )
 from sagakit.state import (
     CompensationState,
@@ -62,6 +58,8 @@ from sagakit.storage import PostgresStore, SqliteStore, open_store
 from sagakit.transitions import TimerKind
 
 PG_URL = os.environ.get("SAGAKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+#: The definition of make_instance's instances, as a worker claims by it.
+FP3 = DefinitionRef("order", 3, "fp-3")
 
 # -- adapters -----------------------------------------------------------------------------
 
@@ -139,7 +137,7 @@ ADAPTERS = [
         id="sqlite-memory",
     ),
 ]
-PERSISTENT_ADAPTERS = [p for p in ADAPTERS if p.values[0].persistent]
+PERSISTENT_ADAPTERS = [p for p in ADAPTERS if cast(StoreAdapter, p.values[0]).persistent]
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -234,18 +232,18 @@ def set_timer(t: Timer) -> TimerOp:
     return TimerOp(TimerOpKind.SET, timer=t)
 
 
-def insert(inst: SagaInstance, **records: object) -> Transition:
-    return Transition(
+def insert(inst: SagaInstance, **records: Any) -> InstanceWrite:
+    return InstanceWrite(
         inst.saga_id,
         instance=inst,
         expected_revision=None,
         history=[created(inst.saga_id)],
         **records,
-    )  # type: ignore[arg-type]
+    )
 
 
-def update(inst: SagaInstance, expected: int, **records: object) -> Transition:
-    return Transition(inst.saga_id, instance=inst, expected_revision=expected, **records)  # type: ignore[arg-type]
+def update(inst: SagaInstance, expected: int, **records: object) -> InstanceWrite:
+    return InstanceWrite(inst.saga_id, instance=inst, expected_revision=expected, **records)  # type: ignore[arg-type]
 
 
 async def timers_of(store: Store) -> set[tuple[str, str, float, int]]:
@@ -289,7 +287,7 @@ class TestTransitionStore:
         cmds = {s: await store.enqueue(s, "abort", {"reason": s}) for s in ids}
         before = await store.get("stale")
 
-        def moved(s: str, expected: int) -> Transition:
+        def moved(s: str, expected: int) -> InstanceWrite:
             return update(
                 replace(make_instance(s), status=SagaStatus.COMPENSATING, revision=2),
                 expected,
@@ -358,8 +356,8 @@ class TestTransitionStore:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
@@ -406,7 +404,9 @@ class TestTransitionStore:
         past = await store.now() - 100
         inst = make_instance("s1")
         await store.commit(Batch([insert(inst)]))
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "a", past))])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "a", past))])])
+        )
         stale = replace(inst, status=SagaStatus.COMPLETED, updated_at=1001.0, revision=6)
         entry = HistoryEntry(1001.0, HistoryKind.STATUS)
         for ops in ([], [TimerOp(TimerOpKind.CANCEL)]):
@@ -440,7 +440,9 @@ class TestTransitionStore:
             consumed=["m-start"],
             commands=[CommandResult(cmd, CommandState.APPLIED)],
         )
-        await store.commit(Batch([Transition("s0", outbox=[message("m-start", source="inbound")])]))
+        await store.commit(
+            Batch([InstanceWrite("s0", outbox=[message("m-start", source="inbound")])])
+        )
         result = await store.commit(
             Batch(
                 [
@@ -488,7 +490,7 @@ class TestTransitionStore:
         self, store: Store
     ) -> None:
         await store.commit(Batch([insert(make_instance("s1"))]))
-        side = Transition(
+        side = InstanceWrite(
             "s1",
             history=[HistoryEntry(1002.0, HistoryKind.LATE_REPLY, "reserve", "action", 1)],
             outbox=[message("m1")],
@@ -523,7 +525,9 @@ class TestTransitionStore:
                 Batch(
                     transitions=[
                         insert(good),
-                        Transition("s2", instance=poisoned, expected_revision=None, history=[bad]),
+                        InstanceWrite(
+                            "s2", instance=poisoned, expected_revision=None, history=[bad]
+                        ),
                     ]
                 )
             )
@@ -671,13 +675,13 @@ class TestInstanceQueries:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", history=later),
-                    Transition("s2", history=[HistoryEntry(5.0, HistoryKind.STATUS)]),
+                    InstanceWrite("s1", history=later),
+                    InstanceWrite("s2", history=[HistoryEntry(5.0, HistoryKind.STATUS)]),
                 ]
             )
         )
         last = HistoryEntry(1003.0, HistoryKind.OPERATOR, None, None, None, {"who": "ops"})
-        await store.commit(Batch([Transition("s1", history=[last])]))
+        await store.commit(Batch([InstanceWrite("s1", history=[last])]))
         # Commit order, not time order: a clock that steps back does not reorder history.
         assert await store.history("s1") == [created("s1"), *later, last]
         assert await store.history("s2") == [created("s2"), HistoryEntry(5.0, HistoryKind.STATUS)]
@@ -714,7 +718,9 @@ class TestTimerQueue:
             timer("s3", "future", now + 3600),
             timer("s1", "early", now - 100, attempt=4, kind=TimerKind.RETRY),
         ]
-        await store.commit(Batch([Transition(t.saga_id, timer_ops=[set_timer(t)]) for t in timers]))
+        await store.commit(
+            Batch([InstanceWrite(t.saga_id, timer_ops=[set_timer(t)]) for t in timers])
+        )
         assert await store.due(100) == [timers[3], timers[1], timers[0]]
         assert await store.due(2) == [timers[3], timers[1]]
 
@@ -724,7 +730,7 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition(
+                    InstanceWrite(
                         "s1",
                         timer_ops=[
                             set_timer(timer("s1", "b", now + 7200)),
@@ -740,7 +746,7 @@ class TestTimerQueue:
     async def test_now_is_the_clock_that_judges_due_timers(self, store: Store) -> None:
         first = await store.now()
         await store.commit(
-            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", first))])])
+            Batch([InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", first))])])
         )
         assert await store.now() >= first
         assert [t.name for t in await store.due(10)] == ["t"]
@@ -750,13 +756,15 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", "t", past))]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "t", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", past))]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "t", past))]),
                 ]
             )
         )
         await store.commit(
-            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", past + 5, attempt=2))])])
+            Batch(
+                [InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", past + 5, attempt=2))])]
+            )
         )
         assert await timers_of(store) == {("s1", "t", past + 5, 2), ("s2", "t", past, 1)}
 
@@ -765,15 +773,15 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "abc"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "abc"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
         await store.commit(
             Batch(
                 [
-                    Transition(
+                    InstanceWrite(
                         "s1",
                         timer_ops=[
                             TimerOp(TimerOpKind.CANCEL, names=("a", "b", "missing")),
@@ -789,41 +797,47 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.CANCEL)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.CANCEL)])]))
         assert await timers_of(store) == {("s2", "a", past, 1)}
         assert await store.next_due() == past
 
     async def test_fired_deletes_exactly_the_timer_that_fired(self, store: Store) -> None:
         past = await store.now() - 100
         t = timer("s1", "t", past)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(t)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(t)])]))
         [fired] = await store.due(10)
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, fired)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, fired)])])
+        )
         assert await store.due(10) == []
         assert await store.next_due() is None
 
     async def test_fired_keeps_a_timer_set_again_with_a_new_due_time(self, store: Store) -> None:
         past = await store.now() - 100
         old = timer("s1", "t", past)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         renewed = replace(old, due_at=past + 1)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(renewed)])]))
         # The old firing is applied after the timer was set again: it must not delete it.
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])])
+        )
         assert await store.due(10) == [renewed]
 
     async def test_fired_keeps_a_timer_set_again_with_a_new_attempt(self, store: Store) -> None:
         past = await store.now() - 100
         old = timer("s1", "t", past, attempt=1)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         renewed = replace(old, attempt=2)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(renewed)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])])
+        )
         assert await store.due(10) == [renewed]
 
     @pytest.mark.parametrize(
@@ -843,7 +857,7 @@ class TestTimerQueue:
         old = timer("s1", "t", past)
         new = replace(old, due_at=past + 1, attempt=2)
         other = timer("s1", "u", past + 2)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         by_name = {
             "fired-old": TimerOp(TimerOpKind.FIRED, old),
             "set-new": set_timer(new),
@@ -851,7 +865,7 @@ class TestTimerQueue:
             "cancel": TimerOp(TimerOpKind.CANCEL, names=("t",)),
             "cancel-all": TimerOp(TimerOpKind.CANCEL),
         }
-        await store.commit(Batch([Transition("s1", timer_ops=[by_name[o] for o in ops])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[by_name[o] for o in ops])]))
         named = {"new": new, "other": other}
         assert await store.due(10) == sorted((named[n] for n in left), key=lambda t: t.due_at)
 
@@ -864,14 +878,14 @@ class TestOutbox:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", outbox=[message("z1"), message("a2")]),
-                    Transition("s2", outbox=[message("p1", source="payment", saga_id="s2")]),
-                    Transition("s3", outbox=[message("m3", saga_id="s3")]),
+                    InstanceWrite("s1", outbox=[message("z1"), message("a2")]),
+                    InstanceWrite("s2", outbox=[message("p1", source="payment", saga_id="s2")]),
+                    InstanceWrite("s3", outbox=[message("m3", saga_id="s3")]),
                 ]
             )
         )
         await store.transaction(lambda tx: tx.outbox_put(message("b4")))
-        await store.commit(Batch([Transition("s1", outbox=[message("c5")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message("c5")])]))
         assert await pending_ids(store) == ["z1", "a2", "m3", "b4", "c5"]
         assert await pending_ids(store, "payment") == ["p1"]
         assert await pending_ids(store, "nobody") == []
@@ -879,20 +893,20 @@ class TestOutbox:
 
     async def test_messages_round_trip(self, store: Store) -> None:
         sent = OutboxMessage("m1", ORCHESTRATOR, "inventory", bytes(range(256)), "s1")
-        await store.commit(Batch([Transition("s1", outbox=[sent])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[sent])]))
         assert await store.pending(ORCHESTRATOR, 10) == [sent]
 
     async def test_a_message_id_is_written_once(self, store: Store) -> None:
         first = message("m1")
-        await store.commit(Batch([Transition("s1", outbox=[first])]))
-        await store.commit(Batch([Transition("s1", outbox=[replace(first, body=b"again")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[first])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[replace(first, body=b"again")])]))
         assert await store.pending(ORCHESTRATOR, 10) == [first]
 
     async def test_consumed_and_outbox_done_delete_only_their_messages(self, store: Store) -> None:
-        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abcde"])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message(i) for i in "abcde"])]))
         await store.commit(
             Batch(
-                [Transition("s1", consumed=["b"])],
+                [InstanceWrite("s1", consumed=["b"])],
                 outbox_done=["d", "never-written"],
             )
         )
@@ -905,17 +919,17 @@ class TestOutbox:
     ) -> None:
         # Batch shapes the PostgreSQL statement is put together for: a transition with no
         # state and no records beside sent ids, then sent ids alone, then nothing at all.
-        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abc"])]))
-        assert await store.commit(Batch([Transition("s2")], outbox_done=["a"])) == [True]
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message(i) for i in "abc"])]))
+        assert await store.commit(Batch([InstanceWrite("s2")], outbox_done=["a"])) == [True]
         assert await store.commit(Batch(outbox_done=["b"])) == []
-        assert await store.commit(Batch([Transition("s3")])) == [True]
+        assert await store.commit(Batch([InstanceWrite("s3")])) == [True]
         assert await pending_ids(store) == ["c"]
 
     async def test_a_consumed_message_does_not_come_back_after_new_writes(
         self, store: Store
     ) -> None:
-        await store.commit(Batch([Transition("s1", outbox=[message("a")])]))
-        await store.commit(Batch([Transition("s1", consumed=["a"], outbox=[message("b")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message("a")])]))
+        await store.commit(Batch([InstanceWrite("s1", consumed=["a"], outbox=[message("b")])]))
         assert await pending_ids(store) == ["b"]
 
 
@@ -962,8 +976,8 @@ class TestCommandQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", commands=[CommandResult(applied, CommandState.APPLIED)]),
-                    Transition(
+                    InstanceWrite("s1", commands=[CommandResult(applied, CommandState.APPLIED)]),
+                    InstanceWrite(
                         "s1",
                         commands=[
                             CommandResult(refused, CommandState.REFUSED, "retry: s1 is not stuck")
@@ -1166,7 +1180,7 @@ class TestDurability:
             assert [d.reason for d in await second.dead_letters(10)] == ["bad"]
             assert await second.transaction(lambda tx: tx.inbox_get("inventory", "k")) == b"r"
             # Insertion order continues across the restart.
-            await second.commit(Batch([Transition("s1", outbox=[message("m3")])]))
+            await second.commit(Batch([InstanceWrite("s1", outbox=[message("m3")])]))
             assert await pending_ids(second) == ["m1", "m2", "m3"]
         finally:
             await second.close()
@@ -1347,18 +1361,18 @@ class TestLeases:
     async def test_a_claim_bumps_the_revision_and_fences_a_stale_commit(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         held = owned("s1", "w1")
         assert await store.commit(Batch([insert(held)])) == [True]
         await end_lease(store, "w1")
 
         async with next_worker(adapter, store, tmp_path) as second:
-            await second.attach("w2", 30.0, ["fp-3"])
-            assert await second.claim(10, ["another-definition"]) == []
-            [claim] = await second.claim(10, ["fp-3"])
+            await second.attach("w2", 30.0, [FP3])
+            assert await second.claim(10, [replace(FP3, fingerprint="another-definition")]) == []
+            [claim] = await second.claim(10, [FP3])
             assert claim.instance == replace(held, owner="w2", revision=2)
             assert await second.get("s1") == claim.instance
-            assert await second.claim(10, ["fp-3"]) == []  # its own already
+            assert await second.claim(10, [FP3]) == []  # its own already
             # The claim wrote who took the instance over, from whom and why.
             assert claim.takeover.kind is HistoryKind.TAKEOVER
             assert claim.takeover.detail == {"from": "w1", "to": "w2", "reason": "lease expired"}
@@ -1381,7 +1395,7 @@ class TestLeases:
     async def test_only_unsettled_instances_of_the_given_definitions_are_claimed(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         settled = [
             owned(s, "w1", status=status)
             for s, status in [("done", SagaStatus.COMPLETED), ("undone", SagaStatus.FAILED)]
@@ -1400,9 +1414,9 @@ class TestLeases:
         await end_lease(store, "w1")
 
         async with next_worker(adapter, store, tmp_path) as second:
-            await second.attach("w2", 30.0, ["fp-3"])
-            first = await second.claim(3, ["fp-3"])
-            rest = await second.claim(10, ["fp-3"])
+            await second.attach("w2", 30.0, [FP3])
+            first = await second.claim(3, [FP3])
+            rest = await second.claim(10, [FP3])
             assert len(first) == 3
             claimed = sorted(c.instance.saga_id for c in [*first, *rest])
             assert claimed == sorted(i.saga_id for i in unsettled)
@@ -1412,7 +1426,7 @@ class TestLeases:
     async def test_heartbeat_fails_once_the_lease_has_run_out(
         self, adapter: StoreAdapter, store: Store
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         assert await store.heartbeat() is True
         await end_lease(store, "w1")
         if adapter.shared:
@@ -1426,21 +1440,21 @@ class TestLeases:
     async def test_detach_releases_the_workers_instances_to_another_at_once(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         held = owned("s1", "w1")
         await store.commit(Batch([insert(held)]))
         if adapter.shared:
             async with next_worker(adapter, store, tmp_path) as second:
-                await second.attach("w2", 30.0, ["fp-3"])
-                assert await second.claim(10, ["fp-3"]) == []  # w1's lease is live
+                await second.attach("w2", 30.0, [FP3])
+                assert await second.claim(10, [FP3]) == []  # w1's lease is live
                 await store.detach()
                 # Long before w1's lease (30 s) would have run out.
-                claimed = await second.claim(10, ["fp-3"])
+                claimed = await second.claim(10, [FP3])
         else:
             await store.detach()
             async with next_worker(adapter, store, tmp_path) as second:
-                await second.attach("w2", 30.0, ["fp-3"])
-                claimed = await second.claim(10, ["fp-3"])
+                await second.attach("w2", 30.0, [FP3])
+                claimed = await second.claim(10, [FP3])
         assert [(c.instance.saga_id, c.instance.owner) for c in claimed] == [("s1", "w2")]
         assert claimed[0].instance.revision > held.revision  # a stale commit of w1's is fenced
         assert claimed[0].takeover.detail == {"from": "w1", "to": "w2", "reason": "worker stopped"}
@@ -1449,8 +1463,8 @@ class TestLeases:
         self, adapter: StoreAdapter, store: Store
     ) -> None:
         await store.commit(Batch([insert(make_instance("s1"))]))  # owner None
-        await store.attach("w1", 30.0, ["fp-3"])
-        [claim] = await store.claim(10, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
+        [claim] = await store.claim(10, [FP3])
         assert claim.instance.owner == "w1"
         assert claim.takeover.detail == {"from": None, "to": "w1", "reason": "no owner"}
         assert (await store.history("s1"))[-1] == claim.takeover
@@ -1497,11 +1511,146 @@ def stale_worker(adapter: StoreAdapter, first: Store, second: Store) -> Store:
 class TestLiveDefinitions:
     async def test_attached_workers_publish_their_definitions(self, store: Store) -> None:
         assert await store.live_fingerprints() == set()
-        await store.attach("w1", 30.0, ["f1", "f2"])
-        assert await store.live_fingerprints() == {"f1", "f2"}
+        assert await store.live_definitions() == []
+        f1 = DefinitionRef("order", 1, "v2:f1", "f1-legacy")
+        f2 = DefinitionRef("refund", 2, "v2:f2")
+        await store.attach("w1", 30.0, [f2, f1])
+        # Legacy fingerprints too: their instances are claimed (and given the new one).
+        assert await store.live_fingerprints() == {"v2:f1", "f1-legacy", "v2:f2"}
+        assert sorted(await store.live_definitions(), key=str) == sorted([f1, f2], key=str)
         assert await store.heartbeat()
         await store.detach()
         assert await store.live_fingerprints() == set()
+        assert await store.live_definitions() == []
+
+    async def test_a_bare_fingerprint_an_older_sagakit_published_is_a_fingerprint_only(
+        self, store: Store
+    ) -> None:
+        await store.attach("w1", 30.0, [DefinitionRef("order", 1, "v2:f1")])
+
+        async def older(tx: ParticipantTx) -> None:
+            await tx.execute("UPDATE sagakit_workers SET fingerprints = ?", ('["abc123"]',))
+
+        await store.transaction(older)
+        assert await store.live_fingerprints() == {"abc123"}
+        assert await store.live_definitions() == []  # it names no saga type
+
+    async def test_unsettled_definitions_of_some_types_each_once(self, store: Store) -> None:
+        instances = [
+            make_instance("a"),
+            make_instance("b"),
+            replace(make_instance("c"), fingerprint="fp-old"),
+            make_instance("done", status=SagaStatus.COMPLETED),
+            replace(make_instance("gone", status=SagaStatus.FAILED), fingerprint="fp-gone"),
+            replace(make_instance("stuck", status=SagaStatus.STUCK), version=4),
+            make_instance("other", saga_type="refund"),
+        ]
+        await store.commit(Batch([insert(i) for i in instances]))
+        found = await store.unsettled_definitions(["order", "nothing"])
+        assert sorted(found, key=str) == sorted(
+            [FP3, replace(FP3, fingerprint="fp-old"), replace(FP3, version=4)], key=str
+        )
+        assert await store.unsettled_definitions([]) == []
+
+
+class TestLegacyFingerprints:
+    async def test_a_claim_gives_an_instance_of_a_legacy_fingerprint_the_new_one(
+        self, store: Store
+    ) -> None:
+        old = [
+            replace(make_instance("old"), fingerprint="v1-print", owner="w0"),
+            # Another type or version with the same legacy fingerprint is another definition.
+            replace(make_instance("other-type", saga_type="x"), fingerprint="v1-print"),
+            replace(make_instance("other-version"), fingerprint="v1-print", version=2),
+        ]
+        current = replace(make_instance("new"), fingerprint="v2:new")
+        await store.commit(Batch([insert(i) for i in [*old, current]]))
+        await store.attach("w1", 30.0, [])
+        definition = DefinitionRef("order", 3, "v2:new", "v1-print")
+        claimed = [c.instance for c in await store.claim(10, [definition])]
+        assert sorted((i.saga_id, i.fingerprint, i.owner) for i in claimed) == [
+            ("new", "v2:new", "w1"),
+            ("old", "v2:new", "w1"),
+        ]
+        got = await store.get("old")
+        assert got is not None and got.fingerprint == "v2:new" and got.revision == 2
+        assert got == replace(old[0], fingerprint="v2:new", owner="w1", revision=2)
+        for untouched in old[1:]:
+            assert await store.get(untouched.saga_id) == untouched
+
+
+class TestStartQueue:
+    @staticmethod
+    def start(saga_type: str = "order", key: str | None = "k", n: int = 1) -> dict[str, JSON]:
+        return {"saga_type": saga_type, "version": 1, "data": {"n": n}, "key": key}
+
+    async def test_a_pending_start_is_found_by_type_and_key(self, store: Store) -> None:
+        assert await store.queued_start("order", "k") is None
+        await store.enqueue("x", "abort", {"saga_type": "order", "key": "k"})  # not a start
+        await store.enqueue("s0", "start", self.start(key=None))
+        first = await store.enqueue("s1", "start", self.start())
+        await store.enqueue("s2", "start", self.start())
+        await store.enqueue("s3", "start", self.start(saga_type="refund"))
+        found = await store.queued_start("order", "k")
+        assert found is not None and (found.id, found.saga_id) == (first, "s1")
+        assert found.body == self.start()
+        assert await store.queued_start("order", "other") is None
+
+    async def test_queued_starts_are_listed_oldest_first(self, store: Store) -> None:
+        ids = [await store.enqueue(f"s{i}", "start", self.start(key=None)) for i in range(3)]
+        await store.enqueue("s1", "abort", {})
+        await store.commit(Batch(commands=[CommandResult(ids[1], CommandState.APPLIED)]))
+        assert [c.id for c in await store.queued_starts(10)] == [ids[0], ids[2]]
+        assert [c.id for c in await store.queued_starts(1)] == [ids[0]]
+
+    async def test_a_start_is_found_by_its_instance_id_in_any_state(self, store: Store) -> None:
+        assert await store.start_command("s1") is None
+        await store.enqueue("s1", "abort", {})
+        first = await store.enqueue("s1", "start", self.start())
+        await store.commit(
+            Batch(commands=[CommandResult(first, CommandState.REFUSED, "IdempotencyConflict: x")])
+        )
+        found = await store.start_command("s1")
+        assert found is not None and found.id == first
+        assert (found.state, found.error) == (CommandState.REFUSED, "IdempotencyConflict: x")
+
+    async def test_only_a_pending_start_is_cancelled(self, store: Store) -> None:
+        start = await store.enqueue("s1", "start", self.start())
+        abort = await store.enqueue("s1", "abort", {})
+        assert await store.cancel_start(abort, "no") is False  # not a start
+        assert await store.cancel_start(start, "aborted before it started") is True
+        assert await store.cancel_start(start, "again") is False
+        cancelled = await store.command(start)
+        assert cancelled is not None
+        assert (cancelled.state, cancelled.error) == (
+            CommandState.REFUSED,
+            "aborted before it started",
+        )
+        assert await store.queued_starts(10) == []
+        assert await store.queued_start("order", "k") is None
+
+    async def test_a_cancelled_start_creates_no_instance(self, store: Store) -> None:
+        cancelled = await store.enqueue("s1", "start", self.start())
+        kept = await store.enqueue("s2", "start", self.start(key="k2"))
+        await store.cancel_start(cancelled, "aborted before it started")
+        # A worker that read both before the cancel: its inserts carry their results.
+        writes = [
+            InstanceWrite(
+                saga_id,
+                replace(make_instance(saga_id, key=key), revision=1),
+                commands=[CommandResult(command, CommandState.APPLIED)],
+            )
+            for saga_id, key, command in [("s1", "k", cancelled), ("s2", "k2", kept)]
+        ]
+        assert await store.commit(Batch(writes)) == [False, True]
+        assert await store.get("s1") is None
+        assert await store.get("s2") is not None
+        applied = await store.command(kept)
+        assert applied is not None and applied.state is CommandState.APPLIED
+        refused = await store.command(cancelled)
+        assert refused is not None and refused.error == "aborted before it started"
+        # Once applied, it is no longer cancelled.
+        assert await store.cancel_start(kept, "too late") is False
 
 
 class TestCatalog:
@@ -1511,9 +1660,8 @@ class TestCatalog:
         self, store: Store
     ) -> None:
         assert await store.definitions() == []
-        await store.attach("w1", 30.0, ["fp-a", "fp-b"])
         first = definition_record("order", 1, "fp-a")
-        await store.record_definitions("w1", [first, definition_record("audit", 2, "fp-b")])
+        await store.record_definitions([first, definition_record("audit", 2, "fp-b")])
         found = await store.definitions()
         assert [(d.name, d.version) for d in found] == [("audit", 2), ("order", 1)]
         assert all(d.recorded_at > 0 for d in found)
@@ -1522,7 +1670,7 @@ class TestCatalog:
         # The same one again overwrites it; another fingerprint of the same name and version
         # (two deployments that disagree) is a record of its own.
         again = replace(first, deadline=99.0)
-        await store.record_definitions("w1", [again, definition_record("order", 1, "fp-c")])
+        await store.record_definitions([again, definition_record("order", 1, "fp-c")])
         orders = [d for d in await store.definitions() if d.name == "order"]
         assert sorted((d.fingerprint, d.deadline) for d in orders) == [
             ("fp-a", 99.0),
@@ -1532,8 +1680,7 @@ class TestCatalog:
     async def test_workers_show_their_lease_definitions_and_what_they_own(
         self, store: Store
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
-        await store.record_definitions("w1", [definition_record("order", 3, "fp-3")])
+        await store.attach("w1", 30.0, [FP3])
         live = [owned(s, "w1", status=SagaStatus.PENDING) for s in ("a", "b")]
         done = owned("c", "w1", status=SagaStatus.COMPLETED)
         await store.commit(Batch([insert(i) for i in [*live, done]]))
@@ -1541,7 +1688,7 @@ class TestCatalog:
 
         [worker] = await store.workers()
         assert worker.worker_id == "w1" and worker.alive and worker.state == "alive"
-        assert worker.definitions == (DefinitionRef("order", 3, "fp-3"),)
+        assert worker.definitions == (FP3,)  # as it published them
         assert worker.owned == 2  # unfinished instances only
         assert worker.pid > 0 and worker.host
         assert worker.started_at <= now <= worker.lease_expires_at
@@ -1553,7 +1700,7 @@ class TestCatalog:
         assert worker.stopped_at is not None
 
     async def test_a_worker_whose_lease_ran_out_is_expired(self, store: Store) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         await end_lease(store, "w1")
         [worker] = await store.workers()
         assert (worker.alive, worker.state) == (False, "expired")
@@ -1561,15 +1708,15 @@ class TestCatalog:
     async def test_attach_forgets_workers_dead_for_a_day_that_own_nothing(
         self, store: Store
     ) -> None:
-        await store.attach("gone", 30.0, ["fp-3"])
-        await store.attach("holding", 30.0, ["fp-3"])
+        await store.attach("gone", 30.0, [FP3])
+        await store.attach("holding", 30.0, [FP3])
         await store.commit(Batch([insert(owned("s1", "holding"))]))
-        await store.attach("recent", 30.0, ["fp-3"])
+        await store.attach("recent", 30.0, [FP3])
         for worker_id in ("gone", "holding"):
             await end_lease(store, worker_id, ago=DEAD_WORKER_RETENTION + 3600)
         await end_lease(store, "recent", ago=3600)
 
-        await store.attach("w4", 30.0, ["fp-3"])
+        await store.attach("w4", 30.0, [FP3])
         # "holding" still owns an unfinished instance: its row stays until it is taken over.
         assert {w.worker_id for w in await store.workers()} == {"holding", "recent", "w4"}
 

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -27,7 +27,7 @@ from sagakit import (
 )
 from sagakit.errors import StorageError
 from sagakit.examples.demo import run_demo
-from sagakit.ports import Batch, Transition
+from sagakit.ports import Batch, DefinitionRef, InstanceWrite
 from sagakit.retention import RetentionPolicy
 from sagakit.state import SagaInstance, StepState
 from sagakit.storage.postgres import PostgresStore, Q, migrations, split_url
@@ -84,8 +84,8 @@ async def test_migrations_apply_once_and_give_the_pinned_schema(url: str) -> Non
     assert found == SNAPSHOT.read_text()
 
 
-async def test_migration_4_upgrades_a_database_in_use(url: str) -> None:
-    """A database at migration 3 with a worker that stopped (the old way: it deleted its row
+async def test_migration_5_upgrades_a_database_in_use(url: str) -> None:
+    """A database at migration 4 with a worker that stopped (the old way: it deleted its row
     and cleared its instances' owner) and one that died: migration 4 keeps both workers'
     instances, and the next worker takes them over with takeover entries."""
     dsn, schema = split_url(url)
@@ -95,7 +95,7 @@ async def test_migration_4_upgrades_a_database_in_use(url: str) -> None:
         await conn.execute(f'SET search_path = "{schema}"')
         await conn.execute(Q["create_migrations_table"])
         for version, name, sql in migrations():
-            if version <= 3:
+            if version <= 4:
                 await conn.execute(sql)
                 await conn.execute(Q["record_migration"], version, name)
         await conn.execute(
@@ -107,13 +107,13 @@ async def test_migration_4_upgrades_a_database_in_use(url: str) -> None:
             " correlation_id, created_at, updated_at, status_at, revision, state, owner)"
             " VALUES ('a', 't', 1, 'fp', 'pending', 'a', 1, 1, 1, 1, $1, 'dead'),"
             " ('b', 't', 1, 'fp', 'stuck', 'b', 2, 2, 2, 1, $1, NULL)",
-            V3_STATE,
+            V4_STATE,
         )
     finally:
         await conn.close()
     store = PostgresStore(url, owner=True)
     try:
-        assert await store.migrate() == [4]
+        assert await store.migrate() == [5]
         [dead] = await store.workers()
         assert (dead.worker_id, dead.state, dead.owned, dead.definitions) == (
             "dead",
@@ -121,8 +121,11 @@ async def test_migration_4_upgrades_a_database_in_use(url: str) -> None:
             1,
             (),
         )
-        await store.attach("w2", 10.0, ["fp"])
-        claimed = {c.instance.saga_id: c.takeover.detail for c in await store.claim(10, ["fp"])}
+        definitions = [DefinitionRef("t", 1, "fp")]
+        await store.attach("w2", 10.0, definitions)
+        claimed = {
+            c.instance.saga_id: c.takeover.detail for c in await store.claim(10, definitions)
+        }
         assert claimed == {
             "a": {"from": "dead", "to": "w2", "reason": "lease expired"},
             "b": {"from": None, "to": "w2", "reason": "no owner"},
@@ -131,7 +134,7 @@ async def test_migration_4_upgrades_a_database_in_use(url: str) -> None:
         await store.close()
 
 
-V3_STATE = (
+V4_STATE = (
     '{"data": null, "steps": [], "reason": null, "stuck_reason": null, "stuck_step": null,'
     ' "deadline_at": null, "deadline_passed": false, "point_of_no_return": null,'
     ' "input_digest": ""}'
@@ -150,7 +153,7 @@ async def test_a_reader_refuses_an_unmigrated_database(url: str) -> None:
 async def test_demo_runs_on_postgres(url: str) -> None:
     summary = await run_demo(url, sagas=60, concurrency=16, seed=3, progress=None)
     assert summary["ledger_ok"], summary["ledger_problems"]
-    assert summary["completed"] + summary["failed"] == 60
+    assert cast(int, summary["completed"]) + cast(int, summary["failed"]) == 60
     assert summary["unsettled"] == summary["stuck"] == 0
 
 
@@ -429,7 +432,8 @@ async def test_status_at_moves_with_the_status_only(url: str) -> None:
         sql = Q["update_instances"]
         await conn.fetch(sql, ["a"], [1], ["pending"], [5.0], [2], ["{}"])
         await conn.fetch(sql, ["b"], [1], ["stuck"], [3.0], [2], ["{}"])
-        rows = dict(await conn.fetch("SELECT saga_id, status_at FROM sagakit_instances"))
+        fetched = await conn.fetch("SELECT saga_id, status_at FROM sagakit_instances")
+        rows = {row[0]: row[1] for row in fetched}
         assert rows == {"a": 1.0, "b": 3.0}
     finally:
         await conn.close()
@@ -456,7 +460,7 @@ async def test_a_commit_the_driver_refuses_is_not_a_lost_connection(
 
     store = PostgresStore(url, owner=True)
     try:
-        assert await store.commit(Batch([Transition("refused", instance(1))])) == [True]
+        assert await store.commit(Batch([InstanceWrite("refused", instance(1))])) == [True]
         kept = store._commit_conn
         assert kept is not None
 
@@ -467,9 +471,9 @@ async def test_a_commit_the_driver_refuses_is_not_a_lost_connection(
         with monkeypatch.context() as patched:
             patched.setattr(type(kept), "fetch", refuse)
             with pytest.raises(StorageError, match="driver refused") as refused:
-                await store.commit(Batch([Transition("refused", instance(2), 1)]))
+                await store.commit(Batch([InstanceWrite("refused", instance(2), 1)]))
         assert "connection lost" not in str(refused.value)
         assert store._commit_conn is kept  # not dropped: it works
-        assert await store.commit(Batch([Transition("refused", instance(2), 1)])) == [True]
+        assert await store.commit(Batch([InstanceWrite("refused", instance(2), 1)])) == [True]
     finally:
         await store.close()

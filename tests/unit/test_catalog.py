@@ -14,9 +14,10 @@ import pydantic
 import pytest
 
 from sagakit import RetryPolicy, Saga, StepContext, StepKind
-from sagakit.catalog import DefinitionRecord, DefinitionRef, HandlerRecord, WorkerRecord
+from sagakit.catalog import DefinitionRecord, HandlerRecord
 from sagakit.data_schema import json_schema
 from sagakit.encoding import to_json
+from sagakit.ports import WorkerRecord
 
 
 class Carrier(enum.Enum):
@@ -71,7 +72,7 @@ def definition(data_type: type[Any] | None = Order) -> Any:
 def test_a_record_holds_everything_a_definition_declares() -> None:
     built = definition()
     record = DefinitionRecord.of(built)
-    assert record.ref == DefinitionRef("shop", 2, built.fingerprint)
+    assert (record.name, record.version, record.fingerprint) == ("shop", 2, built.fingerprint)
     assert record.deadline == 600.0 and record.pivot == "charge"
     assert record.data_type == f"{__name__}.Order"
     reserve, charge, mail = record.steps

@@ -25,6 +25,7 @@ PUBLIC = {
     "Participant",
     "ParticipantTx",
     "Phase",
+    "QueuedStart",
     "RetryPolicy",
     "Saga",
     "SagaDefinition",

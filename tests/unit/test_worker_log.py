@@ -273,7 +273,7 @@ async def test_a_participant_logs_the_traceback_of_an_unexpected_exception(
     async def debit(tx: ParticipantTx, cmd: Command) -> Any:
         raise KeyError("account")
 
-    saga = Saga("pay").remote(
+    saga: Saga[Any] = Saga("pay").remote(
         "debit", participant="bank", command="debit", kind="retriable", retry=FAST
     )
     store = SqliteStore(str(tmp_path / "p.db"), owner=True)

@@ -27,7 +27,7 @@ async def _workers(url: str, *, as_json: bool) -> int:
             human_time(w.started_at),
             _lease(w),
             str(w.owned),
-            ", ".join(f"{d.name} v{d.version}" for d in w.definitions) or "-",
+            ", ".join(f"{d.saga_type} v{d.version}" for d in w.definitions) or "-",
         ]
         for w in workers
     ]
@@ -49,7 +49,7 @@ def worker_json(worker: WorkerRecord) -> dict[str, object]:
         "stopped_at": iso(worker.stopped_at),
         "owned": worker.owned,
         "definitions": [
-            {"name": d.name, "version": d.version, "fingerprint": d.fingerprint}
+            {"name": d.saga_type, "version": d.version, "fingerprint": d.fingerprint}
             for d in worker.definitions
         ],
     }

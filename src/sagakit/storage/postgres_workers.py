@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from sagakit.catalog import DefinitionRecord, DefinitionRef, WorkerRecord
+from sagakit.catalog import DefinitionRecord
 from sagakit.encoding import JSON, dumps, loads
-from sagakit.ports import Claimed
+from sagakit.ports import Claimed, DefinitionRef, WorkerRecord
 from sagakit.state import HistoryEntry, HistoryKind
 from sagakit.storage.postgres_commit import columns
-from sagakit.storage.rows import Row, instance_from_row
+from sagakit.storage.rows import Row, instance_from_row, published
 
 
 def claimed_from_row(row: Row, worker_id: str | None) -> Claimed:
@@ -32,10 +32,6 @@ def definition_columns(definitions: Sequence[DefinitionRecord]) -> list[list[obj
     return columns([(d.name, d.version, d.fingerprint, dumps(d.to_json())) for d in definitions], 4)
 
 
-def definition_refs(definitions: Sequence[DefinitionRecord]) -> str:
-    return dumps([d.ref.to_json() for d in definitions])
-
-
 def definition_from_row(row: Row) -> DefinitionRecord:
     return DefinitionRecord.from_json(loads(cast(str, row[0])), recorded_at=float(row[1]))
 
@@ -49,7 +45,7 @@ def worker_from_row(row: Row) -> WorkerRecord:
         heartbeat_at=row[4],
         lease_expires_at=row[5],
         stopped_at=row[6],
-        definitions=tuple(DefinitionRef.from_json(d) for d in cast(list[JSON], loads(row[7]))),
+        definitions=tuple(d for d in published(row[7]) if isinstance(d, DefinitionRef)),
         owned=int(row[8]),
         alive=bool(row[9]),
     )

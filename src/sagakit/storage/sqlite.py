@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
-from sagakit.catalog import DefinitionRecord, WorkerRecord
+from sagakit.catalog import DefinitionRecord
 from sagakit.definition import Phase
 from sagakit.encoding import JSON, dumps, loads
 from sagakit.errors import StorageError, StoreRefused
@@ -35,17 +35,24 @@ from sagakit.ports import (
     Claimed,
     CommandState,
     DeadLetter,
+    DefinitionRef,
     InstanceFilter,
     OutboxMessage,
     ParticipantTx,
     QueuedCommand,
     RetiredKey,
     Timer,
+    WorkerRecord,
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage import sqlite_workers as roster
 from sagakit.storage.queries import fill
-from sagakit.storage.rows import command_from_row, instance_from_row
+from sagakit.storage.rows import (
+    command_from_row,
+    fingerprints_of,
+    instance_from_row,
+    published,
+)
 from sagakit.storage.sqlite_commit import commit_batch
 from sagakit.storage.sqlite_file import (
     SCHEMA_VERSION,
@@ -209,11 +216,13 @@ class SqliteStore:
     # claims every unsettled instance, and nothing can be taken over while the owner lives.
     # The lease rows, claims and catalog are in sqlite_workers.
 
-    async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
+    async def attach(
+        self, worker_id: str, lease: float, definitions: Sequence[DefinitionRef] = ()
+    ) -> None:
         self.worker_id = worker_id
         self._lease = lease
         now = self._clock()
-        await self._write(lambda: roster.attach(self._conn, worker_id, lease, fingerprints, now))
+        await self._write(lambda: roster.attach(self._conn, worker_id, lease, definitions, now))
 
     async def heartbeat(self) -> bool:
         # The file lock is the real lease; this one lets readers see that a worker is alive.
@@ -221,17 +230,32 @@ class SqliteStore:
         await self._write(lambda: roster.renew(self._conn, self.worker_id, self._lease, now))
         return True
 
-    async def live_fingerprints(self) -> set[str]:
+    async def _published(self) -> builtins.list[DefinitionRef | str]:
         rows = await self._query(Q["live_fingerprints"], (self._clock(),))
-        return {str(p) for r in rows for p in cast(list[JSON], loads(cast(str, r[0])))}
+        return [entry for r in rows for entry in published(cast(str, r[0]))]
 
-    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[Claimed]:
+    async def live_fingerprints(self) -> set[str]:
+        return fingerprints_of(await self._published())
+
+    async def live_definitions(self) -> builtins.list[DefinitionRef]:
+        return [e for e in await self._published() if isinstance(e, DefinitionRef)]
+
+    async def unsettled_definitions(
+        self, saga_types: Sequence[str]
+    ) -> builtins.list[DefinitionRef]:
+        sql = fill(Q["unsettled_definitions"], live=_marks(len(_LIVE)))
+        rows = await self._query(sql, (dumps(list[JSON](saga_types)), *_LIVE))
+        return [DefinitionRef(cast(str, r[0]), cast(int, r[1]), cast(str, r[2])) for r in rows]
+
+    async def claim(
+        self, limit: int, definitions: Sequence[DefinitionRef]
+    ) -> builtins.list[Claimed]:
         # Stuck instances are claimed too: an operator's retry or resolve needs an owner.
-        if not fingerprints:
+        if not definitions:
             return []
         now = self._clock()
         return await self._write(
-            lambda: roster.claim(self._conn, self.worker_id, limit, fingerprints, now)
+            lambda: roster.claim(self._conn, self.worker_id, limit, definitions, now)
         )
 
     async def detach(self) -> None:
@@ -251,13 +275,9 @@ class SqliteStore:
 
     # -- Catalog --------------------------------------------------------------------------
 
-    async def record_definitions(
-        self, worker_id: str, definitions: Sequence[DefinitionRecord]
-    ) -> None:
+    async def record_definitions(self, definitions: Sequence[DefinitionRecord]) -> None:
         now = self._clock()
-        await self._write(
-            lambda: roster.record_definitions(self._conn, worker_id, definitions, now)
-        )
+        await self._write(lambda: roster.record_definitions(self._conn, definitions, now))
 
     async def definitions(self) -> builtins.list[DefinitionRecord]:
         return await self._run(lambda: roster.read_definitions(self._rconn))
@@ -422,6 +442,27 @@ class SqliteStore:
     async def command(self, command_id: int) -> QueuedCommand | None:
         rows = await self._query(Q["get_command"], (command_id,))
         return command_from_row(rows[0]) if rows else None
+
+    # -- StartQueue -----------------------------------------------------------------------
+
+    async def queued_start(self, saga_type: str, key: str) -> QueuedCommand | None:
+        rows = await self._query(Q["queued_start"], (saga_type, key))
+        return command_from_row(rows[0]) if rows else None
+
+    async def start_command(self, saga_id: str) -> QueuedCommand | None:
+        rows = await self._query(Q["start_command"], (saga_id,))
+        return command_from_row(rows[0]) if rows else None
+
+    async def queued_starts(self, limit: int) -> builtins.list[QueuedCommand]:
+        return [command_from_row(r) for r in await self._query(Q["queued_starts"], (limit,))]
+
+    async def cancel_start(self, command_id: int, reason: str) -> bool:
+        def write() -> bool:
+            with transaction(self._conn):
+                cur = self._conn.execute(Q["cancel_start"], (reason, self._clock(), command_id))
+                return cur.rowcount == 1
+
+        return await self._write(write)
 
     # -- DeadLetters ----------------------------------------------------------------------
 

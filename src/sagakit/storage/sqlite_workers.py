@@ -14,21 +14,31 @@ import sqlite3
 from collections.abc import Sequence
 from typing import cast
 
-from sagakit.catalog import DEAD_WORKER_RETENTION, DefinitionRecord, DefinitionRef, WorkerRecord
+from sagakit.catalog import DEAD_WORKER_RETENTION, DefinitionRecord
 from sagakit.encoding import JSON, dumps, loads
-from sagakit.ports import Claimed
+from sagakit.ports import Claimed, DefinitionRef, WorkerRecord
 from sagakit.state import HistoryEntry, HistoryKind, SagaStatus
 from sagakit.storage.queries import fill
-from sagakit.storage.rows import history_row, instance_from_row
+from sagakit.storage.rows import (
+    claim_text,
+    definitions_text,
+    history_row,
+    instance_from_row,
+    published,
+)
 from sagakit.storage.sqlite_file import Q, transaction
 
 _LIVE = tuple(s.value for s in SagaStatus if not s.terminal)
 
 
 def attach(
-    conn: sqlite3.Connection, worker_id: str, lease: float, fingerprints: Sequence[str], now: float
+    conn: sqlite3.Connection,
+    worker_id: str,
+    lease: float,
+    definitions: Sequence[DefinitionRef],
+    now: float,
 ) -> None:
-    prints = dumps(list[JSON](sorted(fingerprints)))
+    prints = definitions_text(definitions)
     with transaction(conn):
         conn.execute(Q["expire_other_workers"], (now, worker_id, now))
         conn.execute(Q["forget_dead_workers"], (now - DEAD_WORKER_RETENTION,))
@@ -47,26 +57,22 @@ def claim(
     conn: sqlite3.Connection,
     worker_id: str | None,
     limit: int,
-    fingerprints: Sequence[str],
+    definitions: Sequence[DefinitionRef],
     now: float,
 ) -> list[Claimed]:
-    # SQLite binds no list: the IN lists' placeholders are put in here, one per value.
-    candidates_sql = fill(
-        Q["claim_candidates"], live=_marks(len(_LIVE)), fingerprints=_marks(len(fingerprints))
-    )
+    # SQLite binds no list: the IN list's placeholders are put in here, one per value.
+    candidates_sql = fill(Q["claim_candidates"], live=_marks(len(_LIVE)))
     with transaction(conn):
         candidates = conn.execute(
-            candidates_sql, (*_LIVE, *fingerprints, worker_id, limit)
+            candidates_sql, (claim_text(definitions), *_LIVE, worker_id, limit)
         ).fetchall()
         if not candidates:
             return []
-        rows = conn.execute(
-            fill(Q["claim_instances"], ids=_marks(len(candidates))),
-            (worker_id, *(c[0] for c in candidates)),
-        ).fetchall()
+        picked = dumps([[c[0], c[1]] for c in candidates])
+        rows = conn.execute(Q["claim_instances"], (worker_id, picked)).fetchall()
         by_id = {cast(str, r[0]): r for r in rows}
         claimed = []
-        for saga_id, previous, reason in candidates:
+        for saga_id, _, previous, reason in candidates:
             detail: dict[str, JSON] = {"from": previous, "to": worker_id, "reason": reason}
             entry = HistoryEntry(now, HistoryKind.TAKEOVER, detail=detail)
             claimed.append(Claimed(instance_from_row(by_id[saga_id]), entry))
@@ -83,15 +89,13 @@ def detach(conn: sqlite3.Connection, worker_id: str, now: float) -> None:
 
 
 def record_definitions(
-    conn: sqlite3.Connection, worker_id: str, definitions: Sequence[DefinitionRecord], now: float
+    conn: sqlite3.Connection, definitions: Sequence[DefinitionRecord], now: float
 ) -> None:
-    refs = dumps([d.ref.to_json() for d in definitions])
     with transaction(conn):
         conn.executemany(
             Q["record_definition"],
             [(d.name, d.version, d.fingerprint, dumps(d.to_json()), now) for d in definitions],
         )
-        conn.execute(Q["set_worker_definitions"], (refs, worker_id))
 
 
 def read_definitions(conn: sqlite3.Connection) -> list[DefinitionRecord]:
@@ -112,7 +116,7 @@ def read_workers(conn: sqlite3.Connection, now: float) -> list[WorkerRecord]:
             lease_expires_at=cast(float, r[5]),
             stopped_at=cast("float | None", r[6]),
             definitions=tuple(
-                DefinitionRef.from_json(d) for d in cast(list[JSON], loads(cast(str, r[7])))
+                d for d in published(cast(str, r[7])) if isinstance(d, DefinitionRef)
             ),
             owned=cast(int, r[8]),
             alive=bool(r[9]),

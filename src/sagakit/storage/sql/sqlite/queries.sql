@@ -93,19 +93,30 @@ DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ? AND due_at = ? AND att
 
 -- name: claim_candidates
 -- Live instances (stuck too) of known definitions not this worker's, with last owner and why.
-SELECT i.saga_id, coalesce(i.owner, i.released_by),
+WITH defs AS (
+    SELECT json_extract(value, '$[0]') AS saga_type, json_extract(value, '$[1]') AS version,
+        json_extract(value, '$[2]') AS fingerprint, json_extract(value, '$[3]') AS legacy
+    FROM json_each(?))
+-- index sagakit_instances_status; the definitions are few, joined by type and version. The
+-- file's lock is the lease: an owner that did not stop cleanly died (its lease expired).
+SELECT i.saga_id, d.fingerprint, coalesce(i.owner, i.released_by),
     CASE WHEN i.owner IS NULL AND i.released_by IS NULL THEN 'no owner'
         WHEN i.owner IS NULL OR w.stopped_at IS NOT NULL THEN 'worker stopped'
         ELSE 'lease expired' END
-FROM sagakit_instances AS i LEFT JOIN sagakit_workers AS w ON w.worker_id = i.owner
-WHERE i.status IN ({live}) AND i.fingerprint IN ({fingerprints})
-    AND (i.owner IS NULL OR i.owner != ?)
+FROM sagakit_instances AS i
+JOIN defs AS d ON d.saga_type = i.saga_type AND d.version = i.version
+    AND (i.fingerprint = d.fingerprint OR i.fingerprint = d.legacy)
+LEFT JOIN sagakit_workers AS w ON w.worker_id = i.owner
+WHERE i.status IN ({live}) AND (i.owner IS NULL OR i.owner != ?)
 LIMIT ?;
 
 -- name: claim_instances
--- Take the candidates over (revision bump = fencing); their takeover entries follow.
-UPDATE sagakit_instances SET owner = ?, released_by = NULL, revision = revision + 1
-WHERE saga_id IN ({ids})
+-- Take the candidates over (revision bump = fencing), a legacy fingerprint replaced.
+UPDATE sagakit_instances SET owner = ?, released_by = NULL, revision = revision + 1,
+    fingerprint = picked.fingerprint
+FROM (SELECT json_extract(value, '$[0]') AS saga_id, json_extract(value, '$[1]') AS fingerprint
+    FROM json_each(?)) AS picked
+WHERE sagakit_instances.saga_id = picked.saga_id
 RETURNING saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
     created_at, updated_at, revision, state, owner;
 
@@ -113,6 +124,11 @@ RETURNING saga_id, saga_type, version, fingerprint, status, correlation_id, idem
 -- A stopping worker gives up its live instances (revision bump = fencing), noting itself.
 UPDATE sagakit_instances SET owner = NULL, released_by = owner, revision = revision + 1
 WHERE owner = ? AND status IN ('started', 'pending', 'compensating', 'stuck');
+
+-- name: unsettled_definitions
+-- The definitions unsettled instances of some saga types carry (index sagakit_instances_type).
+SELECT DISTINCT saga_type, version, fingerprint FROM sagakit_instances
+WHERE saga_type IN (SELECT value FROM json_each(?)) AND status IN ({live});
 
 -- Retention ------------------------------------------------------------------------------------
 
@@ -245,6 +261,34 @@ WHERE state = ? AND id > ? ORDER BY id LIMIT ?;
 -- One command by id, to follow its outcome.
 SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands WHERE id = ?;
 
+-- StartQueue -----------------------------------------------------------------------------------
+
+-- name: queued_start
+-- The oldest pending start of a saga type with a key (index sagakit_commands_pending).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE state = 'pending' AND kind = 'start' AND json_extract(body, '$.saga_type') = ?
+    AND json_extract(body, '$.key') = ?
+ORDER BY id LIMIT 1;
+
+-- name: start_command
+-- The latest start queued for an instance id, in any state (index sagakit_commands_saga).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE saga_id = ? AND kind = 'start' ORDER BY id DESC LIMIT 1;
+
+-- name: queued_starts
+-- Pending starts, oldest first (index sagakit_commands_pending).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE state = 'pending' AND kind = 'start' ORDER BY id LIMIT ?;
+
+-- name: cancel_start
+-- Refuse a start no worker has answered yet (then no worker creates its instance).
+UPDATE sagakit_commands SET state = 'refused', error = ?, applied_at = ?
+WHERE id = ? AND kind = 'start' AND state = 'pending';
+
+-- name: command_pending
+-- Whether a command is still pending: a queued start's instance is created only then.
+SELECT 1 FROM sagakit_commands WHERE id = ? AND state = 'pending';
+
 -- DeadLetters ----------------------------------------------------------------------------------
 
 -- name: dead_letters
@@ -264,8 +308,8 @@ INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?);
 -- name: attach_worker
 -- Register the worker, the definitions it runs and its first lease (or renew it, come back).
 INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at, lease_expires_at,
-    stopped_at, fingerprints, definitions)
-VALUES (?, ?, ?, ?, ?, ?, NULL, ?, '[]')
+    stopped_at, fingerprints)
+VALUES (?, ?, ?, ?, ?, ?, NULL, ?)
 ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     lease_expires_at = excluded.lease_expires_at, stopped_at = NULL,
     fingerprints = excluded.fingerprints;
@@ -303,10 +347,6 @@ VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (saga_type, version, fingerprint) DO UPDATE SET spec = excluded.spec,
     recorded_at = excluded.recorded_at;
 
--- name: set_worker_definitions
--- The definitions a worker runs ([name, version, fingerprint] each).
-UPDATE sagakit_workers SET definitions = ? WHERE worker_id = ?;
-
 -- name: definitions
 -- Every recorded definition, by name and version.
 SELECT spec, recorded_at FROM sagakit_definitions ORDER BY saga_type, version, recorded_at;
@@ -314,7 +354,7 @@ SELECT spec, recorded_at FROM sagakit_definitions ORDER BY saga_type, version, r
 -- name: workers
 -- Every worker, live ones first, with the unfinished instances each owns (index _status).
 SELECT w.worker_id, w.host, w.pid, w.started_at, w.heartbeat_at, w.lease_expires_at,
-    w.stopped_at, w.definitions,
+    w.stopped_at, w.fingerprints,
     (SELECT count(*) FROM sagakit_instances AS i WHERE i.owner = w.worker_id
         AND i.status IN ('started', 'pending', 'compensating', 'stuck')),
     w.stopped_at IS NULL AND w.lease_expires_at >= ? AS alive

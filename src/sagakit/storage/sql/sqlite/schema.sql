@@ -79,6 +79,8 @@ CREATE TABLE IF NOT EXISTS sagakit_commands (
     applied_at REAL
 );
 CREATE INDEX IF NOT EXISTS sagakit_commands_pending ON sagakit_commands (state, id);
+-- A start's command, by the instance id it names (show and abort of a queued start).
+CREATE INDEX IF NOT EXISTS sagakit_commands_saga ON sagakit_commands (saga_id);
 
 CREATE TABLE IF NOT EXISTS sagakit_dead_letters (
     id     INTEGER PRIMARY KEY,
@@ -110,9 +112,9 @@ CREATE INDEX IF NOT EXISTS sagakit_inbox_at ON sagakit_inbox (at);
 
 -- Workers: the one that owns the file, and earlier ones until a later attach forgets them
 -- (their lease ran out a day ago and they own no unfinished instance). The lease is renewed by
--- heartbeat, and a clean stop sets stopped_at. The definitions column holds [name, version,
--- fingerprint] of each definition the worker runs, fingerprints the fingerprints alone (read by
--- live_fingerprints). No semicolon in these comments: the file is split on them.
+-- heartbeat, and a clean stop sets stopped_at. The fingerprints column holds the definitions
+-- the worker runs (storage.rows.definitions_text). No semicolon in these comments: the file
+-- is split on them.
 CREATE TABLE IF NOT EXISTS sagakit_workers (
     worker_id        TEXT PRIMARY KEY,
     host             TEXT NOT NULL,
@@ -121,8 +123,7 @@ CREATE TABLE IF NOT EXISTS sagakit_workers (
     heartbeat_at     REAL NOT NULL,
     lease_expires_at REAL NOT NULL,
     stopped_at       REAL,
-    fingerprints     TEXT NOT NULL,
-    definitions      TEXT NOT NULL
+    fingerprints     TEXT NOT NULL
 );
 
 -- The definitions workers run, as they recorded them at attach (sagakit.catalog), for the

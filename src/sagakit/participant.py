@@ -170,7 +170,12 @@ class ParticipantRunner:
             await self._store.transaction(
                 lambda tx: _dead_letter(tx, self.participant.name, reason, body)
             )
-            log.warning("dead-lettered a message for %s: %s", self.participant.name, reason)
+            log.warning(
+                "dead-lettered a message for %s: %s",
+                self.participant.name,
+                reason,
+                extra={"event": "dead_letter", "reason": reason},
+            )
             return
         replies = await self._store.transaction(lambda tx: self._serve(tx, env))
         self._relay.send(replies)

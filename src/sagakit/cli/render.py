@@ -53,6 +53,7 @@ def queued_json(start: QueuedStart) -> dict[str, object]:
         "reason": start.error,
         "stuck_step": None,
         "correlation_id": start.correlation_id,
+        "owner": None,  # no worker has it yet
         "created_at": iso(start.queued_at),
         "updated_at": iso(start.queued_at),
         "idempotency_key": start.key,

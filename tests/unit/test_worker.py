@@ -515,7 +515,7 @@ async def test_compensation_gets_unknown_outcome_input(store: SqliteStore, calls
 
 async def test_a_start_queued_without_a_worker_waits_for_one(db: str, calls: Calls) -> None:
     saga = two_steps(calls)
-    reader = SqliteStore(db)
+    reader = SqliteStore(db, create=True)
     from sagakit import Client
 
     client = Client(reader)
@@ -576,7 +576,7 @@ async def test_a_queued_start_with_a_used_key_resolves_to_the_first_instance(
     from sagakit import Client
 
     saga = two_steps(calls)
-    reader = SqliteStore(db)
+    reader = SqliteStore(db, create=True)
     client = Client(reader)
     first = await client.start(saga, {"n": 1}, key="same")
     second = await client.start(saga, {"n": 1}, key="same")  # both queued: no instance yet

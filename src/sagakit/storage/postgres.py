@@ -67,21 +67,27 @@ NOTIFY_CHANNEL = "sagakit_work"  # named in the queries notify_command and notif
 
 
 class PostgresStore:
-    """Every store port on PostgreSQL. Connects lazily; ``migrate=True`` applies migrations."""
+    """Every store port on PostgreSQL. Connects lazily.
+
+    The schema is created, or its missing migrations applied, only when told to: ``create=True``
+    (or ``migrate=True``), or by an owner (a worker). Anyone else on a database without the
+    schema gets an error that says to run ``sagakit migrate``.
+    """
 
     def __init__(
         self,
         url: str,
         *,
         owner: bool = False,
-        create: bool = True,
+        create: bool | None = None,
         migrate: bool | None = None,
         pool_size: int = 4,
     ) -> None:
         self.url = url
         self._dsn, self.schema = split_url(url)
-        self._migrate = owner if migrate is None else migrate
-        self._create = create
+        if migrate is None:
+            migrate = owner if create is None else create
+        self._migrate = migrate
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None

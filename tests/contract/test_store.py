@@ -197,7 +197,7 @@ def make_instance(
         input_digest="sha256:abc",
         deadline_at=5000.5,
         deadline_passed=True,
-        reason="step 'charge' failed",
+        failure_reason="step 'charge' failed",
         stuck_reason=None,
         stuck_step=None,
         point_of_no_return="ship",

@@ -54,6 +54,7 @@ from sagakit.storage.postgres_schema import (
     apply_migrations,
     migrations,
     new_schema_url,
+    parse_url,
     split_url,
 )
 from sagakit.storage.queries import fill
@@ -84,7 +85,8 @@ class PostgresStore:
         pool_size: int = 4,
     ) -> None:
         self.url = url
-        self._dsn, self.schema = split_url(url)
+        parsed = parse_url(url)
+        self._dsn, self.schema, self._timeout = parsed.dsn, parsed.schema, parsed.connect_timeout
         if migrate is None:
             migrate = owner if create is None else create
         self._migrate = migrate
@@ -104,10 +106,14 @@ class PostgresStore:
 
     async def _connect(self, **kwargs: Any) -> asyncpg.Connection:
         settings = {"search_path": self.schema} if self.schema else {}
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", self._timeout)
         try:
             return await asyncpg.connect(self._dsn, server_settings=settings, **kwargs)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot connect to PostgreSQL ({self._dsn}): {exc}") from exc
+        except (asyncpg.InterfaceError, ValueError) as exc:  # what asyncpg refuses in the URL
+            raise StorageError(f"bad PostgreSQL URL: {exc}") from exc
 
     async def _ready(self) -> asyncpg.Pool:
         if self._pool is not None:
@@ -125,9 +131,12 @@ class PostgresStore:
                         min_size=1,
                         max_size=self._pool_size,
                         server_settings=settings,
+                        timeout=60.0 if self._timeout is None else self._timeout,
                     )
                 except (OSError, asyncpg.PostgresError) as exc:
                     raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
+                except (asyncpg.InterfaceError, ValueError) as exc:
+                    raise StorageError(f"bad PostgreSQL URL: {exc}") from exc
                 if not self._migrate and not await self._has_schema(self._pool):
                     await self._pool.close()
                     self._pool = None

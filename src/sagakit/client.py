@@ -16,15 +16,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sagakit.app import App
 from sagakit.definition import Saga, SagaDefinition
 from sagakit.encoding import JSON, digest_of, to_json
-from sagakit.errors import CommandRefused, IdempotencyConflict, SagakitError, SagaNotFound
+from sagakit.errors import (
+    CommandRefused,
+    ConfigurationError,
+    IdempotencyConflict,
+    SagakitError,
+    SagaNotFound,
+)
 from sagakit.ids import new_id
 from sagakit.ports import (
     CommandQueue,
     CommandState,
     DeadLetter,
     DeadLetters,
+    DefinitionCatalog,
+    DefinitionRecord,
     InstanceFilter,
     InstanceQueries,
     QueuedCommand,
@@ -42,6 +51,8 @@ class ClientStore(InstanceQueries, CommandQueue, DeadLetters, Retention, Protoco
 
 class Runner(Protocol):
     """What a worker in the same process offers a client."""
+
+    app: App
 
     async def start_saga(
         self,
@@ -66,6 +77,9 @@ class SagaHandle:
     client: Client
     saga_type: str | None = None
     key: str | None = None
+    #: True when the start was queued for a worker (no worker in this process); False when
+    #: it was started, or its key had already started ``saga_id``.
+    queued: bool = False
 
     async def get(self) -> SagaInstance:
         return await self.client.get(await self._resolved())
@@ -113,43 +127,73 @@ class Client:
 
     async def start(
         self,
-        saga: SagaDefinition | Saga[object],
+        saga: SagaDefinition | Saga[object] | str,
         data: object,
         *,
         key: str | None = None,
         correlation_id: str | None = None,
+        version: int | None = None,
     ) -> SagaHandle:
-        """Start an instance (idempotent with ``key``); returns once it is durably created."""
+        """Start an instance (idempotent with ``key``); returns once it is durably created,
+        or, with no worker in this process, once its start is queued for one.
+
+        ``saga`` is a definition, or a saga type's name (what the CLI and the HTTP API have):
+        then ``version`` picks the version, and without it the newest version that the worker
+        applying the start runs is started.
+        """
+        if isinstance(saga, str):
+            if self._worker is None:
+                return await self._enqueue_start(saga, version, data, key, correlation_id)
+            found = (
+                self._worker.app.latest(saga)
+                if version is None
+                else self._worker.app.definition(saga, version)
+            )
+            if found is None:
+                raise ConfigurationError(f"this worker runs no saga {saga!r} version {version}")
+            saga = found
         definition = saga.build() if isinstance(saga, Saga) else saga
         if self._worker is not None:
             saga_id = await self._worker.start_saga(
                 definition, data, key=key, correlation_id=correlation_id
             )
             return SagaHandle(saga_id, self)
+        return await self._enqueue_start(
+            definition.name, definition.version, data, key, correlation_id
+        )
+
+    async def _enqueue_start(
+        self,
+        saga_type: str,
+        version: int | None,
+        data: object,
+        key: str | None,
+        correlation_id: str | None,
+    ) -> SagaHandle:
         # No worker here: a durable start command that a worker with the definition applies
         # (Semantics 11). A key already used answers at once, under the worker's rules: its
         # instance for the same input, an IdempotencyConflict for another (Semantics 15).
         encoded = to_json(data, path="saga data")
         if key is not None:
-            existing = await self.store.find_by_key(definition.name, key)
+            existing = await self.store.find_by_key(saga_type, key)
             retired = None
             if existing is None:  # its instance may have been purged: the key still holds
-                retired = await self.store.retired_key(definition.name, key)
+                retired = await self.store.retired_key(saga_type, key)
             resolved = resolve_start(key, digest_of(encoded), existing=existing, retired=retired)
             if isinstance(resolved, IdempotencyConflict):
                 raise resolved
             if resolved is not None:
-                return SagaHandle(resolved, self, definition.name, key)
+                return SagaHandle(resolved, self, saga_type, key, queued=False)
         saga_id = new_id()
         body: dict[str, JSON] = {
-            "saga_type": definition.name,
-            "version": definition.version,
+            "saga_type": saga_type,
+            "version": version,
             "data": encoded,
             "key": key,
             "correlation_id": correlation_id,
         }
         await self.store.enqueue(saga_id, "start", body)
-        return SagaHandle(saga_id, self, definition.name, key)
+        return SagaHandle(saga_id, self, saga_type, key, queued=True)
 
     async def run(
         self,
@@ -216,6 +260,16 @@ class Client:
             )
         return reasons
 
+    async def definitions(self) -> builtins.list[DefinitionRecord]:
+        """The saga definitions workers recorded in the store (what ``sagakit describe``
+        shows without the app); ConfigurationError for a store that records none."""
+        if not isinstance(self.store, DefinitionCatalog):
+            raise ConfigurationError(
+                "this store does not record saga definitions; describe them from the app "
+                "(sagakit describe --app MODULE:ATTR)"
+            )
+        return await self.store.definitions()
+
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         await self.get(saga_id)
         return await self.store.history(saga_id)
@@ -261,10 +315,12 @@ class Client:
         *,
         archive: Callable[[SagaInstance, builtins.list[HistoryEntry]], Awaitable[None]]
         | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[int, int]:
         """Delete finished instances older than the policy, in batches; then expired keys.
 
-        ``archive`` receives each instance and its history before it is deleted. Returns
+        ``archive`` receives each instance and its history before it is deleted;
+        ``progress`` the number of instances purged so far, after each batch. Returns
         (instances purged, keys purged).
         """
         purged = 0
@@ -278,6 +334,8 @@ class Client:
                     if instance is not None:
                         await archive(instance, await self.store.history(saga_id))
             purged += await self.store.purge(ids)
+            if progress is not None:
+                progress(purged)
             if len(ids) < policy.batch:
                 break
         return purged, await self.store.purge_keys(policy.keys)

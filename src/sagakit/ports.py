@@ -11,7 +11,7 @@ import builtins
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON
@@ -170,6 +170,27 @@ class InstanceQueries(Protocol):
 
     async def live_fingerprints(self) -> set[str]:
         """The definitions that workers with a live lease run (Semantics 1)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DefinitionRecord:
+    """A saga definition as a worker recorded it in the store when it attached: what commands
+    that run no user code (``sagakit describe``, ``sagakit workers``) show of it.
+
+    ``description`` is what :meth:`sagakit.SagaDefinition.describe` returns.
+    """
+
+    name: str
+    version: int
+    fingerprint: str
+    description: dict[str, JSON]
+
+
+@runtime_checkable
+class DefinitionCatalog(Protocol):
+    async def definitions(self) -> builtins.list[DefinitionRecord]:
+        """Every definition a worker recorded, each (name, version, fingerprint) once."""
         ...
 
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from sagakit.app import App
 from sagakit.definition import Saga, SagaDefinition
-from sagakit.encoding import JSON, digest_of, to_json
+from sagakit.encoding import JSON, check_json, check_name, digest_of, to_json
 from sagakit.errors import (
     CommandRefused,
     ConfigurationError,
@@ -140,8 +140,15 @@ class Client:
         ``saga`` is a definition, or a saga type's name (what the CLI and the HTTP API have):
         then ``version`` picks the version, and without it the newest version that the worker
         applying the start runs is started.
-        """
+
+        Raises EncodingError, before anything is written, when ``data``, ``key`` or
+        ``correlation_id`` breaks the value rules (docs/concepts.md)."""
+        if key is not None:
+            check_name(key, "idempotency key")
+        if correlation_id is not None:
+            check_name(correlation_id, "correlation id")
         if isinstance(saga, str):
+            check_name(saga, "saga type")
             if self._worker is None:
                 return await self._enqueue_start(saga, version, data, key, correlation_id)
             found = (
@@ -197,15 +204,19 @@ class Client:
 
     async def run(
         self,
-        saga: SagaDefinition | Saga[object],
+        saga: SagaDefinition | Saga[object] | str,
         data: object,
         *,
         key: str | None = None,
         correlation_id: str | None = None,
+        version: int | None = None,
         timeout: float | None = None,
     ) -> SagaInstance:
-        """Start an instance and wait until it is completed, failed or stuck."""
-        handle = await self.start(saga, data, key=key, correlation_id=correlation_id)
+        """Start an instance (as :meth:`start`) and wait until it is completed, failed or
+        stuck."""
+        handle = await self.start(
+            saga, data, key=key, correlation_id=correlation_id, version=version
+        )
         return await handle.result(timeout)
 
     # -- queries --------------------------------------------------------------------------
@@ -362,6 +373,12 @@ class Client:
     ) -> CommandHandle:
         if not command.reason:
             raise CommandRefused("an operator command needs a reason")
+        # Refused here, before the command is queued: a worker could not record it.
+        check_name(saga_id, "saga id")
+        check_json(command.reason, path="reason")
+        check_name(command.by, "by")
+        for name, value in extra.items():
+            check_name(value, name)
         instance = await self.get(saga_id)
         refused = check_command(instance, command)
         if refused:

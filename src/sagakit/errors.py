@@ -27,6 +27,11 @@ handler. Any other exception escaping step code is treated as a retryable ``Step
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: messages raises these errors
+    from sagakit.messages import Envelope
+
 
 class SagakitError(Exception):
     """Root of every error raised by sagakit."""
@@ -54,7 +59,16 @@ class EncodingError(SagakitError):
 
 
 class MessageRejected(SagakitError):
-    """A message cannot be accepted; it goes to the dead-letter table with this reason."""
+    """A message cannot be accepted; it goes to the dead-letter table with this reason.
+
+    ``envelope`` is the message as far as it could be read, with no payload and no error
+    text, when only those broke the value rules (its ids, step and attempt are sound): the
+    receiver can then end the attempt it answers. None otherwise.
+    """
+
+    def __init__(self, reason: str, *, envelope: Envelope | None = None) -> None:
+        super().__init__(reason)
+        self.envelope = envelope
 
 
 class StorageError(SagakitError):

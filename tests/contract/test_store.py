@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -132,7 +133,7 @@ ADAPTERS = [
         id="sqlite-memory",
     ),
 ]
-PERSISTENT_ADAPTERS = [p for p in ADAPTERS if p.values[0].persistent]
+PERSISTENT_ADAPTERS = [p for p in ADAPTERS if cast(StoreAdapter, p.values[0]).persistent]
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -227,14 +228,14 @@ def set_timer(t: Timer) -> TimerOp:
     return TimerOp(TimerOpKind.SET, timer=t)
 
 
-def insert(inst: SagaInstance, **records: object) -> InstanceWrite:
+def insert(inst: SagaInstance, **records: Any) -> InstanceWrite:
     return InstanceWrite(
         inst.saga_id,
         instance=inst,
         expected_revision=None,
         history=[created(inst.saga_id)],
         **records,
-    )  # type: ignore[arg-type]
+    )
 
 
 def update(inst: SagaInstance, expected: int, **records: object) -> InstanceWrite:

@@ -156,7 +156,7 @@ async def test_a_refused_participant_reply_is_dead_lettered_and_its_attempt_ends
 
     @shop.command("reserve")
     async def reserve(tx: ParticipantTx, cmd: Command) -> object:
-        return {"note": MARKER} if cmd.payload["poison"] else {"ok": True}
+        return {"note": MARKER} if cast(dict[str, Any], cmd.payload)["poison"] else {"ok": True}
 
     @shop.command("release")
     async def release(tx: ParticipantTx, cmd: Command) -> None:

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -94,9 +94,9 @@ async def test_a_reader_refuses_an_unmigrated_database(url: str) -> None:
 
 
 async def test_demo_runs_on_postgres(url: str) -> None:
-    summary = await run_demo(url, sagas=60, concurrency=16, seed=3, progress=None)
+    summary = await run_demo(url, sagas=60, concurrency=16, seed=3)
     assert summary["ledger_ok"], summary["ledger_problems"]
-    assert summary["completed"] + summary["failed"] == 60
+    assert cast(int, summary["completed"]) + cast(int, summary["failed"]) == 60
     assert summary["unsettled"] == summary["stuck"] == 0
 
 
@@ -375,7 +375,8 @@ async def test_status_at_moves_with_the_status_only(url: str) -> None:
         sql = Q["update_instances"]
         await conn.fetch(sql, ["a"], [1], ["pending"], [5.0], [2], ["{}"])
         await conn.fetch(sql, ["b"], [1], ["stuck"], [3.0], [2], ["{}"])
-        rows = dict(await conn.fetch("SELECT saga_id, status_at FROM sagakit_instances"))
+        fetched = await conn.fetch("SELECT saga_id, status_at FROM sagakit_instances")
+        rows = {row[0]: row[1] for row in fetched}
         assert rows == {"a": 1.0, "b": 3.0}
     finally:
         await conn.close()

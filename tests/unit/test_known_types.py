@@ -109,7 +109,7 @@ def test_anything_else_names_the_type_and_where_to_look() -> None:
 
 
 async def test_a_step_returning_known_types_completes_and_anything_else_fails_at_once() -> None:
-    saga: Saga[Booking] = Saga("known", data_type=Booking)
+    saga: Saga[Any] = Saga("known", data_type=Booking)
     seen: list[Booking] = []
 
     async def price(ctx: StepContext[Booking]) -> dict[str, object]:

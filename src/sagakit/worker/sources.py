@@ -20,7 +20,7 @@ from sagakit.definition import SagaDefinition
 from sagakit.errors import MessageRejected, StoreRefused
 from sagakit.messages import MessageKind, decode
 from sagakit.ports import CommandQueue, DeadLetter, QueuedCommand, TimerQueue
-from sagakit.transitions import Abort, Event, Reply, Resolve, Retry, TimerFired
+from sagakit.transitions import Abort, Event, Outcome, Reply, Resolve, Retry, TimerFired
 from sagakit.worker.items import Inbox, Item, Start, input_digest
 
 log = logging.getLogger("sagakit.worker")
@@ -62,7 +62,26 @@ class ReplySource:
                 raise MessageRejected(f"expected a reply on {self.queue}, got a {env.kind.value}")
         except MessageRejected as exc:
             letter = DeadLetter(self.queue, str(exc), body, at=self._clock())
-            await self._inbox.submit(Item("", dead_letter=letter))
+            known = exc.envelope
+            if known is None or known.kind is not MessageKind.REPLY:
+                await self._inbox.submit(Item("", dead_letter=letter))
+                return
+            # The reply breaks the value rules, but says which attempt it answers: the
+            # message is dead-lettered and that attempt ends at once, its outcome unknown (the
+            # participant may have acted), as if it had timed out — retried by policy with the
+            # same key, compensated when the policy is spent.
+            lost = Reply(
+                known.step,
+                known.phase,
+                known.attempt,
+                Outcome.ERROR,
+                error=f"its reply was refused: {exc}",
+                retryable=True,
+            )
+            await asyncio.gather(
+                self._inbox.submit(Item("", dead_letter=letter)),
+                self._inbox.submit(Item(known.saga_id, event=lost, source=self.queue)),
+            )
             return
         reply = Reply(
             env.step,

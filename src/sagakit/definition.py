@@ -34,12 +34,13 @@ import enum
 import functools
 import hashlib
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sagakit.description import mermaid
-from sagakit.encoding import JSON, dumps
+from sagakit.encoding import JSON, dumps, name_problem
 from sagakit.errors import DefinitionError
 
 D = TypeVar("D")
@@ -91,8 +92,13 @@ class RetryPolicy:
     def check(self, where: str) -> None:
         if self.max_attempts < 1:
             raise DefinitionError(f"{where}: max_attempts must be at least 1")
-        if self.initial_delay < 0 or self.max_delay < 0 or self.backoff < 1:
-            raise DefinitionError(f"{where}: delays must be >= 0 and backoff >= 1")
+        # Written as "not (x >= ...)" so that NaN, which compares false, is refused too.
+        if not (
+            0 <= self.initial_delay < math.inf
+            and 0 <= self.max_delay < math.inf
+            and 1 <= self.backoff < math.inf
+        ):
+            raise DefinitionError(f"{where}: delays must be >= 0 and backoff >= 1 (finite)")
         if not 0 <= self.jitter <= 1:
             raise DefinitionError(f"{where}: jitter must be between 0 and 1")
 
@@ -291,11 +297,14 @@ def validate(definition: SagaDefinition) -> None:
     where = f"saga {definition.name!r}"
     if not definition.name or not isinstance(definition.name, str):
         raise DefinitionError("a saga needs a non-empty name")
+    problem = name_problem(definition.name)
+    if problem is not None:
+        raise DefinitionError(f"saga {definition.name!r}: its name is {problem}")
     if not isinstance(definition.version, int) or definition.version < 1:
         raise DefinitionError(f"{where}: version must be a positive integer")
     if not definition.steps:
         raise DefinitionError(f"{where}: a saga needs at least one step")
-    if definition.deadline is not None and definition.deadline <= 0:
+    if definition.deadline is not None and not definition.deadline > 0:  # NaN is not
         raise DefinitionError(f"{where}: deadline must be positive")
     seen: set[str] = set()
     pivot_seen: str | None = None
@@ -304,6 +313,9 @@ def validate(definition: SagaDefinition) -> None:
         at = f"{where}, step {step.name!r}"
         if not step.name or ":" in step.name:
             raise DefinitionError(f"{at}: a step name must be non-empty and contain no ':'")
+        problem = name_problem(step.name)
+        if problem is not None:
+            raise DefinitionError(f"{at}: its name is {problem}")
         if step.name in seen:
             raise DefinitionError(f"{at}: duplicate step name")
         seen.add(step.name)
@@ -354,6 +366,10 @@ def _check_handler(handler: object, at: str) -> None:
     elif isinstance(handler, Remote):
         if not handler.participant or not handler.command:
             raise DefinitionError(f"{at}: a remote handler needs a participant and a command")
+        for what, name in (("participant", handler.participant), ("command", handler.command)):
+            problem = name_problem(name)
+            if problem is not None:
+                raise DefinitionError(f"{at}: its {what} name is {problem}")
     else:
         raise DefinitionError(f"{at}: unknown handler {handler!r}")
 

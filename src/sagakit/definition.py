@@ -251,18 +251,17 @@ def _describe_step(step: Step) -> JSON:
         "action": _describe_handler(step.action),
         "compensation": None if step.compensation is None else _describe_handler(step.compensation),
         "timeout": step.timeout,
+        "compensation_timeout": step.compensation_timeout,
         "retry": _describe_policy(step.retry),
-        "compensation_timeout": step.compensation_timeout if step.compensation else None,
-        "compensation_retry": _describe_policy(step.compensation_retry)
-        if step.compensation
-        else None,
+        "compensation_retry": _describe_policy(step.compensation_retry),
+        "custom_input": step.input is not None,
     }
 
 
 def _describe_handler(handler: Handler) -> JSON:
     if isinstance(handler, Local):
-        return {"local": f"{handler.fn.__module__}.{handler.fn.__qualname__}"}
-    return {"participant": handler.participant, "command": handler.command}
+        return {"where": "local", "function": f"{handler.fn.__module__}.{handler.fn.__qualname__}"}
+    return {"where": "remote", "participant": handler.participant, "command": handler.command}
 
 
 def _describe_policy(policy: RetryPolicy) -> JSON:

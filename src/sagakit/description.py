@@ -4,7 +4,8 @@
 description: name, version, fingerprint, deadline, pivot, and each step's kind, handlers,
 timeouts and retry policies. Everything here works on that JSON alone, not on the definition's
 Python functions, so a command that runs no user code draws a definition the same way from
-what a worker recorded.
+what a worker recorded. A handler is ``{"where": "local", "function": "module.name"}`` or
+``{"where": "remote", "participant": …, "command": …}``.
 
 The drawing: actions go forward, left to right, from ``start`` to ``completed``; a step that
 fails before the point of no return leads (dotted) to the compensation of the step before it,
@@ -13,9 +14,10 @@ compensatable step, a hexagon for the pivot, a stadium for a retriable step; a c
 a parallelogram.
 
 >>> print(mermaid({"name": "t", "steps": [
-...     {"name": "a", "kind": "compensatable", "action": {"local": "m.a"},
-...      "compensation": {"local": "m.undo_a"}},
-...     {"name": "b", "kind": "pivot", "action": {"participant": "p", "command": "b.do"},
+...     {"name": "a", "kind": "compensatable", "action": {"where": "local", "function": "m.a"},
+...      "compensation": {"where": "local", "function": "m.undo_a"}},
+...     {"name": "b", "kind": "pivot",
+...      "action": {"where": "remote", "participant": "p", "command": "b.do"},
 ...      "compensation": None},
 ... ]}))
 flowchart LR
@@ -48,7 +50,7 @@ def mermaid(description: dict[str, JSON]) -> str:
     for i, step in enumerate(steps):
         label = f"{_text(step.get('name'))}<br/>{_text(step.get('kind'))}"
         action = step.get("action")
-        if isinstance(action, dict) and "participant" in action:
+        if isinstance(action, dict) and action.get("where") == "remote":
             label += f"<br/>{_text(action['participant'])}: {_text(action.get('command'))}"
         shape = _SHAPES.get(str(step.get("kind")), '["{}"]')
         lines.append(f"  s{i}" + shape.format(label))

@@ -186,6 +186,9 @@ class DefinitionRecord:
     fingerprint: str
     description: dict[str, JSON]
 
+    def to_json(self) -> dict[str, JSON]:
+        return self.description
+
 
 @runtime_checkable
 class DefinitionCatalog(Protocol):

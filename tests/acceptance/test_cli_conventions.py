@@ -136,6 +136,7 @@ def test_describe_from_the_app_as_text_json_and_mermaid() -> None:
         "compensatable", "compensatable", "compensatable", "retriable",
     ]  # fmt: skip
     assert as_json["steps"][0]["compensation"] == {
+        "where": "remote",
         "participant": "inventory",
         "command": "inventory.release",
     }

@@ -53,7 +53,7 @@ async def _stored(url: str, name: str) -> tuple[list[dict[str, JSON]], list[str]
     async with reader(url) as client:
         records = await client.definitions()
     known = sorted({r.name for r in records})
-    return [r.description for r in records if r.name == name], known
+    return [r.to_json() for r in records if r.name == name], known
 
 
 STEP_COLUMNS = (
@@ -72,12 +72,12 @@ def _render(description: dict[str, JSON]) -> RenderableType:
         [
             ("saga", f"{description.get('name')} v{description.get('version')}"),
             ("fingerprint", str(description.get("fingerprint"))),
-            ("pivot", str(description.get("pivot") or "-")),
+            ("pivot", _pivot(steps_of(description)) or "-"),
             ("deadline", "-" if deadline is None else f"{deadline:g} s"),
             ("data", str(description.get("data_type") or "JSON")),
         ]
     )
-    steps = cast(Sequence[dict[str, JSON]], description.get("steps") or [])
+    steps = steps_of(description)
     rows: list[list[str]] = []
     for i, step in enumerate(steps, 1):
         rows.append(
@@ -105,10 +105,18 @@ def _render(description: dict[str, JSON]) -> RenderableType:
     return Group(about, Text(), table(STEP_COLUMNS, rows), Text())
 
 
+def steps_of(description: dict[str, JSON]) -> Sequence[dict[str, JSON]]:
+    return cast(Sequence[dict[str, JSON]], description.get("steps") or [])
+
+
+def _pivot(steps: Sequence[dict[str, JSON]]) -> str | None:
+    return next((str(s.get("name")) for s in steps if s.get("kind") == "pivot"), None)
+
+
 def _handler(handler: JSON) -> str:
     if isinstance(handler, dict):
-        if "local" in handler:
-            return f"local {handler['local']}"
+        if handler.get("where") == "local":
+            return f"local {handler.get('function')}"
         return f"{handler.get('participant')}: {handler.get('command')}"
     return "-"
 

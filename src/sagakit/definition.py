@@ -194,8 +194,11 @@ class Step:
 class SagaDefinition:
     """A validated, immutable saga definition. Construct it through :class:`Saga`.
 
-    ``fingerprint`` identifies the step list (names, kinds and handlers); an instance records
-    it and is advanced only by a worker holding a definition with the same one (Semantics 1).
+    ``fingerprint`` identifies what the definition declares (:func:`fingerprint_of`); an
+    instance records it and is advanced only by a worker holding a definition with the same
+    one (Semantics 1). ``legacy_fingerprint`` is the fingerprint sagakit gave the definition
+    before (v1, which also named the Python functions behind local steps): an instance that
+    still carries it is claimed by a worker with this definition and given the new one.
     """
 
     name: str
@@ -204,10 +207,12 @@ class SagaDefinition:
     deadline: float | None = None
     data_type: type[Any] | None = None
     fingerprint: str = field(default="", compare=False)
+    legacy_fingerprint: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         validate(self)
-        object.__setattr__(self, "fingerprint", fingerprint_of(self.steps))
+        object.__setattr__(self, "fingerprint", fingerprint_of(self.name, self.version, self.steps))
+        object.__setattr__(self, "legacy_fingerprint", legacy_fingerprint_of(self.steps))
 
     def step(self, name: str) -> Step:
         return self.steps[self._positions[name]]
@@ -278,7 +283,44 @@ def _qualname(kind: type[Any]) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def fingerprint_of(steps: Sequence[Step]) -> str:
+#: The prefix of the fingerprints :func:`fingerprint_of` makes (a v1 fingerprint has none).
+FINGERPRINT_PREFIX = "v2:"
+
+
+def fingerprint_of(name: str, version: int, steps: Sequence[Step]) -> str:
+    """The identity of a definition: what it declares, hashed (Semantics 1).
+
+    It covers the saga's name and version and, in order, each step's name, kind (so the
+    pivot), whether it is local or remote (with the participant and command), and whether it
+    has a compensation (remote: its command). Retry policies, timeouts, the deadline, the data
+    type and the Python functions behind local steps are left out, so tuning or refactoring
+    them keeps running instances running; anything else changed is a new definition, to be
+    deployed as a new ``version`` (docs/how-to/deploying-changes.md). The text is
+    ``v2:`` and 16 hex digits.
+    """
+    shape: JSON = {
+        "saga": name,
+        "version": version,
+        "steps": [
+            [step.name, step.kind.value, _declared(step.action), _declared(step.compensation)]
+            for step in steps
+        ],
+    }
+    return FINGERPRINT_PREFIX + hashlib.sha256(dumps(shape).encode()).hexdigest()[:16]
+
+
+def _declared(handler: Handler | None) -> JSON:
+    if handler is None:
+        return None
+    if isinstance(handler, Remote):
+        return ["remote", handler.participant, handler.command]
+    return "local"
+
+
+def legacy_fingerprint_of(steps: Sequence[Step]) -> str:
+    """The fingerprint sagakit gave definitions first (v1): step names, kinds and handlers,
+    a local handler by its function's module and name. Kept to recognise the instances that
+    carry it; never given to a new one."""
     shape: JSON = [
         [
             step.name,

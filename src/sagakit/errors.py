@@ -4,7 +4,8 @@
 
     SagakitError
     ├── DefinitionError          a saga definition or app is invalid (raised at registration)
-    ├── DefinitionNotRegistered  a start names a definition the worker or app does not run
+    ├── DefinitionNotRegistered  a start names a definition the worker does not run (or runs
+    │                            with other steps under that name and version)
     ├── DefinitionMissing        an instance runs a definition (fingerprint) no worker here has
     ├── ConfigurationError       a setting is invalid (also a ValueError): a URL, a duration...
     ├── EncodingError            a value is not JSON-encodable (dataclass, pydantic model, JSON)
@@ -42,7 +43,8 @@ class DefinitionError(SagakitError):
 
 
 class DefinitionNotRegistered(SagakitError):
-    """A start names a saga type and version that this worker or app does not run."""
+    """A start names a saga type and version that this worker or app does not run, or was made
+    with another definition (other steps) than the one it runs under that name and version."""
 
 
 class DefinitionMissing(SagakitError):

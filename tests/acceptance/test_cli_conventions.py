@@ -75,7 +75,10 @@ def test_start_is_queued_for_a_worker_and_waits_for_its_outcome(
     assert queued.returncode == 0, queued.stderr
     first = json.loads(queued.stdout)
     assert first["queued"] is True and first["saga_type"] == "order_fulfillment"
-    assert json.loads(sagakit("list", "--json", "--db", db).stdout) == []  # not started yet
+    listed = json.loads(sagakit("list", "--json", "--db", db).stdout)
+    assert [(i["saga_id"], i["status"], i["version"]) for i in listed] == [
+        (first["saga_id"], "queued", None)  # not started yet, by name: the newest version
+    ]
 
     worker = background("worker", "--app", ORDERS, "--db", db)
     worker.wait_for_line(READY, 20)

@@ -33,6 +33,7 @@ from sagakit.ports import (
     CommandResult,
     CommandState,
     DeadLetter,
+    DefinitionRef,
     InstanceFilter,
     InstanceWrite,
     OutboxMessage,
@@ -56,6 +57,8 @@ from sagakit.storage import PostgresStore, SqliteStore, open_store
 from sagakit.transitions import TimerKind
 
 PG_URL = os.environ.get("SAGAKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+#: The definition of make_instance's instances, as a worker claims by it.
+FP3 = DefinitionRef("order", 3, "fp-3")
 
 # -- adapters -----------------------------------------------------------------------------
 
@@ -1367,18 +1370,18 @@ class TestLeases:
     async def test_a_claim_bumps_the_revision_and_fences_a_stale_commit(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         held = owned("s1", "w1")
         assert await store.commit(Batch([insert(held)])) == [True]
         await end_lease(store, "w1")
 
         async with next_worker(adapter, store, tmp_path) as second:
-            await second.attach("w2", 30.0, ["fp-3"])
-            assert await second.claim(10, ["another-definition"]) == []
-            claimed = await second.claim(10, ["fp-3"])
+            await second.attach("w2", 30.0, [FP3])
+            assert await second.claim(10, [replace(FP3, fingerprint="another-definition")]) == []
+            claimed = await second.claim(10, [FP3])
             assert claimed == [replace(held, owner="w2", revision=2)]
             assert await second.get("s1") == claimed[0]
-            assert await second.claim(10, ["fp-3"]) == []  # its own already
+            assert await second.claim(10, [FP3]) == []  # its own already
 
             # The worker that held revision 1 comes back: its commit fails the revision check
             # and writes none of its records.
@@ -1397,7 +1400,7 @@ class TestLeases:
     async def test_only_unsettled_instances_of_the_given_definitions_are_claimed(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         settled = [
             owned(s, "w1", status=status)
             for s, status in [("done", SagaStatus.COMPLETED), ("undone", SagaStatus.FAILED)]
@@ -1416,9 +1419,9 @@ class TestLeases:
         await end_lease(store, "w1")
 
         async with next_worker(adapter, store, tmp_path) as second:
-            await second.attach("w2", 30.0, ["fp-3"])
-            first = await second.claim(3, ["fp-3"])
-            rest = await second.claim(10, ["fp-3"])
+            await second.attach("w2", 30.0, [FP3])
+            first = await second.claim(3, [FP3])
+            rest = await second.claim(10, [FP3])
             assert len(first) == 3
             claimed = sorted(i.saga_id for i in [*first, *rest])
             assert claimed == sorted(i.saga_id for i in unsettled)
@@ -1428,7 +1431,7 @@ class TestLeases:
     async def test_heartbeat_fails_once_the_lease_has_run_out(
         self, adapter: StoreAdapter, store: Store
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         assert await store.heartbeat() is True
         await end_lease(store, "w1")
         if adapter.shared:
@@ -1442,21 +1445,21 @@ class TestLeases:
     async def test_detach_releases_the_workers_instances_to_another_at_once(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         held = owned("s1", "w1")
         await store.commit(Batch([insert(held)]))
         if adapter.shared:
             async with next_worker(adapter, store, tmp_path) as second:
-                await second.attach("w2", 30.0, ["fp-3"])
-                assert await second.claim(10, ["fp-3"]) == []  # w1's lease is live
+                await second.attach("w2", 30.0, [FP3])
+                assert await second.claim(10, [FP3]) == []  # w1's lease is live
                 await store.detach()
                 # Long before w1's lease (30 s) would have run out.
-                claimed = await second.claim(10, ["fp-3"])
+                claimed = await second.claim(10, [FP3])
         else:
             await store.detach()
             async with next_worker(adapter, store, tmp_path) as second:
-                await second.attach("w2", 30.0, ["fp-3"])
-                claimed = await second.claim(10, ["fp-3"])
+                await second.attach("w2", 30.0, [FP3])
+                claimed = await second.claim(10, [FP3])
         assert [(i.saga_id, i.owner) for i in claimed] == [("s1", "w2")]
         assert claimed[0].revision > held.revision  # a stale commit of w1's is fenced
 
@@ -1502,8 +1505,143 @@ def stale_worker(adapter: StoreAdapter, first: Store, second: Store) -> Store:
 class TestLiveDefinitions:
     async def test_attached_workers_publish_their_definitions(self, store: Store) -> None:
         assert await store.live_fingerprints() == set()
-        await store.attach("w1", 30.0, ["f1", "f2"])
-        assert await store.live_fingerprints() == {"f1", "f2"}
+        assert await store.live_definitions() == []
+        f1 = DefinitionRef("order", 1, "v2:f1", "f1-legacy")
+        f2 = DefinitionRef("refund", 2, "v2:f2")
+        await store.attach("w1", 30.0, [f2, f1])
+        # Legacy fingerprints too: their instances are claimed (and given the new one).
+        assert await store.live_fingerprints() == {"v2:f1", "f1-legacy", "v2:f2"}
+        assert sorted(await store.live_definitions(), key=str) == sorted([f1, f2], key=str)
         assert await store.heartbeat()
         await store.detach()
         assert await store.live_fingerprints() == set()
+        assert await store.live_definitions() == []
+
+    async def test_a_bare_fingerprint_an_older_sagakit_published_is_a_fingerprint_only(
+        self, store: Store
+    ) -> None:
+        await store.attach("w1", 30.0, [DefinitionRef("order", 1, "v2:f1")])
+
+        async def older(tx: ParticipantTx) -> None:
+            await tx.execute("UPDATE sagakit_workers SET fingerprints = ?", ('["abc123"]',))
+
+        await store.transaction(older)
+        assert await store.live_fingerprints() == {"abc123"}
+        assert await store.live_definitions() == []  # it names no saga type
+
+    async def test_unsettled_definitions_of_some_types_each_once(self, store: Store) -> None:
+        instances = [
+            make_instance("a"),
+            make_instance("b"),
+            replace(make_instance("c"), fingerprint="fp-old"),
+            make_instance("done", status=SagaStatus.COMPLETED),
+            replace(make_instance("gone", status=SagaStatus.FAILED), fingerprint="fp-gone"),
+            replace(make_instance("stuck", status=SagaStatus.STUCK), version=4),
+            make_instance("other", saga_type="refund"),
+        ]
+        await store.commit(Batch([insert(i) for i in instances]))
+        found = await store.unsettled_definitions(["order", "nothing"])
+        assert sorted(found, key=str) == sorted(
+            [FP3, replace(FP3, fingerprint="fp-old"), replace(FP3, version=4)], key=str
+        )
+        assert await store.unsettled_definitions([]) == []
+
+
+class TestLegacyFingerprints:
+    async def test_a_claim_gives_an_instance_of_a_legacy_fingerprint_the_new_one(
+        self, store: Store
+    ) -> None:
+        old = [
+            replace(make_instance("old"), fingerprint="v1-print", owner="w0"),
+            # Another type or version with the same legacy fingerprint is another definition.
+            replace(make_instance("other-type", saga_type="x"), fingerprint="v1-print"),
+            replace(make_instance("other-version"), fingerprint="v1-print", version=2),
+        ]
+        current = replace(make_instance("new"), fingerprint="v2:new")
+        await store.commit(Batch([insert(i) for i in [*old, current]]))
+        await store.attach("w1", 30.0, [])
+        definition = DefinitionRef("order", 3, "v2:new", "v1-print")
+        claimed = await store.claim(10, [definition])
+        assert sorted((i.saga_id, i.fingerprint, i.owner) for i in claimed) == [
+            ("new", "v2:new", "w1"),
+            ("old", "v2:new", "w1"),
+        ]
+        got = await store.get("old")
+        assert got is not None and got.fingerprint == "v2:new" and got.revision == 2
+        assert got == replace(old[0], fingerprint="v2:new", owner="w1", revision=2)
+        for untouched in old[1:]:
+            assert await store.get(untouched.saga_id) == untouched
+
+
+class TestStartQueue:
+    @staticmethod
+    def start(saga_type: str = "order", key: str | None = "k", n: int = 1) -> dict[str, JSON]:
+        return {"saga_type": saga_type, "version": 1, "data": {"n": n}, "key": key}
+
+    async def test_a_pending_start_is_found_by_type_and_key(self, store: Store) -> None:
+        assert await store.queued_start("order", "k") is None
+        await store.enqueue("x", "abort", {"saga_type": "order", "key": "k"})  # not a start
+        await store.enqueue("s0", "start", self.start(key=None))
+        first = await store.enqueue("s1", "start", self.start())
+        await store.enqueue("s2", "start", self.start())
+        await store.enqueue("s3", "start", self.start(saga_type="refund"))
+        found = await store.queued_start("order", "k")
+        assert found is not None and (found.id, found.saga_id) == (first, "s1")
+        assert found.body == self.start()
+        assert await store.queued_start("order", "other") is None
+
+    async def test_queued_starts_are_listed_oldest_first(self, store: Store) -> None:
+        ids = [await store.enqueue(f"s{i}", "start", self.start(key=None)) for i in range(3)]
+        await store.enqueue("s1", "abort", {})
+        await store.commit(Batch(commands=[CommandResult(ids[1], CommandState.APPLIED)]))
+        assert [c.id for c in await store.queued_starts(10)] == [ids[0], ids[2]]
+        assert [c.id for c in await store.queued_starts(1)] == [ids[0]]
+
+    async def test_a_start_is_found_by_its_instance_id_in_any_state(self, store: Store) -> None:
+        assert await store.start_command("s1") is None
+        await store.enqueue("s1", "abort", {})
+        first = await store.enqueue("s1", "start", self.start())
+        await store.commit(
+            Batch(commands=[CommandResult(first, CommandState.REFUSED, "IdempotencyConflict: x")])
+        )
+        found = await store.start_command("s1")
+        assert found is not None and found.id == first
+        assert (found.state, found.error) == (CommandState.REFUSED, "IdempotencyConflict: x")
+
+    async def test_only_a_pending_start_is_cancelled(self, store: Store) -> None:
+        start = await store.enqueue("s1", "start", self.start())
+        abort = await store.enqueue("s1", "abort", {})
+        assert await store.cancel_start(abort, "no") is False  # not a start
+        assert await store.cancel_start(start, "aborted before it started") is True
+        assert await store.cancel_start(start, "again") is False
+        cancelled = await store.command(start)
+        assert cancelled is not None
+        assert (cancelled.state, cancelled.error) == (
+            CommandState.REFUSED,
+            "aborted before it started",
+        )
+        assert await store.queued_starts(10) == []
+        assert await store.queued_start("order", "k") is None
+
+    async def test_a_cancelled_start_creates_no_instance(self, store: Store) -> None:
+        cancelled = await store.enqueue("s1", "start", self.start())
+        kept = await store.enqueue("s2", "start", self.start(key="k2"))
+        await store.cancel_start(cancelled, "aborted before it started")
+        # A worker that read both before the cancel: its inserts carry their results.
+        writes = [
+            InstanceWrite(
+                saga_id,
+                replace(make_instance(saga_id, key=key), revision=1),
+                commands=[CommandResult(command, CommandState.APPLIED)],
+            )
+            for saga_id, key, command in [("s1", "k", cancelled), ("s2", "k2", kept)]
+        ]
+        assert await store.commit(Batch(writes)) == [False, True]
+        assert await store.get("s1") is None
+        assert await store.get("s2") is not None
+        applied = await store.command(kept)
+        assert applied is not None and applied.state is CommandState.APPLIED
+        refused = await store.command(cancelled)
+        assert refused is not None and refused.error == "aborted before it started"
+        # Once applied, it is no longer cancelled.
+        assert await store.cancel_start(kept, "too late") is False

@@ -19,7 +19,7 @@ from sagakit.definition import Phase
 from sagakit.encoding import JSON
 from sagakit.errors import DefinitionMissing, IdempotencyConflict, StoreRefused
 from sagakit.messages import Envelope, MessageKind, encode
-from sagakit.ports import Batch, InstanceWrite, Timer, TimerOp, TimerOpKind
+from sagakit.ports import Batch, DefinitionRef, InstanceWrite, Timer, TimerOp, TimerOpKind
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, StepStatus, evolve
 from sagakit.transitions import (
     Abort,
@@ -361,7 +361,9 @@ async def test_a_takeover_holds_the_instances_and_reruns_their_running_local_ste
     steps_state = list(abandoned.steps)
     steps_state[0] = evolve(steps_state[0], status=StepStatus.RUNNING, attempts=1)
     await write(store, evolve(abandoned, steps=tuple(steps_state)))
-    await store.attach(ME, 10.0, [definition.fingerprint])
+    await store.attach(
+        ME, 10.0, [DefinitionRef(definition.name, definition.version, definition.fingerprint)]
+    )
 
     instances, inbox = Instances(), Inbox()
     spawned: list[tuple[str, str, int]] = []

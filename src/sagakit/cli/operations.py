@@ -1,5 +1,5 @@
 """The operator commands: ``abort``, ``retry`` and ``resolve``, optionally waiting until a
-worker has applied them."""
+worker has applied them. ``abort`` of a start still queued cancels it at once."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ async def _operate(
                 handle = await client.resolve(saga_id, step, reason, by=by)
         except CommandRefused as exc:
             raise CliError(f"{operation} refused: {exc}") from exc
+        if handle.cancelled_start:
+            if as_json:
+                print_json({"command": handle.id, "saga_id": saga_id, "cancelled_start": True})
+            else:
+                cancelled = "its queued start is cancelled; no worker will start it"
+                emit(f"abort of saga {saga_id}: {cancelled}")
+            return 0
         if not as_json:
             emit(f"{operation} of saga {saga_id} accepted (command {handle.id})")
         if not wait:

@@ -4,8 +4,11 @@ Every batch is one transaction of a handful of set-based statements, whatever it
 usual batch (one transition per saga) is one statement of data-modifying CTEs, put together from
 the ``commit_<part>`` queries it has rows for (:func:`commit_at_once`); one step of one saga
 takes a scalar statement instead. A batch that names a saga twice goes in rounds, so the second
-transition is checked against what the first wrote (:func:`commit_in_rounds`). A transition
-whose revision check fails is dropped whole: its records are not written.
+transition is checked against what the first wrote (:func:`commit_in_rounds`), and so does a
+batch that creates the instance of a queued start: its command is locked first, and the
+instance created only if it is still pending (an operator's cancel waits for that lock, then
+finds it answered). A transition whose revision check fails is dropped whole: its records are
+not written.
 """
 
 from __future__ import annotations
@@ -112,10 +115,19 @@ async def commit_in_rounds(conn: Conn, batch: Batch, worker_id: str | None) -> l
     ``conn``; which transitions wrote, in order."""
     transitions = batch.transitions
     results = [t.instance is None for t in transitions]
+    gated = [c.id for t in transitions if starts_queued(t) for c in t.commands]
+    pending: set[int] = set()
+    if gated:
+        pending = {r[0] for r in await conn.fetch(Q["lock_pending"], gated)}
     # One statement per round; a saga that appears twice in a batch goes in two rounds,
     # so its second transition is checked against what its first one wrote.
     for round_ in _rounds(transitions):
-        inserts = [i for i in round_ if transitions[i].expected_revision is None]
+        inserts = [
+            i
+            for i in round_
+            if transitions[i].expected_revision is None
+            and all(c.id in pending for c in transitions[i].commands)
+        ]
         updates = [i for i in round_ if transitions[i].expected_revision is not None]
         written: set[str] = set()
         if inserts:
@@ -323,6 +335,12 @@ def _one_step(batch: Batch) -> InstanceWrite | None:
         if op.kind is not TimerOpKind.CANCEL or op.names is not None:
             return None
     return t
+
+
+def starts_queued(t: InstanceWrite) -> bool:
+    """Whether ``t`` creates the instance of a queued start (an insert with command results):
+    that is written only while the command is pending."""
+    return t.instance is not None and t.expected_revision is None and bool(t.commands)
 
 
 def columns(rows: Sequence[Sequence[object]], width: int) -> list[list[object]]:

@@ -2,7 +2,9 @@
 
 Each transition's instance write is checked against its expected revision; a transition whose
 check fails is dropped whole (its history, outbox messages, timers and command results are not
-written), and the others commit. The side records of the batch go in one ``executemany`` each.
+written), and the others commit. A queued start's instance is inserted only while its command
+is pending (one writer at a time: an operator's cancel comes before or after, never between).
+The side records of the batch go in one ``executemany`` each.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def _write_instance(cur: sqlite3.Cursor, t: InstanceWrite) -> bool:
         return True
     state = transition_state(t)
     if t.expected_revision is None:
+        for command in t.commands:  # a queued start: created only if it is still pending
+            if cur.execute(Q["command_pending"], (command.id,)).fetchone() is None:
+                return False
         cur.execute(
             Q["insert_instance"],
             (

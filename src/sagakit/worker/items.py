@@ -26,6 +26,10 @@ class Start:
     key: str | None
     correlation_id: str | None
     digest: str
+    #: The fingerprint of the definition the starter holds: a start whose definition differs
+    #: from the worker's under the same name and version is refused (None: not said, as
+    #: by a start an older sagakit queued).
+    fingerprint: str | None = None
 
 
 class Answer(Protocol):

@@ -221,12 +221,15 @@ class CommandSource:
         data = body.get("data")
         key, correlation = body.get("key"), body.get("correlation_id")
         key = key if isinstance(key, str) else None
+        fingerprint = body.get("fingerprint")
         return Start(
             definition,
             data,
             key,
             correlation if isinstance(correlation, str) else None,
             input_digest(data, key),
+            # Not said by a start an older sagakit queued: it runs this worker's definition.
+            fingerprint if isinstance(fingerprint, str) else None,
         )
 
     def _definition(self, name: str, version: int | None) -> SagaDefinition | None:

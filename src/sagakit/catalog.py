@@ -1,11 +1,12 @@
-"""What workers run, as a store records it: definitions and workers, readable without user code.
+"""What workers run, as a store records it: definitions, readable without user code.
 
 A worker writes each definition it runs when it attaches to a store (a
-:class:`DefinitionRecord`: steps, kinds, pivot, timeouts, retry policies and the JSON Schema of
-typed saga data), beside its own row (a :class:`~sagakit.ports.WorkerRecord`: its lease, the
-definitions it runs). Commands that import no application (``sagakit describe``, ``sagakit
-workers``, a dashboard) read them through :meth:`sagakit.Client.definitions` and
-:meth:`sagakit.Client.workers`.
+:class:`DefinitionRecord`: what :meth:`SagaDefinition.describe()
+<sagakit.definition.SagaDefinition.describe>` says — steps, kinds, pivot, timeouts, retry
+policies — and the JSON Schema of typed saga data), beside its own row (a
+:class:`~sagakit.ports.WorkerRecord`: its lease, the definitions it runs). Commands that import
+no application (``sagakit describe``, ``sagakit workers``, a dashboard) read them through
+:meth:`sagakit.Client.definitions` and :meth:`sagakit.Client.workers`.
 
 >>> from sagakit import Saga
 >>> saga = Saga("greet").remote("hello", participant="mailer", command="mail.send",
@@ -22,15 +23,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sagakit.data_schema import json_schema
-from sagakit.definition import (
-    Handler,
-    Local,
-    RetryPolicy,
-    SagaDefinition,
-    Step,
-    StepKind,
-    flowchart,
-)
+from sagakit.definition import RetryPolicy, SagaDefinition, StepKind
+from sagakit.description import mermaid
 from sagakit.encoding import JSON
 
 #: How long the row of a worker whose lease ran out (and that owns no unfinished instance) is
@@ -53,12 +47,6 @@ class HandlerRecord:
         if self.where == "local":
             return f"local:{self.function}"
         return f"remote:{self.participant}/{self.command}"
-
-    @classmethod
-    def of(cls, handler: Handler) -> HandlerRecord:
-        if isinstance(handler, Local):
-            return cls("local", function=f"{handler.fn.__module__}.{handler.fn.__qualname__}")
-        return cls("remote", participant=handler.participant, command=handler.command)
 
     def to_json(self) -> dict[str, JSON]:
         if self.where == "local":
@@ -90,20 +78,6 @@ class StepRecord:
     retry: RetryPolicy
     compensation_retry: RetryPolicy
     custom_input: bool = False
-
-    @classmethod
-    def of(cls, step: Step) -> StepRecord:
-        return cls(
-            name=step.name,
-            kind=step.kind,
-            action=HandlerRecord.of(step.action),
-            compensation=None if step.compensation is None else HandlerRecord.of(step.compensation),
-            timeout=step.timeout,
-            compensation_timeout=step.compensation_timeout,
-            retry=step.retry,
-            compensation_retry=step.compensation_retry,
-            custom_input=step.input is not None,
-        )
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -140,7 +114,9 @@ class DefinitionRecord:
     """A saga definition as a worker wrote it to the store: everything it declares, none of
     the code behind it. ``data_type`` is the qualified name of the saga data's type and
     ``data_schema`` its JSON Schema (None for untyped data). ``recorded_at`` is when a worker
-    last wrote it (the store's clock; 0 before it is stored)."""
+    last wrote it (the store's clock; 0 before it is stored). Its JSON (:meth:`to_json`) is
+    the definition's description (:meth:`SagaDefinition.describe()
+    <sagakit.definition.SagaDefinition.describe>`) with ``data_schema`` added."""
 
     name: str
     version: int
@@ -158,21 +134,13 @@ class DefinitionRecord:
 
     def to_mermaid(self) -> str:
         """The definition as a Mermaid flowchart, as :meth:`SagaDefinition.to_mermaid` draws it."""
-        return flowchart(self.steps)
+        return mermaid(self.to_json())
 
     @classmethod
     def of(cls, definition: SagaDefinition) -> DefinitionRecord:
-        data_type = definition.data_type
-        return cls(
-            name=definition.name,
-            version=definition.version,
-            fingerprint=definition.fingerprint,
-            steps=tuple(StepRecord.of(step) for step in definition.steps),
-            deadline=definition.deadline,
-            data_type=None
-            if data_type is None
-            else f"{data_type.__module__}.{data_type.__qualname__}",
-            data_schema=json_schema(data_type),
+        """The record of ``definition``: its description, and the schema of its data."""
+        return cls.from_json(
+            {**definition.describe(), "data_schema": json_schema(definition.data_type)}
         )
 
     def to_json(self) -> dict[str, JSON]:
@@ -181,9 +149,10 @@ class DefinitionRecord:
             "name": self.name,
             "version": self.version,
             "fingerprint": self.fingerprint,
-            "steps": [step.to_json() for step in self.steps],
             "deadline": self.deadline,
+            "pivot": self.pivot,
             "data_type": self.data_type,
+            "steps": [step.to_json() for step in self.steps],
             "data_schema": self.data_schema,
         }
 

@@ -650,7 +650,7 @@ QUEUE_START = """
 
 
     async def main(url):
-        store = open_store(url)
+        store = open_store(url, create=True)
         try:
             handle = await Client(store).start(declining, {"n": 1}, correlation_id="order-7")
             print(handle.saga_id, flush=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import signal
@@ -12,8 +11,7 @@ import sys
 from collections.abc import Callable
 
 from sagakit import App, Worker
-from sagakit.cli.common import PROG, CliError, db_url, run
-from sagakit.errors import SagakitError
+from sagakit.cli.common import PROG, db_url, load_app, run
 from sagakit.logs import JsonFormatter
 from sagakit.retention import RetentionPolicy
 from sagakit.storage import open_store
@@ -22,7 +20,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    app = _load_app(str(args.app))
+    app = load_app(str(args.app))
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -40,30 +38,6 @@ def _text_line(text: str) -> None:
 def _log_line(text: str) -> None:
     # With JSON logs every line on stderr is one JSON object, this command's own lines too.
     logging.getLogger("sagakit.cli").info(text)
-
-
-def _load_app(ref: str) -> App:
-    module_name, _, attr = ref.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # like `python -m`: modules in the current directory import
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"cannot import {module_name!r}: {exc}") from exc
-    except SagakitError:
-        raise
-    except Exception as exc:
-        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    value: object = module
-    for part in attr.split("."):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(value, App):
-        raise CliError(f"{ref} is a {type(value).__name__}, not a sagakit.App")
-    return value
 
 
 async def _worker(

@@ -7,23 +7,42 @@ import argparse
 
 from sagakit import WorkerRecord
 from sagakit.cli.common import db_url, reader, run
-from sagakit.cli.render import human_time, iso, print_json, print_table
+from sagakit.cli.render import (
+    Cell,
+    Column,
+    Fit,
+    emit,
+    human_time,
+    iso,
+    print_json,
+    print_table,
+    status_text,
+)
+
+WORKER_COLUMNS = (
+    Column("WORKER"),
+    Column("STATE"),
+    Column("STARTED (UTC)"),
+    Column("LEASE (UTC)"),
+    Column("OWNS"),
+    Column("DEFINITIONS", Fit.WRAP),
+)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    return run(_workers(db_url(args), as_json=bool(args.json)))
+    return run(_workers(db_url(args), as_json=bool(args.json), wide=bool(args.wide)))
 
 
-async def _workers(url: str, *, as_json: bool) -> int:
+async def _workers(url: str, *, as_json: bool, wide: bool) -> int:
     async with reader(url) as client:
         workers = await client.workers()
     if as_json:
         print_json([worker_json(w) for w in workers])
         return 0
-    rows = [
+    rows: list[list[Cell]] = [
         [
             w.worker_id,
-            w.state,
+            status_text(w.state),
             human_time(w.started_at),
             _lease(w),
             str(w.owned),
@@ -31,8 +50,8 @@ async def _workers(url: str, *, as_json: bool) -> int:
         ]
         for w in workers
     ]
-    print_table(["WORKER", "STATE", "STARTED (UTC)", "LEASE (UTC)", "OWNS", "DEFINITIONS"], rows)
-    print(f"({len(workers)} worker(s))")
+    print_table(WORKER_COLUMNS, rows, wide=wide)
+    emit(f"({len(workers)} worker(s))")
     return 0
 
 

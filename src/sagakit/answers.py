@@ -5,8 +5,9 @@ what was sent (:class:`ReplyKind`), and the state of the phase it answers decide
 
 - ``rejected``: the attempt was never sent (or the compensation never started); the message is
   dead-lettered with the reason and nothing is written;
-- ``late``: it says nothing new (its phase has moved on, or it is an error of an attempt that
-  is no longer current); recorded in the history, nothing else changes;
+- ``late``: it says nothing new (its phase has moved on, it is an error of an attempt that
+  is no longer current, or it answers an earlier generation of the step); recorded in the
+  history, nothing else changes;
 - ``duplicate``: a success for a phase already done; recorded, nothing else changes;
 - ``apply``: decide() acts on it (what that does depends on the step's kind, the saga's status
   and the retry budget; docs/concepts.md writes it out).
@@ -33,15 +34,18 @@ from sagakit.state import CompensationStatus, HistoryKind, StepStatus
 class ReplyKind(enum.StrEnum):
     """What a reply is, relative to the attempts its phase has sent.
 
-    A definite answer counts whichever attempt it comes from (all attempts share one
-    idempotency key); an error is told apart by whether it answers the attempt sent last.
+    A definite answer counts whichever attempt of the step's generation it comes from (they
+    share one idempotency key); an error is told apart by whether it answers the attempt sent
+    last. Any answer of an earlier generation (before an operator's retry gave the step a
+    new key, Semantics 2) says nothing about the current one.
     """
 
     SUCCESS = "success"
     FAILURE = "failure"
     ERROR = "error"  # an error of the attempt sent last
     OLDER_ERROR = "older error"  # an error of an attempt sent before the last one
-    NEVER_SENT = "never sent"  # attempt 0, or one beyond the last sent
+    OLDER_GENERATION = "older generation"  # any answer of an earlier generation of the step
+    NEVER_SENT = "never sent"  # attempt 0, one beyond the last sent, or a generation to come
 
 
 class Handling(enum.StrEnum):
@@ -68,11 +72,12 @@ RETRYING: Mapping[Phase, PhaseState] = {
 }
 
 _R, _L, _D, _A = Handling.REJECTED, Handling.LATE, Handling.DUPLICATE, Handling.APPLY
-_IN_FLIGHT_RUNNING = (_A, _A, _A, _L, _R)  # an error of the attempt in flight is news
-_IN_FLIGHT_RETRYING = (_A, _A, _L, _L, _R)  # the attempt sent last already erred
-_DONE = (_D, _L, _L, _L, _R)
-_SETTLED = (_L, _L, _L, _L, _R)
-_NOT_SENT = (_R, _R, _R, _R, _R)
+_IN_FLIGHT_RUNNING = (_A, _A, _A, _L, _L, _R)  # an error of the attempt in flight is news
+_IN_FLIGHT_RETRYING = (_A, _A, _L, _L, _L, _R)  # the attempt sent last already erred
+_DONE = (_D, _L, _L, _L, _L, _R)
+_SETTLED = (_L, _L, _L, _L, _L, _R)
+# Nothing sent in this generation; an earlier generation's answer is late all the same.
+_NOT_SENT = (_R, _R, _R, _R, _L, _R)
 
 _COLUMNS = tuple(ReplyKind)
 #: (phase, state) -> one handling per reply kind, in the order of :class:`ReplyKind`.
@@ -108,9 +113,16 @@ RECORDED_AS: Mapping[Handling, HistoryKind] = {
 }
 
 
-def reply_kind(outcome: Outcome, attempt: int, sent: int) -> ReplyKind:
-    """The kind of a reply for ``attempt`` with ``outcome``, when ``sent`` attempts were sent."""
-    if attempt < 1 or attempt > sent:
+def reply_kind(
+    outcome: Outcome, attempt: int, sent: int, generation: int = 1, current: int = 1
+) -> ReplyKind:
+    """The kind of a reply for ``attempt`` of generation ``generation`` with ``outcome``, when
+    ``sent`` attempts were sent and the step is in generation ``current``."""
+    if generation != current or attempt < 1:
+        if generation < current and attempt >= 1:
+            return ReplyKind.OLDER_GENERATION
+        return ReplyKind.NEVER_SENT
+    if attempt > sent:
         return ReplyKind.NEVER_SENT
     if outcome is Outcome.SUCCESS:
         return ReplyKind.SUCCESS
@@ -120,11 +132,18 @@ def reply_kind(outcome: Outcome, attempt: int, sent: int) -> ReplyKind:
 
 
 def classify(
-    phase: Phase, state: PhaseState, outcome: Outcome, attempt: int, sent: int
+    phase: Phase,
+    state: PhaseState,
+    outcome: Outcome,
+    attempt: int,
+    sent: int,
+    generation: int = 1,
+    current: int = 1,
 ) -> Handling:
-    """How decide() handles a reply for ``attempt`` of ``phase``, whose state is ``state`` and
-    which has sent ``sent`` attempts."""
-    return ANSWER_TABLE[phase, state, reply_kind(outcome, attempt, sent)]
+    """How decide() handles a reply for ``attempt`` of ``phase`` in step generation
+    ``generation``, whose state is ``state``, which has sent ``sent`` attempts, and whose
+    step is in generation ``current``."""
+    return ANSWER_TABLE[phase, state, reply_kind(outcome, attempt, sent, generation, current)]
 
 
 @dataclass(frozen=True)

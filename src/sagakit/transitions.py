@@ -37,6 +37,7 @@ from sagakit.operator_commands import (
     Retry,
     check_command,
     command_name,
+    retry_generation,
 )
 from sagakit.starts import new_instance
 from sagakit.state import (
@@ -273,9 +274,10 @@ class _Transition:
                     error=previous.error if previous else None,
                 ),
             )
-        key = idempotency_key(self.inst.saga_id, step.name, phase)
+        generation = state.generation
+        key = idempotency_key(self.inst.saga_id, step.name, phase, generation)
         deadline = self.now + timeout
-        self.effects.append(Dispatch(step.name, phase, attempt, key, deadline))
+        self.effects.append(Dispatch(step.name, phase, attempt, key, deadline, generation))
         if step.is_remote:
             # A local run is bounded by the worker itself; a remote one needs a durable timer.
             self.effects.append(
@@ -288,7 +290,12 @@ class _Transition:
                     attempt,
                 )
             )
-        self._record(HistoryKind.DISPATCHED, step.name, phase, attempt)
+        if generation == 1:
+            self._record(HistoryKind.DISPATCHED, step.name, phase, attempt)
+        else:
+            self._record(
+                HistoryKind.DISPATCHED, step.name, phase, attempt, {"generation": generation}
+            )
 
     # -- replies (both phases) -------------------------------------------------------------
 
@@ -299,12 +306,22 @@ class _Transition:
             return f"reply for unknown step {reply.step!r} of saga {self.inst.saga_type!r}"
         phase = reply.phase
         status, sent, _ = self._progress(index, phase)
-        handling = classify(phase, status, reply.outcome, reply.attempt, sent)
+        handling = classify(
+            phase,
+            status,
+            reply.outcome,
+            reply.attempt,
+            sent,
+            reply.generation,
+            self.inst.steps[index].generation,
+        )
         if handling is Handling.APPLY:
             self._note_reply(HistoryKind.REPLY, reply)
             self._answer(index, phase, reply)
         elif handling is Handling.REJECTED:
             what = "attempt" if phase is Phase.ACTION else "compensation attempt"
+            if reply.generation != 1:
+                what = f"generation {reply.generation} {what}"
             return f"reply for {what} {reply.attempt} of step {reply.step!r}, never sent"
         else:
             self._note_reply(RECORDED_AS[handling], reply)
@@ -316,6 +333,8 @@ class _Transition:
             detail["error"] = reply.error
         if reply.outcome is Outcome.SUCCESS and reply.result is not None:
             detail["result"] = reply.result
+        if reply.generation != 1:
+            detail["generation"] = reply.generation
         self._record(kind, reply.step, reply.phase, reply.attempt, detail)
 
     def _answer(self, index: int, phase: Phase, reply: Reply) -> None:
@@ -526,16 +545,23 @@ class _Transition:
         index = self.definition.index(step_name)
         state = self.inst.steps[index]
         comp = state.compensation
-        self._record(HistoryKind.OPERATOR, step_name, detail=detail)
         compensating = comp is not None and comp.status is CompensationStatus.FAILED
         if isinstance(command, Retry):
             # A fresh budget for what the saga is stuck on: its compensation, or its action.
             phase = Phase.COMPENSATION if compensating else Phase.ACTION
             sent = self._progress(index, phase)[1]
             self._set_progress(index, phase, budget_from=sent)
+            generation = state.generation if compensating else retry_generation(state)
+            if generation != state.generation:
+                # A definite failure is stored under the old key: a new generation, with keys
+                # of its own, runs the step afresh (Semantics 2), recorded with the command.
+                self._set_step(index, generation=generation, compensation=None)
+                detail["generation"] = generation
+            self._record(HistoryKind.OPERATOR, step_name, detail=detail)
             self._status(SagaStatus.COMPENSATING if compensating else SagaStatus.PENDING)
             self._dispatch(index, phase, sent + 1)
             return None
+        self._record(HistoryKind.OPERATOR, step_name, detail=detail)
         # Resolve by hand.
         if compensating and comp is not None:
             self._set_step(

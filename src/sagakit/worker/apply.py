@@ -251,6 +251,7 @@ class Applier:
                         Outcome.ERROR,
                         error=f"cannot build the command: {exc}",
                         retryable=False,
+                        generation=effect.generation,
                     )
                     self.decision(
                         work,
@@ -295,6 +296,7 @@ class Applier:
             phase=dispatch.phase,
             attempt=dispatch.attempt,
             idempotency_key=dispatch.idempotency_key,
+            generation=dispatch.generation,
             correlation_id=instance.correlation_id,
             timestamp=now,
             payload=payload,

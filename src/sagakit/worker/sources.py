@@ -72,6 +72,7 @@ class ReplySource:
             env.error,
             env.retryable,
             env.retry_after,
+            env.generation,
         )
         try:
             await self._inbox.submit(Item(env.saga_id, event=reply, body=body, source=self.queue))

@@ -105,8 +105,10 @@ async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
             if s.compensation.error:
                 comp += f": {s.compensation.error}"
         outcome = s.error if s.error else json.dumps(s.result) if s.result is not None else ""
+        # A later generation (an operator's retry of a failed step) runs under keys of its own.
+        attempts = str(s.attempts) if s.generation == 1 else f"{s.attempts} (gen {s.generation})"
         step_rows.append(
-            [s.name, s.status.value, str(s.attempts), clip(outcome or "-", 50), clip(comp, 50)]
+            [s.name, s.status.value, attempts, clip(outcome or "-", 50), clip(comp, 50)]
         )
     print_table(
         ["STEP", "STATUS", "ATTEMPTS", "RESULT / ERROR", "COMPENSATION"], step_rows, indent="  "

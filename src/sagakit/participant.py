@@ -192,6 +192,10 @@ class ParticipantRunner:
             )
         stored = await tx.inbox_get(name, key)
         if stored is not None:
+            # Its copies may come for a redelivery window after this one (an operator's retry
+            # of a step with an unknown outcome sends the old key long after it was stored):
+            # retention must count from now, or a purge could let it run again.
+            await tx.inbox_touch(name, key)
             return [await self._reply_from(tx, env, decode(stored))]
         if env.phase is Phase.ACTION:
             undo = await tx.inbox_get(

@@ -249,6 +249,10 @@ SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?;
 -- Store a participant's reply under its idempotency key.
 INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?);
 
+-- name: inbox_touch
+-- A key presented again (a duplicate): its retention counts from now (primary key).
+UPDATE sagakit_inbox SET at = ? WHERE participant = ? AND key = ?;
+
 -- name: replace_worker
 -- The owning worker, its definitions and lease (one worker per file: it replaces any other).
 INSERT OR REPLACE INTO sagakit_workers (worker_id, fingerprints, lease_expires_at) VALUES (?, ?, ?);

@@ -16,7 +16,8 @@ what was sent (:class:`ReplyKind`), and the state of the phase it answers decide
 that decide() follows every row and that docs/concepts.md shows the same table.
 
 :func:`outcome_of` is the one mapping from an exception raised by step code to the answer it
-gives, for local steps and participants alike.
+gives, for local steps and participants alike; :func:`unsent` is the answer of a command that
+could not be sent at all.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from sagakit.definition import Phase
 from sagakit.errors import EncodingError, StepError, StepFailed
 from sagakit.events import Outcome
-from sagakit.state import CompensationStatus, HistoryKind, StepStatus
+from sagakit.state import CompensationStatus, HistoryKind, StepState, StepStatus
 
 
 class ReplyKind(enum.StrEnum):
@@ -155,6 +156,24 @@ class Answer:
     error: str
     retryable: bool = True
     retry_after: float | None = None
+
+
+def unsent(state: StepState, phase: Phase, error: str) -> Answer:
+    """The answer of a step's command that could not be built or sent (Semantics 5).
+
+    Nothing went out for this attempt. When it is the first attempt under its idempotency
+    key, nothing was done at all: a definite failure (the step is not compensated). After
+    earlier attempts under the same key (retries, or an operator's retry of a step whose
+    outcome is unknown), one of them may have taken effect: a final error, so the outcome is
+    unknown.
+    """
+    if phase is Phase.ACTION:
+        first = state.attempts - state.budget_from == 1 and state.outcome_known
+    else:
+        first = state.compensation is not None and state.compensation.attempts == 1
+    if first:
+        return Answer(Outcome.FAILURE, error)
+    return Answer(Outcome.ERROR, error, retryable=False)
 
 
 def outcome_of(exc: Exception, *, timeout: float | None = None) -> Answer:

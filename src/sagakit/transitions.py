@@ -15,6 +15,7 @@ live in modules of their own and are re-exported here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sagakit.answers import RECORDED_AS, RETRYING, RUNNING, Handling, PhaseState, classify
@@ -217,7 +218,7 @@ class _Transition:
         status = self._progress(index, phase)[0]
         step = self.definition.steps[index]
         names: list[str] = []
-        if status is RUNNING[phase] and step.is_remote:
+        if status is RUNNING[phase] and step.remote_for(phase):
             names.append(timer_name(TimerKind.TIMEOUT, step.name, phase))
         if status is RETRYING[phase]:
             names.append(timer_name(TimerKind.RETRY, step.name, phase))
@@ -278,8 +279,9 @@ class _Transition:
         key = idempotency_key(self.inst.saga_id, step.name, phase, generation)
         deadline = self.now + timeout
         self.effects.append(Dispatch(step.name, phase, attempt, key, deadline, generation))
-        if step.is_remote:
-            # A local run is bounded by the worker itself; a remote one needs a durable timer.
+        if step.remote_for(phase):
+            # A local run is bounded by the worker itself; a remote one needs a durable timer
+            # (a local action's remote compensation too).
             self.effects.append(
                 SetTimer(
                     timer_name(TimerKind.TIMEOUT, step.name, phase),
@@ -404,8 +406,12 @@ class _Transition:
     ) -> None:
         step = self.definition.steps[index]
         policy = step.policy_for(phase)
-        seed = f"{self.inst.saga_id}:{step.name}:{phase.value}"
-        delay = retry_after if retry_after is not None else policy.delay(used, seed=seed)
+        if retry_after is not None and 0.0 <= retry_after < math.inf:
+            # The participant's hint, but never past the policy's own longest wait.
+            delay = min(retry_after, policy.max_delay)
+        else:  # none, or not a finite number of seconds >= 0 (NaN fails both tests)
+            seed = f"{self.inst.saga_id}:{step.name}:{phase.value}"
+            delay = policy.delay(used, seed=seed)
         due = self.now + delay
         self.effects.append(
             SetTimer(

@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/sagakit
+	$(BIN)/mypy --strict tests
 
 imports: $(STAMP)
 	$(BIN)/lint-imports

@@ -6,7 +6,7 @@ The public API. Everything here is documented in docs/ and stable within a major
 from __future__ import annotations
 
 from sagakit.app import App
-from sagakit.client import Client, CommandHandle, SagaHandle
+from sagakit.client import Client, CommandHandle, QueuedStart, SagaHandle
 from sagakit.definition import (
     Phase,
     RetryPolicy,
@@ -69,6 +69,7 @@ __all__ = [
     "Participant",
     "ParticipantTx",
     "Phase",
+    "QueuedStart",
     "RetryPolicy",
     "Saga",
     "SagaDefinition",

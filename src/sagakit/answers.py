@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sagakit.definition import Phase
+from sagakit.encoding import printable
 from sagakit.errors import EncodingError, StepError, StepFailed
 from sagakit.events import Outcome
 from sagakit.state import CompensationStatus, HistoryKind, StepState, StepStatus
@@ -188,11 +189,12 @@ def outcome_of(exc: Exception, *, timeout: float | None = None) -> Answer:
     retryable error, recorded as ``TypeName: message``.
     """
     if isinstance(exc, StepFailed):
-        return Answer(Outcome.FAILURE, str(exc) or "failed")
+        return Answer(Outcome.FAILURE, printable(str(exc)) or "failed")
     if isinstance(exc, StepError):
-        return Answer(Outcome.ERROR, str(exc) or "error", exc.retryable, exc.retry_after)
+        return Answer(Outcome.ERROR, printable(str(exc)) or "error", exc.retryable, exc.retry_after)
     if timeout is not None and isinstance(exc, TimeoutError):
         return Answer(Outcome.ERROR, f"timed out after {timeout:g}s")
     if isinstance(exc, EncodingError):
-        return Answer(Outcome.ERROR, str(exc), retryable=False)
-    return Answer(Outcome.ERROR, f"{type(exc).__name__}: {exc}")
+        return Answer(Outcome.ERROR, printable(str(exc)), retryable=False)
+    # The text is a value too (Semantics 14): escaped, so that any store can record it.
+    return Answer(Outcome.ERROR, printable(f"{type(exc).__name__}: {exc}"))

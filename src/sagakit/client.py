@@ -5,6 +5,11 @@ applied by a worker under the same rules as everything else (Semantics 11). The 
 them against the instance's current state first, so a command that is invalid now is refused
 at once with :class:`~sagakit.errors.CommandRefused`; with no worker running, a valid command
 waits in the queue.
+
+A client with no worker in its process queues its starts the same way. A queued start holds
+its idempotency key like an instance does (Semantics 15), is listed and shown by the id the
+client returned (:meth:`Client.queued_starts`, :meth:`Client.queued_start`), and is cancelled
+by :meth:`Client.abort` until a worker applies it.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import asyncio
 import builtins
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sagakit.definition import Saga, SagaDefinition
-from sagakit.encoding import JSON, digest_of, to_json
+from sagakit.encoding import JSON, check_json, check_name, digest_of, to_json
 from sagakit.errors import CommandRefused, IdempotencyConflict, SagakitError, SagaNotFound
 from sagakit.ids import new_id
 from sagakit.ports import (
@@ -25,18 +30,29 @@ from sagakit.ports import (
     CommandState,
     DeadLetter,
     DeadLetters,
+    DefinitionRef,
+    DefinitionsInUse,
     InstanceFilter,
     InstanceQueries,
     QueuedCommand,
     Retention,
+    StartQueue,
 )
 from sagakit.retention import RetentionPolicy
-from sagakit.starts import resolve_start
+from sagakit.starts import definition_mismatch, resolve_start, start_error
 from sagakit.state import HistoryEntry, SagaInstance, SagaStatus
 from sagakit.transitions import Abort, OperatorCommand, Resolve, Retry, check_command
 
 
-class ClientStore(InstanceQueries, CommandQueue, DeadLetters, Retention, Protocol):
+class ClientStore(
+    InstanceQueries,
+    CommandQueue,
+    StartQueue,
+    DefinitionsInUse,
+    DeadLetters,
+    Retention,
+    Protocol,
+):
     """The store ports a client needs."""
 
 
@@ -60,28 +76,32 @@ class Runner(Protocol):
 @dataclass(frozen=True)
 class SagaHandle:
     """A started saga. A start queued with a key that another start already used resolves to
-    that start's instance: the handle then finds it by its key."""
+    that start's instance: the handle then finds it by its key. A queued start that a worker
+    refuses makes ``get`` and ``result`` raise its error (an IdempotencyConflict when another
+    start took its key with other input)."""
 
     saga_id: str
     client: Client
     saga_type: str | None = None
     key: str | None = None
+    #: The command of a start queued by a client without a worker in its process.
+    command_id: int | None = None
 
     async def get(self) -> SagaInstance:
-        return await self.client.get(await self._resolved())
+        found = await self.client._started(self.saga_id, self.saga_type, self.key, self.command_id)
+        if found is None:
+            raise SagaNotFound(f"saga {self.saga_id} is queued: no worker has started it yet")
+        return found
 
     async def result(self, timeout: float | None = None) -> SagaInstance:
         """Wait until the instance is completed, failed or stuck, and return it."""
         return await self.client.wait(
-            self.saga_id, timeout=timeout, saga_type=self.saga_type, key=self.key
+            self.saga_id,
+            timeout=timeout,
+            saga_type=self.saga_type,
+            key=self.key,
+            command_id=self.command_id,
         )
-
-    async def _resolved(self) -> str:
-        if self.key is not None and self.saga_type is not None:
-            found = await self.client.store.find_by_key(self.saga_type, self.key)
-            if found is not None:
-                return found.saga_id
-        return self.saga_id
 
 
 @dataclass(frozen=True)
@@ -89,10 +109,40 @@ class CommandHandle:
     id: int
     saga_id: str
     client: Client
+    #: The command was an abort that cancelled a queued start at once (``id`` is the start's
+    #: command): nothing is left for a worker to apply.
+    cancelled_start: bool = False
 
     async def wait(self, timeout: float | None = None) -> QueuedCommand:
         """Wait until a worker applied the command; raises CommandRefused if it refused it."""
+        if self.cancelled_start:
+            command = await self.client.store.command(self.id)
+            if command is None:
+                raise SagakitError(f"no command {self.id}")
+            return command
         return await self.client.wait_command(self.id, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class QueuedStart:
+    """A start queued by a client without a worker, as ``list`` and ``show`` report it.
+
+    ``state`` is pending until a worker applies it (then its instance has ``saga_id``, or
+    the instance that held its key) or refuses it (``error`` says why: another input under
+    its key, an operator's abort...). ``stalled`` says why no worker applies a pending one.
+    """
+
+    saga_id: str
+    saga_type: str
+    version: int
+    data: JSON
+    key: str | None
+    correlation_id: str | None
+    queued_at: float
+    command_id: int
+    state: CommandState
+    error: str | None = None
+    stalled: str | None = None
 
 
 class Client:
@@ -119,7 +169,14 @@ class Client:
         key: str | None = None,
         correlation_id: str | None = None,
     ) -> SagaHandle:
-        """Start an instance (idempotent with ``key``); returns once it is durably created."""
+        """Start an instance (idempotent with ``key``); returns once it is durably created.
+
+        Raises EncodingError, before anything is written, when ``data``, ``key`` or
+        ``correlation_id`` breaks the value rules (docs/concepts.md)."""
+        if key is not None:
+            check_name(key, "idempotency key")
+        if correlation_id is not None:
+            check_name(correlation_id, "correlation id")
         definition = saga.build() if isinstance(saga, Saga) else saga
         if self._worker is not None:
             saga_id = await self._worker.start_saga(
@@ -127,29 +184,44 @@ class Client:
             )
             return SagaHandle(saga_id, self)
         # No worker here: a durable start command that a worker with the definition applies
-        # (Semantics 11). A key already used answers at once, under the worker's rules: its
-        # instance for the same input, an IdempotencyConflict for another (Semantics 15).
+        # (Semantics 11). What can be answered now is, under the worker's rules: a running
+        # worker's other definition under this name and version is refused (Semantics 1); a
+        # key already used, by an instance or a queued start, answers with its instance for
+        # the same input and an IdempotencyConflict for another (Semantics 15).
         encoded = to_json(data, path="saga data")
+        for ref in await self.store.live_definitions():
+            if (ref.saga_type, ref.version) == (definition.name, definition.version):
+                mismatch = definition_mismatch(
+                    ref.saga_type, ref.version, ref.fingerprint, definition.fingerprint
+                )
+                if mismatch is not None:
+                    raise mismatch
         if key is not None:
             existing = await self.store.find_by_key(definition.name, key)
-            retired = None
+            retired = queued = None
             if existing is None:  # its instance may have been purged: the key still holds
                 retired = await self.store.retired_key(definition.name, key)
-            resolved = resolve_start(key, digest_of(encoded), existing=existing, retired=retired)
+            if existing is None and retired is None:
+                queued = await self.store.queued_start(definition.name, key)
+            resolved = resolve_start(
+                key, digest_of(encoded), existing=existing, retired=retired, queued=queued
+            )
             if isinstance(resolved, IdempotencyConflict):
                 raise resolved
             if resolved is not None:
-                return SagaHandle(resolved, self, definition.name, key)
+                command_id = queued.id if queued is not None else None
+                return SagaHandle(resolved, self, definition.name, key, command_id)
         saga_id = new_id()
         body: dict[str, JSON] = {
             "saga_type": definition.name,
             "version": definition.version,
+            "fingerprint": definition.fingerprint,
             "data": encoded,
             "key": key,
             "correlation_id": correlation_id,
         }
-        await self.store.enqueue(saga_id, "start", body)
-        return SagaHandle(saga_id, self, definition.name, key)
+        command_id = await self.store.enqueue(saga_id, "start", body)
+        return SagaHandle(saga_id, self, definition.name, key, command_id)
 
     async def run(
         self,
@@ -230,28 +302,72 @@ class Client:
         timeout: float | None = None,
         saga_type: str | None = None,
         key: str | None = None,
+        command_id: int | None = None,
     ) -> SagaInstance:
         """Wait until the instance is completed, failed or stuck.
 
-        With ``saga_type`` and ``key`` (a queued start), the instance holding that key is
-        waited for, whichever start created it.
+        For a queued start (its ``command_id``, ``saga_type`` and ``key``), the instance
+        holding that key is waited for, whichever start created it; a start the worker
+        refused raises its error.
         """
         if self._worker is not None:
             return await self._worker.wait_settled(saga_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            found = await self.store.get(saga_id)
-            if found is None and saga_type is not None and key is not None:
-                found = await self.store.find_by_key(saga_type, key)
-                if found is None and await self.store.retired_key(saga_type, key):
-                    raise SagaNotFound(f"the saga started with key {key!r} has been purged")
-            if found is not None and found.status.settled:
-                return found
-            instance = found
+            instance = await self._started(saga_id, saga_type, key, command_id)
+            if instance is not None and instance.status.settled:
+                return instance
             if deadline is not None and time.monotonic() >= deadline:
                 state = instance.status.value if instance else "queued"
                 raise TimeoutError(f"saga {saga_id} is still {state}")
             await asyncio.sleep(self._poll)
+
+    async def _started(
+        self, saga_id: str, saga_type: str | None, key: str | None, command_id: int | None
+    ) -> SagaInstance | None:
+        """The instance a start made: its own, or (a queued start with a key another start
+        used with the same input) the one holding its key; None while it is queued. A queued
+        start that was refused raises its error, never answering with another's instance."""
+        found = await self.store.get(saga_id)
+        if found is not None:
+            return found
+        if command_id is not None:
+            command = await self.store.command(command_id)
+            if command is not None and command.state is CommandState.REFUSED:
+                raise start_error(command.error)
+            if command is None or command.state is CommandState.PENDING:
+                return None
+        if saga_type is not None and key is not None:
+            found = await self.store.find_by_key(saga_type, key)
+            if found is None and await self.store.retired_key(saga_type, key):
+                raise SagaNotFound(f"the saga started with key {key!r} has been purged")
+        return found
+
+    # -- queued starts --------------------------------------------------------------------
+
+    async def queued_starts(
+        self, *, saga_type: str | None = None, limit: int = 100
+    ) -> builtins.list[QueuedStart]:
+        """Starts waiting in the queue for a worker, oldest first, each with why no worker
+        applies it when that is known."""
+        commands = await self.store.queued_starts(limit if saga_type is None else 10_000)
+        starts = [_queued_start(c) for c in commands]
+        if saga_type is not None:
+            starts = [s for s in starts if s.saga_type == saga_type][:limit]
+        if not starts:
+            return []
+        live = await self.store.live_definitions()
+        return [_with_stall(s, live) for s in starts]
+
+    async def queued_start(self, saga_id: str) -> QueuedStart | None:
+        """The start queued for ``saga_id`` (pending, applied or refused), if one was."""
+        command = await self.store.start_command(saga_id)
+        if command is None:
+            return None
+        start = _queued_start(command)
+        if start.state is not CommandState.PENDING:
+            return start
+        return _with_stall(start, await self.store.live_definitions())
 
     # -- retention ------------------------------------------------------------------------
 
@@ -285,7 +401,27 @@ class Client:
     # -- operator commands ----------------------------------------------------------------
 
     async def abort(self, saga_id: str, reason: str, *, by: str = "operator") -> CommandHandle:
-        """Compensate now (refused past the point of no return)."""
+        """Compensate now (refused past the point of no return). A start still queued is
+        cancelled at once: no worker creates its instance (``cancelled_start`` is set)."""
+        if reason:
+            check_name(saga_id, "saga id")
+            check_json(reason, path="reason")
+            check_name(by, "by")
+        if reason and await self.store.get(saga_id) is None:
+            start = await self.store.start_command(saga_id)
+            if start is not None:
+                cancelled = f"aborted before it started: {reason} (by {by})"
+                if await self.store.cancel_start(start.id, cancelled):
+                    return CommandHandle(start.id, saga_id, self, cancelled_start=True)
+                # A worker answered it first: its instance is aborted as any other, if it
+                # has one by this id.
+                if await self.store.get(saga_id) is None:
+                    answered = await self.store.command(start.id)
+                    if answered is not None and answered.state is CommandState.REFUSED:
+                        raise CommandRefused(
+                            f"saga {saga_id} was never started: its start was refused "
+                            f"({answered.error})"
+                        )
         return await self._command(saga_id, Abort(reason, by), {})
 
     async def retry(self, saga_id: str, reason: str, *, by: str = "operator") -> CommandHandle:
@@ -304,6 +440,12 @@ class Client:
     ) -> CommandHandle:
         if not command.reason:
             raise CommandRefused("an operator command needs a reason")
+        # Refused here, before the command is queued: a worker could not record it.
+        check_name(saga_id, "saga id")
+        check_json(command.reason, path="reason")
+        check_name(command.by, "by")
+        for name, value in extra.items():
+            check_name(value, name)
         instance = await self.get(saga_id)
         refused = check_command(instance, command)
         if refused:
@@ -328,3 +470,33 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"command {command_id} is still pending (is a worker running?)")
             await asyncio.sleep(self._poll)
+
+
+def _queued_start(command: QueuedCommand) -> QueuedStart:
+    body = command.body
+    key, correlation = body.get("key"), body.get("correlation_id")
+    version = body.get("version")
+    return QueuedStart(
+        saga_id=command.saga_id,
+        saga_type=str(body.get("saga_type", "")),
+        version=version if isinstance(version, int) else 0,
+        data=body.get("data"),
+        key=key if isinstance(key, str) else None,
+        correlation_id=correlation if isinstance(correlation, str) else None,
+        queued_at=command.created_at,
+        command_id=command.id,
+        state=command.state,
+        error=command.error,
+    )
+
+
+def _with_stall(start: QueuedStart, live: builtins.list[DefinitionRef]) -> QueuedStart:
+    """``start`` with why no running worker applies it (None: one runs its definition)."""
+    what = f"{start.saga_type} v{start.version}"
+    if any((d.saga_type, d.version) == (start.saga_type, start.version) for d in live):
+        return start
+    if not live:
+        why = f"no worker is running; the start of {what} waits for one"
+    else:
+        why = f"no running worker has the definition {what}"
+    return replace(start, stalled=why)

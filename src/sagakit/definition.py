@@ -34,11 +34,12 @@ import enum
 import functools
 import hashlib
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sagakit.encoding import JSON, dumps
+from sagakit.encoding import JSON, dumps, name_problem
 from sagakit.errors import DefinitionError
 
 D = TypeVar("D")
@@ -90,8 +91,13 @@ class RetryPolicy:
     def check(self, where: str) -> None:
         if self.max_attempts < 1:
             raise DefinitionError(f"{where}: max_attempts must be at least 1")
-        if self.initial_delay < 0 or self.max_delay < 0 or self.backoff < 1:
-            raise DefinitionError(f"{where}: delays must be >= 0 and backoff >= 1")
+        # Written as "not (x >= ...)" so that NaN, which compares false, is refused too.
+        if not (
+            0 <= self.initial_delay < math.inf
+            and 0 <= self.max_delay < math.inf
+            and 1 <= self.backoff < math.inf
+        ):
+            raise DefinitionError(f"{where}: delays must be >= 0 and backoff >= 1 (finite)")
         if not 0 <= self.jitter <= 1:
             raise DefinitionError(f"{where}: jitter must be between 0 and 1")
 
@@ -192,8 +198,11 @@ class Step:
 class SagaDefinition:
     """A validated, immutable saga definition. Construct it through :class:`Saga`.
 
-    ``fingerprint`` identifies the step list (names, kinds and handlers); an instance records
-    it and is advanced only by a worker holding a definition with the same one (Semantics 1).
+    ``fingerprint`` identifies what the definition declares (:func:`fingerprint_of`); an
+    instance records it and is advanced only by a worker holding a definition with the same
+    one (Semantics 1). ``legacy_fingerprint`` is the fingerprint sagakit gave the definition
+    before (v1, which also named the Python functions behind local steps): an instance that
+    still carries it is claimed by a worker with this definition and given the new one.
     """
 
     name: str
@@ -202,10 +211,12 @@ class SagaDefinition:
     deadline: float | None = None
     data_type: type[Any] | None = None
     fingerprint: str = field(default="", compare=False)
+    legacy_fingerprint: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         validate(self)
-        object.__setattr__(self, "fingerprint", fingerprint_of(self.steps))
+        object.__setattr__(self, "fingerprint", fingerprint_of(self.name, self.version, self.steps))
+        object.__setattr__(self, "legacy_fingerprint", legacy_fingerprint_of(self.steps))
 
     def step(self, name: str) -> Step:
         return self.steps[self._positions[name]]
@@ -240,7 +251,44 @@ class SagaDefinition:
         return "\n".join(lines)
 
 
-def fingerprint_of(steps: Sequence[Step]) -> str:
+#: The prefix of the fingerprints :func:`fingerprint_of` makes (a v1 fingerprint has none).
+FINGERPRINT_PREFIX = "v2:"
+
+
+def fingerprint_of(name: str, version: int, steps: Sequence[Step]) -> str:
+    """The identity of a definition: what it declares, hashed (Semantics 1).
+
+    It covers the saga's name and version and, in order, each step's name, kind (so the
+    pivot), whether it is local or remote (with the participant and command), and whether it
+    has a compensation (remote: its command). Retry policies, timeouts, the deadline, the data
+    type and the Python functions behind local steps are left out, so tuning or refactoring
+    them keeps running instances running; anything else changed is a new definition, to be
+    deployed as a new ``version`` (docs/how-to/deploying-changes.md). The text is
+    ``v2:`` and 16 hex digits.
+    """
+    shape: JSON = {
+        "saga": name,
+        "version": version,
+        "steps": [
+            [step.name, step.kind.value, _declared(step.action), _declared(step.compensation)]
+            for step in steps
+        ],
+    }
+    return FINGERPRINT_PREFIX + hashlib.sha256(dumps(shape).encode()).hexdigest()[:16]
+
+
+def _declared(handler: Handler | None) -> JSON:
+    if handler is None:
+        return None
+    if isinstance(handler, Remote):
+        return ["remote", handler.participant, handler.command]
+    return "local"
+
+
+def legacy_fingerprint_of(steps: Sequence[Step]) -> str:
+    """The fingerprint sagakit gave definitions first (v1): step names, kinds and handlers,
+    a local handler by its function's module and name. Kept to recognise the instances that
+    carry it; never given to a new one."""
     shape: JSON = [
         [
             step.name,
@@ -258,11 +306,14 @@ def validate(definition: SagaDefinition) -> None:
     where = f"saga {definition.name!r}"
     if not definition.name or not isinstance(definition.name, str):
         raise DefinitionError("a saga needs a non-empty name")
+    problem = name_problem(definition.name)
+    if problem is not None:
+        raise DefinitionError(f"saga {definition.name!r}: its name is {problem}")
     if not isinstance(definition.version, int) or definition.version < 1:
         raise DefinitionError(f"{where}: version must be a positive integer")
     if not definition.steps:
         raise DefinitionError(f"{where}: a saga needs at least one step")
-    if definition.deadline is not None and definition.deadline <= 0:
+    if definition.deadline is not None and not definition.deadline > 0:  # NaN is not
         raise DefinitionError(f"{where}: deadline must be positive")
     seen: set[str] = set()
     pivot_seen: str | None = None
@@ -271,6 +322,9 @@ def validate(definition: SagaDefinition) -> None:
         at = f"{where}, step {step.name!r}"
         if not step.name or ":" in step.name:
             raise DefinitionError(f"{at}: a step name must be non-empty and contain no ':'")
+        problem = name_problem(step.name)
+        if problem is not None:
+            raise DefinitionError(f"{at}: its name is {problem}")
         if step.name in seen:
             raise DefinitionError(f"{at}: duplicate step name")
         seen.add(step.name)
@@ -321,6 +375,10 @@ def _check_handler(handler: object, at: str) -> None:
     elif isinstance(handler, Remote):
         if not handler.participant or not handler.command:
             raise DefinitionError(f"{at}: a remote handler needs a participant and a command")
+        for what, name in (("participant", handler.participant), ("command", handler.command)):
+            problem = name_problem(name)
+            if problem is not None:
+                raise DefinitionError(f"{at}: its {what} name is {problem}")
     else:
         raise DefinitionError(f"{at}: unknown handler {handler!r}")
 

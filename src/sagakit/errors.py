@@ -4,7 +4,8 @@
 
     SagakitError
     ├── DefinitionError          a saga definition or app is invalid (raised at registration)
-    ├── DefinitionNotRegistered  a start names a definition the worker or app does not run
+    ├── DefinitionNotRegistered  a start names a definition the worker does not run (or runs
+    │                            with other steps under that name and version)
     ├── DefinitionMissing        an instance runs a definition (fingerprint) no worker here has
     ├── ConfigurationError       a setting is invalid (also a ValueError): a URL, a duration...
     ├── EncodingError            a value is not JSON-encodable (dataclass, pydantic model, JSON)
@@ -27,6 +28,11 @@ handler. Any other exception escaping step code is treated as a retryable ``Step
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: messages raises these errors
+    from sagakit.messages import Envelope
+
 
 class SagakitError(Exception):
     """Root of every error raised by sagakit."""
@@ -37,7 +43,8 @@ class DefinitionError(SagakitError):
 
 
 class DefinitionNotRegistered(SagakitError):
-    """A start names a saga type and version that this worker or app does not run."""
+    """A start names a saga type and version that this worker or app does not run, or was made
+    with another definition (other steps) than the one it runs under that name and version."""
 
 
 class DefinitionMissing(SagakitError):
@@ -54,7 +61,16 @@ class EncodingError(SagakitError):
 
 
 class MessageRejected(SagakitError):
-    """A message cannot be accepted; it goes to the dead-letter table with this reason."""
+    """A message cannot be accepted; it goes to the dead-letter table with this reason.
+
+    ``envelope`` is the message as far as it could be read, with no payload and no error
+    text, when only those broke the value rules (its ids, step and attempt are sound): the
+    receiver can then end the attempt it answers. None otherwise.
+    """
+
+    def __init__(self, reason: str, *, envelope: Envelope | None = None) -> None:
+        super().__init__(reason)
+        self.envelope = envelope
 
 
 class StorageError(SagakitError):

@@ -3,8 +3,10 @@
 Every command, reply and event travels as one JSON object, described by
 :data:`ENVELOPE_SCHEMA` (docs/protocol.md has it with examples). Unknown fields are ignored,
 so minor versions can add fields; a message with another major version, malformed JSON, a
-missing field or an oversized body raises :class:`~sagakit.errors.MessageRejected` and goes to
-the dead-letter table with the reason.
+missing field, an oversized body, or a field or payload that breaks the value rules
+(:mod:`sagakit.encoding`) raises :class:`~sagakit.errors.MessageRejected` and goes to the
+dead-letter table with the reason. :func:`encode` refuses the same fields with an
+:class:`~sagakit.errors.EncodingError`, so that sagakit never sends what it would reject.
 
 >>> from sagakit.definition import Phase
 >>> env = Envelope(id="m1", kind=MessageKind.COMMAND, type="inventory.reserve", saga_id="s1",
@@ -18,14 +20,25 @@ True
 from __future__ import annotations
 
 import enum
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, cast
 
 from sagakit.definition import Phase
 from sagakit.effects import generation_of
-from sagakit.encoding import JSON, dump_bytes, loads
-from sagakit.errors import MessageRejected
+from sagakit.encoding import (
+    JSON,
+    MAX_DEPTH,
+    MAX_NAME_LENGTH,
+    MAX_VALUE_BYTES,
+    check_json,
+    dump_bytes,
+    loads,
+    name_problem,
+    text_problem,
+)
+from sagakit.errors import EncodingError, MessageRejected
 from sagakit.transitions import Outcome
 
 PROTOCOL_VERSION: Final = "1.1"
@@ -124,8 +137,78 @@ def to_dict(env: Envelope) -> dict[str, JSON]:
     return out
 
 
+#: The fields that hold an id, a key or a name (encoding.check_name's rules).
+_NAMES: Final = (
+    "id",
+    "type",
+    "saga_id",
+    "saga_type",
+    "step",
+    "idempotency_key",
+    "correlation_id",
+    "causation_id",
+    "reply_to",
+    "traceparent",
+)
+#: The bound of attempt and definition_version: both stores keep them in 32-bit columns.
+_INT32_MAX: Final = 2**31 - 1
+#: A run of 19 digits: the only way to write an integer beyond 64 bits (signed).
+_LONG_NUMBER: Final = re.compile(rb"[0-9]{19}")
+
+
 def encode(env: Envelope) -> bytes:
-    return dump_bytes(to_dict(env))
+    """The message as bytes; raises EncodingError naming a field that breaks the value rules
+    (the size is the sender's to check against MAX_MESSAGE_BYTES)."""
+    try:
+        body = dump_bytes(to_dict(env))
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate somewhere
+        problem = _name_problem(env) or _content_problem(env.error, env.payload, MAX_MESSAGE_BYTES)
+        raise EncodingError(problem or "a string is not valid UTF-8") from None
+    nul = b"\\u0000" in body
+    if nul or _longest_name(env) > MAX_NAME_LENGTH:
+        problem = _name_problem(env) or (
+            _content_problem(env.error, env.payload, MAX_MESSAGE_BYTES) if nul else None
+        )
+        if problem is not None:
+            raise EncodingError(problem)
+    return body
+
+
+def _longest_name(env: Envelope) -> int:
+    return max(
+        len(env.id),
+        len(env.type),
+        len(env.saga_id),
+        len(env.saga_type),
+        len(env.step),
+        len(env.idempotency_key),
+        len(env.correlation_id),
+        len(env.causation_id or ""),
+        len(env.reply_to or ""),
+        len(env.traceparent or ""),
+    )
+
+
+def _name_problem(env: Envelope) -> str | None:
+    """The first id, key or name of ``env`` that breaks the rules, with what is wrong."""
+    for name in _NAMES:
+        value: str | None = getattr(env, name)
+        problem = None if not value else name_problem(value)  # emptiness is decode's to refuse
+        if problem is not None:
+            return f"field {name!r}: {problem}"
+    return None
+
+
+def _content_problem(error: object, payload: JSON, max_bytes: int) -> str | None:
+    """What breaks the value rules in a message's error text or payload, or None."""
+    problem = text_problem(error) if isinstance(error, str) else None
+    if problem is not None:
+        return f"field 'error': {problem}"
+    try:
+        check_json(payload, path="payload", max_bytes=max_bytes)
+    except EncodingError as exc:
+        return str(exc)
+    return None
 
 
 def decode(body: bytes) -> Envelope:
@@ -135,7 +218,14 @@ def decode(body: bytes) -> Envelope:
     try:
         raw: object = loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageRejected(f"malformed JSON: {exc}") from exc
+        raise _unparsed(body, exc) from exc
+    env = _envelope(raw)
+    _check_values(env, body)
+    return env
+
+
+def _envelope(raw: object) -> Envelope:
+    """The envelope of a parsed message; raise MessageRejected with the reason."""
     if not isinstance(raw, dict):
         raise MessageRejected("a message must be a JSON object")
     missing = [name for name in _REQUIRED if raw.get(name) is None]
@@ -155,7 +245,7 @@ def decode(body: bytes) -> Envelope:
     try:
         key = _text(raw, "idempotency_key")
         generation = generation_of(key) if raw.get("generation") is None else _generation(raw)
-        return Envelope(
+        env = Envelope(
             id=_text(raw, "id"),
             kind=kind,
             type=_text(raw, "type"),
@@ -173,7 +263,7 @@ def decode(body: bytes) -> Envelope:
             reply_to=_opt_text(raw, "reply_to"),
             deadline=_opt_number(raw, "deadline"),
             outcome=outcome,
-            error=_opt_text(raw, "error"),
+            error=_opt_text(raw, "error", limit=MAX_MESSAGE_BYTES),
             retryable=_opt_bool(raw, "retryable", default=True),
             retry_after=_opt_number(raw, "retry_after"),
             traceparent=_opt_text(raw, "traceparent"),
@@ -182,19 +272,86 @@ def decode(body: bytes) -> Envelope:
         )
     except TypeError as exc:
         raise MessageRejected(str(exc)) from exc
+    return env
+
+
+def _unparsed(body: bytes, exc: Exception) -> MessageRejected:
+    """Why orjson refused ``body``, naming the field when the value rules refuse it too.
+
+    orjson refuses a lone surrogate and a number beyond a double's range as malformed; the
+    standard library's parser reads both, so that the reason can say which field it was.
+    """
+    malformed = MessageRejected(f"malformed JSON: {exc}")
+    try:
+        raw: object = json.loads(body)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return malformed
+    if not isinstance(raw, dict):
+        return malformed
+    for name, value in raw.items():
+        problem = text_problem(name) or (text_problem(value) if isinstance(value, str) else None)
+        if problem is not None and name not in ("payload", "error"):
+            return MessageRejected(f"field {name!r}: {problem}")
+    command = raw.get("kind") == MessageKind.COMMAND.value
+    limit = MAX_MESSAGE_BYTES if command else MAX_VALUE_BYTES
+    problem = _content_problem(raw.get("error"), cast(JSON, raw.get("payload")), limit)
+    if problem is None:
+        return malformed
+    try:
+        envelope: Envelope | None = _envelope({**raw, "payload": None, "error": None})
+    except MessageRejected:
+        envelope = None
+    return malformed if problem is None else MessageRejected(problem, envelope=envelope)
+
+
+def _check_values(env: Envelope, body: bytes) -> None:
+    """Refuse a field or payload that breaks the value rules (the text fields' length is
+    checked as they are read).
+
+    orjson refuses a lone surrogate and a number beyond a double's range as it parses; what
+    remains is looked for only when the bytes allow it: a NUL (only as the escape \\u0000), an
+    integer beyond 64 bits (19 digits in a row), a result over the size of a value (a longer
+    body), a too deep payload (more brackets than the depth). A command's payload may carry
+    two values (a compensation's input and result): its bound is the message's.
+    """
+    nul = b"\\u0000" in body
+    command = env.kind is MessageKind.COMMAND
+    if nul:
+        problem = _name_problem(env)
+        if problem is not None:
+            raise MessageRejected(problem)
+    long_number = _LONG_NUMBER.search(body) is not None
+    if (
+        nul
+        or long_number
+        or (not command and len(body) > MAX_VALUE_BYTES)
+        or body.count(b"[") + body.count(b"{") > MAX_DEPTH
+    ):
+        # orjson reads an integer literal beyond 64 bits as a float, losing digits; the
+        # standard library reads it exactly, so that the rule refuses it instead.
+        payload = cast(JSON, json.loads(body).get("payload")) if long_number else env.payload
+        limit = MAX_MESSAGE_BYTES if command else MAX_VALUE_BYTES
+        problem = _content_problem(env.error, payload, limit)
+        if problem is not None:
+            # The ids are sound: the receiver can still end the attempt this answers.
+            raise MessageRejected(problem, envelope=replace(env, payload=None, error=None))
 
 
 def _text(raw: dict[str, object], name: str) -> str:
     value = raw[name]
     if not isinstance(value, str) or not value:
         raise TypeError(f"field {name!r} must be a non-empty string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise TypeError(f"field {name!r}: longer than {MAX_NAME_LENGTH} characters")
     return value
 
 
-def _opt_text(raw: dict[str, object], name: str) -> str | None:
+def _opt_text(raw: dict[str, object], name: str, *, limit: int = MAX_NAME_LENGTH) -> str | None:
     value = raw.get(name)
     if value is not None and not isinstance(value, str):
         raise TypeError(f"field {name!r} must be a string or null")
+    if value is not None and len(value) > limit:
+        raise TypeError(f"field {name!r}: longer than {limit} characters")
     return value
 
 
@@ -202,6 +359,8 @@ def _int(raw: dict[str, object], name: str) -> int:
     value = raw[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise TypeError(f"field {name!r} must be a non-negative integer")
+    if value > _INT32_MAX:
+        raise TypeError(f"field {name!r}: larger than {_INT32_MAX}")
     return value
 
 
@@ -209,6 +368,8 @@ def _generation(raw: dict[str, object]) -> int:
     value = raw["generation"]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise TypeError("field 'generation' must be a positive integer")
+    if value > _INT32_MAX:
+        raise TypeError(f"field 'generation': larger than {_INT32_MAX}")
     return value
 
 
@@ -232,8 +393,10 @@ def _opt_bool(raw: dict[str, object], name: str, *, default: bool) -> bool:
     return value
 
 
-_STRING: dict[str, JSON] = {"type": "string", "minLength": 1}
+_STRING: dict[str, JSON] = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
 _NULLABLE_STRING: dict[str, JSON] = {"type": ["string", "null"]}
+_NULLABLE_NAME: dict[str, JSON] = {"type": ["string", "null"], "maxLength": MAX_NAME_LENGTH}
+_COUNT: dict[str, JSON] = {"type": "integer", "minimum": 0, "maximum": _INT32_MAX}
 _NULLABLE_NUMBER: dict[str, JSON] = {"type": ["number", "null"]}
 
 #: JSON Schema (draft 2020-12) of the envelope, protocol 1.x.
@@ -250,22 +413,23 @@ ENVELOPE_SCHEMA: Final[dict[str, JSON]] = {
         "type": _STRING,
         "saga_id": _STRING,
         "saga_type": _STRING,
-        "definition_version": {"type": "integer", "minimum": 0},
+        "definition_version": _COUNT,
         "step": _STRING,
         "phase": {"enum": ["action", "compensation"]},
-        "attempt": {"type": "integer", "minimum": 0},
+        "attempt": _COUNT,
         "idempotency_key": _STRING,
         "generation": {
             "type": "integer",
             "minimum": 1,
+            "maximum": _INT32_MAX,
             "description": "the step's generation (1.1); absent: the one its key names",
         },
         "correlation_id": _STRING,
-        "causation_id": _NULLABLE_STRING,
+        "causation_id": _NULLABLE_NAME,
         "timestamp": {"type": "number", "description": "seconds since the Unix epoch"},
-        "reply_to": _NULLABLE_STRING,
+        "reply_to": _NULLABLE_NAME,
         "deadline": _NULLABLE_NUMBER,
-        "traceparent": _NULLABLE_STRING,
+        "traceparent": _NULLABLE_NAME,
         "payload": {"description": "command input, or reply result: any JSON value"},
         "outcome": {"enum": ["success", "failure", "error", None]},
         "error": _NULLABLE_STRING,

@@ -100,14 +100,28 @@ class DeadLetter:
     id: int = 0
 
 
+@dataclass(frozen=True)
+class DefinitionRef:
+    """A definition as a worker publishes it and claims instances by (Semantics 1): its saga
+    type, version and fingerprint, and the fingerprint it had before (v1), if any."""
+
+    saga_type: str
+    version: int
+    fingerprint: str
+    legacy_fingerprint: str | None = None
+
+
 @dataclass
-class Transition:
-    """Everything one instance's events wrote, to commit atomically.
+class InstanceWrite:
+    """What one batch writes for one instance, atomically: its new state and the records
+    its events produced (history, outbox messages, timer operations, command results).
 
     ``instance`` is the new state (None: no state change, only side records).
     ``expected_revision`` is the revision the decision was based on; None inserts a new
-    instance. A transition whose check fails is dropped whole: none of its records are
-    written and none of its messages are sent.
+    instance. A write whose check fails is dropped whole: none of its records are
+    written and none of its messages are sent. An insert that carries command results (a
+    queued start) is written only while those commands are pending: a start cancelled
+    meanwhile (:meth:`StartQueue.cancel_start`) creates nothing.
     """
 
     saga_id: str
@@ -127,7 +141,7 @@ class Transition:
 class Batch:
     """One database transaction: many transitions plus records that belong to none."""
 
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[InstanceWrite] = field(default_factory=list)
     outbox_done: list[str] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     commands: list[CommandResult] = field(default_factory=list)
@@ -168,7 +182,25 @@ class InstanceQueries(Protocol):
     async def count_by_status(self) -> dict[SagaStatus, int]: ...
 
     async def live_fingerprints(self) -> set[str]:
-        """The definitions that workers with a live lease run (Semantics 1)."""
+        """The fingerprints of the definitions that workers with a live lease run, legacy
+        ones included (the instances they can advance, Semantics 1)."""
+        ...
+
+
+class DefinitionsInUse(Protocol):
+    """Which definitions a store's live workers run and its unsettled instances carry: a
+    worker refuses to start with another definition under the same name and version."""
+
+    async def live_definitions(self) -> builtins.list[DefinitionRef]:
+        """The definitions workers with a live lease published (a bare fingerprint an older
+        sagakit published is left out: it names no saga type)."""
+        ...
+
+    async def unsettled_definitions(
+        self, saga_types: Sequence[str]
+    ) -> builtins.list[DefinitionRef]:
+        """Each (saga type, version, fingerprint) that unsettled instances of ``saga_types``
+        carry, once (``legacy_fingerprint`` is None)."""
         ...
 
 
@@ -182,17 +214,23 @@ class Leases(Protocol):
     and operator commands are those of its own instances.
     """
 
-    async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
-        """Register as worker ``worker_id``, running the definitions ``fingerprints``."""
+    async def attach(
+        self, worker_id: str, lease: float, definitions: Sequence[DefinitionRef] = ()
+    ) -> None:
+        """Register as worker ``worker_id``, running ``definitions``."""
         ...
 
     async def heartbeat(self) -> bool:
         """Renew the lease; False when this worker was declared dead meanwhile."""
         ...
 
-    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
-        """Take over up to ``limit`` unsettled instances of the given definitions whose owner
-        has no live lease. A worker claims only what it can advance (Semantics 1)."""
+    async def claim(
+        self, limit: int, definitions: Sequence[DefinitionRef]
+    ) -> builtins.list[SagaInstance]:
+        """Take over up to ``limit`` unsettled instances of ``definitions`` whose owner has no
+        live lease: those of a definition's type and version that carry its fingerprint or
+        its legacy one, which the claim replaces with the current one. A worker claims only
+        what it can advance (Semantics 1)."""
         ...
 
     async def detach(self) -> None:
@@ -262,6 +300,30 @@ class CommandQueue(Protocol):
     async def command(self, command_id: int) -> QueuedCommand | None: ...
 
 
+class StartQueue(Protocol):
+    """Starts queued by clients without a worker (``start`` commands, Semantics 11 and 15):
+    found by idempotency key or by the instance id they named, listed, and cancelled while
+    no worker has applied them."""
+
+    async def queued_start(self, saga_type: str, key: str) -> QueuedCommand | None:
+        """The oldest pending start of ``saga_type`` with idempotency key ``key``."""
+        ...
+
+    async def start_command(self, saga_id: str) -> QueuedCommand | None:
+        """The latest start queued for the instance id ``saga_id``, in whatever state."""
+        ...
+
+    async def queued_starts(self, limit: int) -> builtins.list[QueuedCommand]:
+        """Pending starts, oldest first."""
+        ...
+
+    async def cancel_start(self, command_id: int, reason: str) -> bool:
+        """Refuse the pending start ``command_id`` with ``reason``. False when it is not a
+        pending start (a worker applied or refused it first); once this returns True, no
+        worker creates its instance."""
+        ...
+
+
 class DeadLetters(Protocol):
     async def dead_letters(self, limit: int) -> list[DeadLetter]: ...
 
@@ -310,6 +372,8 @@ class Store(
     Retention,
     TimerQueue,
     CommandQueue,
+    StartQueue,
+    DefinitionsInUse,
     DeadLetters,
     ParticipantStore,
     Protocol,

@@ -68,13 +68,13 @@ def decide(
                 f"v{definition.version} ({definition.fingerprint})"
             ),
         )
-    return _Transition(instance, definition, now).apply(event)
+    return _Decider(instance, definition, now).apply(event)
 
 
 # -- the machine --------------------------------------------------------------------------
 
 
-class _Transition:
+class _Decider:
     __slots__ = ("_drafting", "definition", "effects", "history", "inst", "now")
 
     def __init__(self, inst: SagaInstance, definition: SagaDefinition, now: float) -> None:

@@ -251,6 +251,7 @@ def test_show_json_shape(demo_db: str) -> None:
         "created_at", "updated_at", "data", "steps", "history",
     } <= set(shown)  # fmt: skip
     assert shown["saga_id"] == saga_id and shown["version"] == 1
+    assert shown["fingerprint"].startswith("v2:")
     assert shown["status"] == "failed" and "card declined" in shown["reason"]
     assert shown["stuck_step"] is None
     assert shown["data"]["card"] == "tok_declined"
@@ -506,3 +507,104 @@ def test_abort_with_wait_against_a_running_worker(
     assert "failed" in one_line_error(again)
 
     assert worker.terminate() == 0, worker.stderr
+
+
+# -- queued starts and definitions (Semantics 1, 11, 15) --------------------------------
+
+GREET_APP = """
+    from sagakit import App, RetryPolicy, Saga
+
+    greet = Saga("greet").remote(
+        "hello", participant="nobody", command="{command}", compensation="unhello",
+        retry=RetryPolicy(max_attempts=1),
+    )
+    app = App(sagas=[greet])
+"""
+
+GREET_STARTER = """
+    import asyncio
+    import sys
+
+    from sagakit import Client, Worker, open_store
+    from greet_app import app, greet
+
+
+    async def main(url, how):
+        if how == "queued":  # a client with no worker in its process
+            store = open_store(url, create=True)
+            try:
+                handle = await Client(store).start(greet, {"who": "ann"}, key="k1")
+            finally:
+                await store.close()
+        else:
+            store = open_store(url, owner=True)
+            try:
+                async with Worker(app, store) as worker:
+                    handle = await worker.client.start(greet, {"who": "bob"})
+            finally:
+                await store.close()
+        print(handle.saga_id, flush=True)
+
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def greet_env(tmp_path: Path, command: str = "hi") -> dict[str, str]:
+    (tmp_path / "greet_app.py").write_text(textwrap.dedent(GREET_APP).format(command=command))
+    (tmp_path / "greet_starter.py").write_text(textwrap.dedent(GREET_STARTER))
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    return _env(PYTHONPATH=path)
+
+
+def greet_start(tmp_path: Path, db: str, how: str, env: dict[str, str]) -> str:
+    started = subprocess.run(
+        [sys.executable, str(tmp_path / "greet_starter.py"), db, how],
+        capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    return started.stdout.strip()
+
+
+def test_a_queued_start_is_listed_shown_and_aborted_by_its_id(tmp_path: Path) -> None:
+    env = greet_env(tmp_path)
+    db = url(tmp_path / "q.db")
+    saga_id = greet_start(tmp_path, db, "queued", env)
+
+    listed = sagakit("list", "--json", "--db", db)
+    assert listed.returncode == 0, listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert (entry["saga_id"], entry["saga_type"], entry["status"]) == (saga_id, "greet", "queued")
+    assert entry["idempotency_key"] == "k1" and "no worker is running" in entry["stalled"]
+    table = sagakit("list", "--db", db)
+    assert "queued" in table.stdout and "(0 instance(s), 1 queued start(s))" in table.stdout
+    only = sagakit("list", "--status", "queued", "--db", db)
+    assert saga_id in only.stdout and "(1 queued start(s))" in only.stdout
+    assert saga_id not in sagakit("list", "--status", "pending", "--db", db).stdout
+
+    shown = sagakit("show", saga_id, "--json", "--db", db)
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert (detail["status"], detail["data"]) == ("queued", {"who": "ann"})
+    assert "queued" in sagakit("show", saga_id, "--db", db).stdout
+
+    aborted = sagakit("abort", saga_id, "--reason", "ordered twice", "--by", "alice", "--db", db)
+    assert aborted.returncode == 0, aborted.stderr
+    assert "queued start is cancelled" in aborted.stdout
+    after = json.loads(sagakit("show", saga_id, "--json", "--db", db).stdout)
+    assert after["status"] == "refused"
+    assert after["reason"] == "aborted before it started: ordered twice (by alice)"
+    assert json.loads(sagakit("list", "--json", "--db", db).stdout) == []
+    again = sagakit("abort", saga_id, "--reason", "twice", "--db", db)
+    assert "never started" in one_line_error(again)
+
+
+def test_a_worker_with_other_steps_than_unfinished_instances_is_refused(tmp_path: Path) -> None:
+    db = url(tmp_path / "d.db")
+    saga_id = greet_start(tmp_path, db, "worker", greet_env(tmp_path, command="hi"))
+    changed = greet_env(tmp_path, command="hello")  # same name and version, other steps
+    refused = sagakit("worker", "--app", "greet_app:app", "--db", db, env=changed)
+    error = one_line_error(refused)
+    assert "saga 'greet' v1 has other steps" in error and "new version" in error
+    shown = json.loads(sagakit("show", saga_id, "--json", "--db", db).stdout)
+    assert shown["status"] == "pending"

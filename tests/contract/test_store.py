@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -35,14 +36,15 @@ from sagakit.ports import (
     CommandResult,
     CommandState,
     DeadLetter,
+    DefinitionRef,
     InstanceFilter,
+    InstanceWrite,
     OutboxMessage,
     ParticipantTx,
     Store,
     Timer,
     TimerOp,
     TimerOpKind,
-    Transition,
 )
 from sagakit.retention import RetentionPolicy
 from sagakit.state import (
@@ -60,6 +62,8 @@ from sagakit.transitions import Outcome, TimerKind
 from sagakit.transport import MemoryTransport
 
 PG_URL = os.environ.get("SAGAKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+#: The definition of make_instance's instances, as a worker claims by it.
+FP3 = DefinitionRef("order", 3, "fp-3")
 
 # -- adapters -----------------------------------------------------------------------------
 
@@ -137,7 +141,7 @@ ADAPTERS = [
         id="sqlite-memory",
     ),
 ]
-PERSISTENT_ADAPTERS = [p for p in ADAPTERS if p.values[0].persistent]
+PERSISTENT_ADAPTERS = [p for p in ADAPTERS if cast(StoreAdapter, p.values[0]).persistent]
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -232,18 +236,18 @@ def set_timer(t: Timer) -> TimerOp:
     return TimerOp(TimerOpKind.SET, timer=t)
 
 
-def insert(inst: SagaInstance, **records: object) -> Transition:
-    return Transition(
+def insert(inst: SagaInstance, **records: Any) -> InstanceWrite:
+    return InstanceWrite(
         inst.saga_id,
         instance=inst,
         expected_revision=None,
         history=[created(inst.saga_id)],
         **records,
-    )  # type: ignore[arg-type]
+    )
 
 
-def update(inst: SagaInstance, expected: int, **records: object) -> Transition:
-    return Transition(inst.saga_id, instance=inst, expected_revision=expected, **records)  # type: ignore[arg-type]
+def update(inst: SagaInstance, expected: int, **records: object) -> InstanceWrite:
+    return InstanceWrite(inst.saga_id, instance=inst, expected_revision=expected, **records)  # type: ignore[arg-type]
 
 
 async def timers_of(store: Store) -> set[tuple[str, str, float, int]]:
@@ -287,7 +291,7 @@ class TestTransitionStore:
         cmds = {s: await store.enqueue(s, "abort", {"reason": s}) for s in ids}
         before = await store.get("stale")
 
-        def moved(s: str, expected: int) -> Transition:
+        def moved(s: str, expected: int) -> InstanceWrite:
             return update(
                 replace(make_instance(s), status=SagaStatus.COMPENSATING, revision=2),
                 expected,
@@ -356,8 +360,8 @@ class TestTransitionStore:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
@@ -404,7 +408,9 @@ class TestTransitionStore:
         past = await store.now() - 100
         inst = make_instance("s1")
         await store.commit(Batch([insert(inst)]))
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "a", past))])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "a", past))])])
+        )
         stale = replace(inst, status=SagaStatus.COMPLETED, updated_at=1001.0, revision=6)
         entry = HistoryEntry(1001.0, HistoryKind.STATUS)
         for ops in ([], [TimerOp(TimerOpKind.CANCEL)]):
@@ -438,7 +444,9 @@ class TestTransitionStore:
             consumed=["m-start"],
             commands=[CommandResult(cmd, CommandState.APPLIED)],
         )
-        await store.commit(Batch([Transition("s0", outbox=[message("m-start", source="inbound")])]))
+        await store.commit(
+            Batch([InstanceWrite("s0", outbox=[message("m-start", source="inbound")])])
+        )
         result = await store.commit(
             Batch(
                 [
@@ -486,7 +494,7 @@ class TestTransitionStore:
         self, store: Store
     ) -> None:
         await store.commit(Batch([insert(make_instance("s1"))]))
-        side = Transition(
+        side = InstanceWrite(
             "s1",
             history=[HistoryEntry(1002.0, HistoryKind.LATE_REPLY, "reserve", "action", 1)],
             outbox=[message("m1")],
@@ -521,7 +529,9 @@ class TestTransitionStore:
                 Batch(
                     transitions=[
                         insert(good),
-                        Transition("s2", instance=poisoned, expected_revision=None, history=[bad]),
+                        InstanceWrite(
+                            "s2", instance=poisoned, expected_revision=None, history=[bad]
+                        ),
                     ]
                 )
             )
@@ -669,13 +679,13 @@ class TestInstanceQueries:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", history=later),
-                    Transition("s2", history=[HistoryEntry(5.0, HistoryKind.STATUS)]),
+                    InstanceWrite("s1", history=later),
+                    InstanceWrite("s2", history=[HistoryEntry(5.0, HistoryKind.STATUS)]),
                 ]
             )
         )
         last = HistoryEntry(1003.0, HistoryKind.OPERATOR, None, None, None, {"who": "ops"})
-        await store.commit(Batch([Transition("s1", history=[last])]))
+        await store.commit(Batch([InstanceWrite("s1", history=[last])]))
         # Commit order, not time order: a clock that steps back does not reorder history.
         assert await store.history("s1") == [created("s1"), *later, last]
         assert await store.history("s2") == [created("s2"), HistoryEntry(5.0, HistoryKind.STATUS)]
@@ -712,7 +722,9 @@ class TestTimerQueue:
             timer("s3", "future", now + 3600),
             timer("s1", "early", now - 100, attempt=4, kind=TimerKind.RETRY),
         ]
-        await store.commit(Batch([Transition(t.saga_id, timer_ops=[set_timer(t)]) for t in timers]))
+        await store.commit(
+            Batch([InstanceWrite(t.saga_id, timer_ops=[set_timer(t)]) for t in timers])
+        )
         assert await store.due(100) == [timers[3], timers[1], timers[0]]
         assert await store.due(2) == [timers[3], timers[1]]
 
@@ -722,7 +734,7 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition(
+                    InstanceWrite(
                         "s1",
                         timer_ops=[
                             set_timer(timer("s1", "b", now + 7200)),
@@ -738,7 +750,7 @@ class TestTimerQueue:
     async def test_now_is_the_clock_that_judges_due_timers(self, store: Store) -> None:
         first = await store.now()
         await store.commit(
-            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", first))])])
+            Batch([InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", first))])])
         )
         assert await store.now() >= first
         assert [t.name for t in await store.due(10)] == ["t"]
@@ -748,13 +760,15 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", "t", past))]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "t", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", past))]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "t", past))]),
                 ]
             )
         )
         await store.commit(
-            Batch([Transition("s1", timer_ops=[set_timer(timer("s1", "t", past + 5, attempt=2))])])
+            Batch(
+                [InstanceWrite("s1", timer_ops=[set_timer(timer("s1", "t", past + 5, attempt=2))])]
+            )
         )
         assert await timers_of(store) == {("s1", "t", past + 5, 2), ("s2", "t", past, 1)}
 
@@ -763,15 +777,15 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "abc"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "abc"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
         await store.commit(
             Batch(
                 [
-                    Transition(
+                    InstanceWrite(
                         "s1",
                         timer_ops=[
                             TimerOp(TimerOpKind.CANCEL, names=("a", "b", "missing")),
@@ -787,41 +801,47 @@ class TestTimerQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
-                    Transition("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
+                    InstanceWrite("s1", timer_ops=[set_timer(timer("s1", n, past)) for n in "ab"]),
+                    InstanceWrite("s2", timer_ops=[set_timer(timer("s2", "a", past))]),
                 ]
             )
         )
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.CANCEL)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.CANCEL)])]))
         assert await timers_of(store) == {("s2", "a", past, 1)}
         assert await store.next_due() == past
 
     async def test_fired_deletes_exactly_the_timer_that_fired(self, store: Store) -> None:
         past = await store.now() - 100
         t = timer("s1", "t", past)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(t)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(t)])]))
         [fired] = await store.due(10)
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, fired)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, fired)])])
+        )
         assert await store.due(10) == []
         assert await store.next_due() is None
 
     async def test_fired_keeps_a_timer_set_again_with_a_new_due_time(self, store: Store) -> None:
         past = await store.now() - 100
         old = timer("s1", "t", past)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         renewed = replace(old, due_at=past + 1)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(renewed)])]))
         # The old firing is applied after the timer was set again: it must not delete it.
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])])
+        )
         assert await store.due(10) == [renewed]
 
     async def test_fired_keeps_a_timer_set_again_with_a_new_attempt(self, store: Store) -> None:
         past = await store.now() - 100
         old = timer("s1", "t", past, attempt=1)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         renewed = replace(old, attempt=2)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(renewed)])]))
-        await store.commit(Batch([Transition("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(renewed)])]))
+        await store.commit(
+            Batch([InstanceWrite("s1", timer_ops=[TimerOp(TimerOpKind.FIRED, old)])])
+        )
         assert await store.due(10) == [renewed]
 
     @pytest.mark.parametrize(
@@ -841,7 +861,7 @@ class TestTimerQueue:
         old = timer("s1", "t", past)
         new = replace(old, due_at=past + 1, attempt=2)
         other = timer("s1", "u", past + 2)
-        await store.commit(Batch([Transition("s1", timer_ops=[set_timer(old)])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[set_timer(old)])]))
         by_name = {
             "fired-old": TimerOp(TimerOpKind.FIRED, old),
             "set-new": set_timer(new),
@@ -849,7 +869,7 @@ class TestTimerQueue:
             "cancel": TimerOp(TimerOpKind.CANCEL, names=("t",)),
             "cancel-all": TimerOp(TimerOpKind.CANCEL),
         }
-        await store.commit(Batch([Transition("s1", timer_ops=[by_name[o] for o in ops])]))
+        await store.commit(Batch([InstanceWrite("s1", timer_ops=[by_name[o] for o in ops])]))
         named = {"new": new, "other": other}
         assert await store.due(10) == sorted((named[n] for n in left), key=lambda t: t.due_at)
 
@@ -862,14 +882,14 @@ class TestOutbox:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", outbox=[message("z1"), message("a2")]),
-                    Transition("s2", outbox=[message("p1", source="payment", saga_id="s2")]),
-                    Transition("s3", outbox=[message("m3", saga_id="s3")]),
+                    InstanceWrite("s1", outbox=[message("z1"), message("a2")]),
+                    InstanceWrite("s2", outbox=[message("p1", source="payment", saga_id="s2")]),
+                    InstanceWrite("s3", outbox=[message("m3", saga_id="s3")]),
                 ]
             )
         )
         await store.transaction(lambda tx: tx.outbox_put(message("b4")))
-        await store.commit(Batch([Transition("s1", outbox=[message("c5")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message("c5")])]))
         assert await pending_ids(store) == ["z1", "a2", "m3", "b4", "c5"]
         assert await pending_ids(store, "payment") == ["p1"]
         assert await pending_ids(store, "nobody") == []
@@ -877,20 +897,20 @@ class TestOutbox:
 
     async def test_messages_round_trip(self, store: Store) -> None:
         sent = OutboxMessage("m1", ORCHESTRATOR, "inventory", bytes(range(256)), "s1")
-        await store.commit(Batch([Transition("s1", outbox=[sent])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[sent])]))
         assert await store.pending(ORCHESTRATOR, 10) == [sent]
 
     async def test_a_message_id_is_written_once(self, store: Store) -> None:
         first = message("m1")
-        await store.commit(Batch([Transition("s1", outbox=[first])]))
-        await store.commit(Batch([Transition("s1", outbox=[replace(first, body=b"again")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[first])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[replace(first, body=b"again")])]))
         assert await store.pending(ORCHESTRATOR, 10) == [first]
 
     async def test_consumed_and_outbox_done_delete_only_their_messages(self, store: Store) -> None:
-        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abcde"])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message(i) for i in "abcde"])]))
         await store.commit(
             Batch(
-                [Transition("s1", consumed=["b"])],
+                [InstanceWrite("s1", consumed=["b"])],
                 outbox_done=["d", "never-written"],
             )
         )
@@ -903,17 +923,17 @@ class TestOutbox:
     ) -> None:
         # Batch shapes the PostgreSQL statement is put together for: a transition with no
         # state and no records beside sent ids, then sent ids alone, then nothing at all.
-        await store.commit(Batch([Transition("s1", outbox=[message(i) for i in "abc"])]))
-        assert await store.commit(Batch([Transition("s2")], outbox_done=["a"])) == [True]
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message(i) for i in "abc"])]))
+        assert await store.commit(Batch([InstanceWrite("s2")], outbox_done=["a"])) == [True]
         assert await store.commit(Batch(outbox_done=["b"])) == []
-        assert await store.commit(Batch([Transition("s3")])) == [True]
+        assert await store.commit(Batch([InstanceWrite("s3")])) == [True]
         assert await pending_ids(store) == ["c"]
 
     async def test_a_consumed_message_does_not_come_back_after_new_writes(
         self, store: Store
     ) -> None:
-        await store.commit(Batch([Transition("s1", outbox=[message("a")])]))
-        await store.commit(Batch([Transition("s1", consumed=["a"], outbox=[message("b")])]))
+        await store.commit(Batch([InstanceWrite("s1", outbox=[message("a")])]))
+        await store.commit(Batch([InstanceWrite("s1", consumed=["a"], outbox=[message("b")])]))
         assert await pending_ids(store) == ["b"]
 
 
@@ -960,8 +980,8 @@ class TestCommandQueue:
         await store.commit(
             Batch(
                 [
-                    Transition("s1", commands=[CommandResult(applied, CommandState.APPLIED)]),
-                    Transition(
+                    InstanceWrite("s1", commands=[CommandResult(applied, CommandState.APPLIED)]),
+                    InstanceWrite(
                         "s1",
                         commands=[
                             CommandResult(refused, CommandState.REFUSED, "retry: s1 is not stuck")
@@ -1164,7 +1184,7 @@ class TestDurability:
             assert [d.reason for d in await second.dead_letters(10)] == ["bad"]
             assert await second.transaction(lambda tx: tx.inbox_get("inventory", "k")) == b"r"
             # Insertion order continues across the restart.
-            await second.commit(Batch([Transition("s1", outbox=[message("m3")])]))
+            await second.commit(Batch([InstanceWrite("s1", outbox=[message("m3")])]))
             assert await pending_ids(second) == ["m1", "m2", "m3"]
         finally:
             await second.close()
@@ -1456,18 +1476,18 @@ class TestLeases:
     async def test_a_claim_bumps_the_revision_and_fences_a_stale_commit(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         held = owned("s1", "w1")
         assert await store.commit(Batch([insert(held)])) == [True]
         await end_lease(store, "w1")
 
         async with next_worker(adapter, store, tmp_path) as second:
-            await second.attach("w2", 30.0, ["fp-3"])
-            assert await second.claim(10, ["another-definition"]) == []
-            claimed = await second.claim(10, ["fp-3"])
+            await second.attach("w2", 30.0, [FP3])
+            assert await second.claim(10, [replace(FP3, fingerprint="another-definition")]) == []
+            claimed = await second.claim(10, [FP3])
             assert claimed == [replace(held, owner="w2", revision=2)]
             assert await second.get("s1") == claimed[0]
-            assert await second.claim(10, ["fp-3"]) == []  # its own already
+            assert await second.claim(10, [FP3]) == []  # its own already
 
             # The worker that held revision 1 comes back: its commit fails the revision check
             # and writes none of its records.
@@ -1486,7 +1506,7 @@ class TestLeases:
     async def test_only_unsettled_instances_of_the_given_definitions_are_claimed(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         settled = [
             owned(s, "w1", status=status)
             for s, status in [("done", SagaStatus.COMPLETED), ("undone", SagaStatus.FAILED)]
@@ -1505,9 +1525,9 @@ class TestLeases:
         await end_lease(store, "w1")
 
         async with next_worker(adapter, store, tmp_path) as second:
-            await second.attach("w2", 30.0, ["fp-3"])
-            first = await second.claim(3, ["fp-3"])
-            rest = await second.claim(10, ["fp-3"])
+            await second.attach("w2", 30.0, [FP3])
+            first = await second.claim(3, [FP3])
+            rest = await second.claim(10, [FP3])
             assert len(first) == 3
             claimed = sorted(i.saga_id for i in [*first, *rest])
             assert claimed == sorted(i.saga_id for i in unsettled)
@@ -1517,7 +1537,7 @@ class TestLeases:
     async def test_heartbeat_fails_once_the_lease_has_run_out(
         self, adapter: StoreAdapter, store: Store
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         assert await store.heartbeat() is True
         await end_lease(store, "w1")
         if adapter.shared:
@@ -1531,21 +1551,21 @@ class TestLeases:
     async def test_detach_releases_the_workers_instances_to_another_at_once(
         self, adapter: StoreAdapter, store: Store, tmp_path: Path
     ) -> None:
-        await store.attach("w1", 30.0, ["fp-3"])
+        await store.attach("w1", 30.0, [FP3])
         held = owned("s1", "w1")
         await store.commit(Batch([insert(held)]))
         if adapter.shared:
             async with next_worker(adapter, store, tmp_path) as second:
-                await second.attach("w2", 30.0, ["fp-3"])
-                assert await second.claim(10, ["fp-3"]) == []  # w1's lease is live
+                await second.attach("w2", 30.0, [FP3])
+                assert await second.claim(10, [FP3]) == []  # w1's lease is live
                 await store.detach()
                 # Long before w1's lease (30 s) would have run out.
-                claimed = await second.claim(10, ["fp-3"])
+                claimed = await second.claim(10, [FP3])
         else:
             await store.detach()
             async with next_worker(adapter, store, tmp_path) as second:
-                await second.attach("w2", 30.0, ["fp-3"])
-                claimed = await second.claim(10, ["fp-3"])
+                await second.attach("w2", 30.0, [FP3])
+                claimed = await second.claim(10, [FP3])
         assert [(i.saga_id, i.owner) for i in claimed] == [("s1", "w2")]
         assert claimed[0].revision > held.revision  # a stale commit of w1's is fenced
 
@@ -1591,8 +1611,143 @@ def stale_worker(adapter: StoreAdapter, first: Store, second: Store) -> Store:
 class TestLiveDefinitions:
     async def test_attached_workers_publish_their_definitions(self, store: Store) -> None:
         assert await store.live_fingerprints() == set()
-        await store.attach("w1", 30.0, ["f1", "f2"])
-        assert await store.live_fingerprints() == {"f1", "f2"}
+        assert await store.live_definitions() == []
+        f1 = DefinitionRef("order", 1, "v2:f1", "f1-legacy")
+        f2 = DefinitionRef("refund", 2, "v2:f2")
+        await store.attach("w1", 30.0, [f2, f1])
+        # Legacy fingerprints too: their instances are claimed (and given the new one).
+        assert await store.live_fingerprints() == {"v2:f1", "f1-legacy", "v2:f2"}
+        assert sorted(await store.live_definitions(), key=str) == sorted([f1, f2], key=str)
         assert await store.heartbeat()
         await store.detach()
         assert await store.live_fingerprints() == set()
+        assert await store.live_definitions() == []
+
+    async def test_a_bare_fingerprint_an_older_sagakit_published_is_a_fingerprint_only(
+        self, store: Store
+    ) -> None:
+        await store.attach("w1", 30.0, [DefinitionRef("order", 1, "v2:f1")])
+
+        async def older(tx: ParticipantTx) -> None:
+            await tx.execute("UPDATE sagakit_workers SET fingerprints = ?", ('["abc123"]',))
+
+        await store.transaction(older)
+        assert await store.live_fingerprints() == {"abc123"}
+        assert await store.live_definitions() == []  # it names no saga type
+
+    async def test_unsettled_definitions_of_some_types_each_once(self, store: Store) -> None:
+        instances = [
+            make_instance("a"),
+            make_instance("b"),
+            replace(make_instance("c"), fingerprint="fp-old"),
+            make_instance("done", status=SagaStatus.COMPLETED),
+            replace(make_instance("gone", status=SagaStatus.FAILED), fingerprint="fp-gone"),
+            replace(make_instance("stuck", status=SagaStatus.STUCK), version=4),
+            make_instance("other", saga_type="refund"),
+        ]
+        await store.commit(Batch([insert(i) for i in instances]))
+        found = await store.unsettled_definitions(["order", "nothing"])
+        assert sorted(found, key=str) == sorted(
+            [FP3, replace(FP3, fingerprint="fp-old"), replace(FP3, version=4)], key=str
+        )
+        assert await store.unsettled_definitions([]) == []
+
+
+class TestLegacyFingerprints:
+    async def test_a_claim_gives_an_instance_of_a_legacy_fingerprint_the_new_one(
+        self, store: Store
+    ) -> None:
+        old = [
+            replace(make_instance("old"), fingerprint="v1-print", owner="w0"),
+            # Another type or version with the same legacy fingerprint is another definition.
+            replace(make_instance("other-type", saga_type="x"), fingerprint="v1-print"),
+            replace(make_instance("other-version"), fingerprint="v1-print", version=2),
+        ]
+        current = replace(make_instance("new"), fingerprint="v2:new")
+        await store.commit(Batch([insert(i) for i in [*old, current]]))
+        await store.attach("w1", 30.0, [])
+        definition = DefinitionRef("order", 3, "v2:new", "v1-print")
+        claimed = await store.claim(10, [definition])
+        assert sorted((i.saga_id, i.fingerprint, i.owner) for i in claimed) == [
+            ("new", "v2:new", "w1"),
+            ("old", "v2:new", "w1"),
+        ]
+        got = await store.get("old")
+        assert got is not None and got.fingerprint == "v2:new" and got.revision == 2
+        assert got == replace(old[0], fingerprint="v2:new", owner="w1", revision=2)
+        for untouched in old[1:]:
+            assert await store.get(untouched.saga_id) == untouched
+
+
+class TestStartQueue:
+    @staticmethod
+    def start(saga_type: str = "order", key: str | None = "k", n: int = 1) -> dict[str, JSON]:
+        return {"saga_type": saga_type, "version": 1, "data": {"n": n}, "key": key}
+
+    async def test_a_pending_start_is_found_by_type_and_key(self, store: Store) -> None:
+        assert await store.queued_start("order", "k") is None
+        await store.enqueue("x", "abort", {"saga_type": "order", "key": "k"})  # not a start
+        await store.enqueue("s0", "start", self.start(key=None))
+        first = await store.enqueue("s1", "start", self.start())
+        await store.enqueue("s2", "start", self.start())
+        await store.enqueue("s3", "start", self.start(saga_type="refund"))
+        found = await store.queued_start("order", "k")
+        assert found is not None and (found.id, found.saga_id) == (first, "s1")
+        assert found.body == self.start()
+        assert await store.queued_start("order", "other") is None
+
+    async def test_queued_starts_are_listed_oldest_first(self, store: Store) -> None:
+        ids = [await store.enqueue(f"s{i}", "start", self.start(key=None)) for i in range(3)]
+        await store.enqueue("s1", "abort", {})
+        await store.commit(Batch(commands=[CommandResult(ids[1], CommandState.APPLIED)]))
+        assert [c.id for c in await store.queued_starts(10)] == [ids[0], ids[2]]
+        assert [c.id for c in await store.queued_starts(1)] == [ids[0]]
+
+    async def test_a_start_is_found_by_its_instance_id_in_any_state(self, store: Store) -> None:
+        assert await store.start_command("s1") is None
+        await store.enqueue("s1", "abort", {})
+        first = await store.enqueue("s1", "start", self.start())
+        await store.commit(
+            Batch(commands=[CommandResult(first, CommandState.REFUSED, "IdempotencyConflict: x")])
+        )
+        found = await store.start_command("s1")
+        assert found is not None and found.id == first
+        assert (found.state, found.error) == (CommandState.REFUSED, "IdempotencyConflict: x")
+
+    async def test_only_a_pending_start_is_cancelled(self, store: Store) -> None:
+        start = await store.enqueue("s1", "start", self.start())
+        abort = await store.enqueue("s1", "abort", {})
+        assert await store.cancel_start(abort, "no") is False  # not a start
+        assert await store.cancel_start(start, "aborted before it started") is True
+        assert await store.cancel_start(start, "again") is False
+        cancelled = await store.command(start)
+        assert cancelled is not None
+        assert (cancelled.state, cancelled.error) == (
+            CommandState.REFUSED,
+            "aborted before it started",
+        )
+        assert await store.queued_starts(10) == []
+        assert await store.queued_start("order", "k") is None
+
+    async def test_a_cancelled_start_creates_no_instance(self, store: Store) -> None:
+        cancelled = await store.enqueue("s1", "start", self.start())
+        kept = await store.enqueue("s2", "start", self.start(key="k2"))
+        await store.cancel_start(cancelled, "aborted before it started")
+        # A worker that read both before the cancel: its inserts carry their results.
+        writes = [
+            InstanceWrite(
+                saga_id,
+                replace(make_instance(saga_id, key=key), revision=1),
+                commands=[CommandResult(command, CommandState.APPLIED)],
+            )
+            for saga_id, key, command in [("s1", "k", cancelled), ("s2", "k2", kept)]
+        ]
+        assert await store.commit(Batch(writes)) == [False, True]
+        assert await store.get("s1") is None
+        assert await store.get("s2") is not None
+        applied = await store.command(kept)
+        assert applied is not None and applied.state is CommandState.APPLIED
+        refused = await store.command(cancelled)
+        assert refused is not None and refused.error == "aborted before it started"
+        # Once applied, it is no longer cancelled.
+        assert await store.cancel_start(kept, "too late") is False

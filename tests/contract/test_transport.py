@@ -9,6 +9,7 @@ instead. Those tests are gated by the adapter's ``in_process`` flag.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sagakit.errors import TransportError
-from sagakit.ports import OutboxMessage, Transport
+from sagakit.ports import OutboxMessage, ParticipantTx, Transport
 from sagakit.storage import SqliteStore
 from sagakit.transport import MemoryTransport
 
@@ -197,7 +198,7 @@ class TestInProcessDelivery:
                     await transport.publish(m.destination, m.body)
                 except TransportError:
                     continue
-                await store.transaction(lambda tx, i=m.id: tx.outbox_done([i]))
+                await store.transaction(functools.partial(_mark_done, m.id))
                 done.append(m.id)
             return done
 
@@ -216,3 +217,7 @@ class TestInProcessDelivery:
             assert await store.pending("orders", 10) == []
         finally:
             await store.close()
+
+
+async def _mark_done(message_id: str, tx: ParticipantTx) -> None:
+    await tx.outbox_done([message_id])

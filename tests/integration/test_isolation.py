@@ -29,7 +29,9 @@ from sagakit import (
 )
 from sagakit.errors import StoreRefused
 from sagakit.ports import Batch, Store
-from sagakit.state import HistoryKind, StepStatus
+from sagakit.state import HistoryKind, SagaInstance, StepStatus
+from sagakit.storage.rows import state_text
+from sagakit.worker import committer as committer_module
 
 MARKER = "refused-by-the-store"
 
@@ -156,7 +158,7 @@ async def test_a_refused_participant_reply_is_dead_lettered_and_its_attempt_ends
 
     @shop.command("reserve")
     async def reserve(tx: ParticipantTx, cmd: Command) -> object:
-        return {"note": MARKER} if cmd.payload["poison"] else {"ok": True}
+        return {"note": MARKER} if cast(dict[str, Any], cmd.payload)["poison"] else {"ok": True}
 
     @shop.command("release")
     async def release(tx: ParticipantTx, cmd: Command) -> None:
@@ -181,3 +183,40 @@ async def test_a_refused_participant_reply_is_dead_lettered_and_its_attempt_ends
     assert bad_instance.status is SagaStatus.FAILED
     assert "could not be stored" in (bad_instance.steps[0].error or "")
     assert any("refused this reply" in letter.reason for letter in letters)
+
+
+async def test_an_item_that_cannot_be_encoded_while_its_batch_is_prepared_fails_alone(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last line of defence before a commit: a state the encoder refuses (no value check
+    # lets one through today, so the encoder is made to refuse one) takes only its own saga
+    # out of the batch being prepared; nothing it staged is left behind.
+    real = state_text
+
+    def refusing(instance: SagaInstance) -> str:
+        text = real(instance)
+        if MARKER in text:
+            raise TypeError("cannot encode this state")
+        return text
+
+    monkeypatch.setattr(committer_module, "state_text", refusing)
+    gate = asyncio.Event()
+    compensated: list[str] = []
+    saga = gated_saga(gate, compensated)
+    store = open_store(url, owner=True)
+    try:
+        async with Worker(App(sagas=[saga]), store) as worker:
+            handles = [
+                await worker.client.start(saga, {"n": n, "poison": n == 4}) for n in range(12)
+            ]
+            await wait_for(lambda: worker.local_runs == 12)
+            gate.set()
+            results = [await h.result(timeout=20) for h in handles]
+            assert worker.local_runs == 0
+            assert worker.committer.staged(handles[4].saga_id) is None
+    finally:
+        await store.close()
+    assert results[4].status is SagaStatus.FAILED
+    assert "cannot encode this state" in (results[4].steps[0].error or "")
+    assert compensated == ["4"]
+    assert all(r.status is SagaStatus.COMPLETED for n, r in enumerate(results) if n != 4)

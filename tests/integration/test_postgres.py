@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -27,7 +27,7 @@ from sagakit import (
 )
 from sagakit.errors import StorageError
 from sagakit.examples.demo import run_demo
-from sagakit.ports import Batch, Transition
+from sagakit.ports import Batch, InstanceWrite
 from sagakit.retention import RetentionPolicy
 from sagakit.state import SagaInstance, StepState
 from sagakit.storage.postgres import PostgresStore, Q, migrations, split_url
@@ -96,7 +96,7 @@ async def test_a_reader_refuses_an_unmigrated_database(url: str) -> None:
 async def test_demo_runs_on_postgres(url: str) -> None:
     summary = await run_demo(url, sagas=60, concurrency=16, seed=3, progress=None)
     assert summary["ledger_ok"], summary["ledger_problems"]
-    assert summary["completed"] + summary["failed"] == 60
+    assert cast(int, summary["completed"]) + cast(int, summary["failed"]) == 60
     assert summary["unsettled"] == summary["stuck"] == 0
 
 
@@ -375,7 +375,8 @@ async def test_status_at_moves_with_the_status_only(url: str) -> None:
         sql = Q["update_instances"]
         await conn.fetch(sql, ["a"], [1], ["pending"], [5.0], [2], ["{}"])
         await conn.fetch(sql, ["b"], [1], ["stuck"], [3.0], [2], ["{}"])
-        rows = dict(await conn.fetch("SELECT saga_id, status_at FROM sagakit_instances"))
+        fetched = await conn.fetch("SELECT saga_id, status_at FROM sagakit_instances")
+        rows = {row[0]: row[1] for row in fetched}
         assert rows == {"a": 1.0, "b": 3.0}
     finally:
         await conn.close()
@@ -402,7 +403,7 @@ async def test_a_commit_the_driver_refuses_is_not_a_lost_connection(
 
     store = PostgresStore(url, owner=True)
     try:
-        assert await store.commit(Batch([Transition("refused", instance(1))])) == [True]
+        assert await store.commit(Batch([InstanceWrite("refused", instance(1))])) == [True]
         kept = store._commit_conn
         assert kept is not None
 
@@ -413,9 +414,9 @@ async def test_a_commit_the_driver_refuses_is_not_a_lost_connection(
         with monkeypatch.context() as patched:
             patched.setattr(type(kept), "fetch", refuse)
             with pytest.raises(StorageError, match="driver refused") as refused:
-                await store.commit(Batch([Transition("refused", instance(2), 1)]))
+                await store.commit(Batch([InstanceWrite("refused", instance(2), 1)]))
         assert "connection lost" not in str(refused.value)
         assert store._commit_conn is kept  # not dropped: it works
-        assert await store.commit(Batch([Transition("refused", instance(2), 1)])) == [True]
+        assert await store.commit(Batch([InstanceWrite("refused", instance(2), 1)])) == [True]
     finally:
         await store.close()

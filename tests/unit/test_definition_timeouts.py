@@ -20,7 +20,8 @@ async def act(ctx: StepContext[Any]) -> None:
 @pytest.mark.parametrize("which", ["timeout", "compensation_timeout"])
 def test_a_timeout_that_is_not_positive_is_refused(timeout: float, which: str) -> None:
     saga: Saga[Any] = Saga("bad")
-    saga.local("step", act, compensation=act, **{which: timeout})
+    options: dict[str, Any] = {which: timeout}
+    saga.local("step", act, compensation=act, **options)
     with pytest.raises(DefinitionError, match="timeouts must be positive"):
         saga.build()
 

@@ -388,3 +388,35 @@ def test_a_remote_step_for_a_participant_not_registered_here_is_accepted() -> No
     checked for the command."""
     app = App(sagas=[_remote_saga("inventory.anything")])
     assert [d.name for d in app.definitions] == [SAGA]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Saga("a\x00b").local("s", act, compensation=act), "its name is"),
+        (lambda: Saga("ok").local("caf\ud800", act, compensation=act), "its name is"),
+        (lambda: Saga("ok").local("n" * 513, act, compensation=act), "longer than 512"),
+        (
+            lambda: Saga("ok").remote("s", participant="p\x00", command="c", compensation="u"),
+            "its participant name is",
+        ),
+        (lambda: Saga("ok", deadline=math.nan).local("s", act, compensation=act), "deadline"),
+        (
+            lambda: Saga("ok").local(
+                "s", act, compensation=act, retry=RetryPolicy(initial_delay=math.nan)
+            ),
+            "delays must be",
+        ),
+        (
+            lambda: Saga("ok").local(
+                "s", act, compensation=act, retry=RetryPolicy(backoff=math.inf)
+            ),
+            "delays must be",
+        ),
+    ],
+)
+def test_names_follow_the_value_rules_and_numbers_are_finite(
+    build: Callable[[], Saga[Any]], message: str
+) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        build().build()

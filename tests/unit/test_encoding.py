@@ -61,8 +61,9 @@ def test_errors_name_where_the_bad_value_sits(value: object, where: str) -> None
         to_json(value)
 
 
-def test_integer_bounds_are_those_of_64_bits() -> None:
+def test_integer_bounds_are_those_of_64_bits_signed() -> None:
     assert to_json(-(2**63)) == -(2**63)
-    assert to_json(2**64 - 1) == 2**64 - 1
-    with pytest.raises(EncodingError):
-        to_json(-(2**63) - 1)
+    assert to_json(2**63 - 1) == 2**63 - 1
+    for outside in (-(2**63) - 1, 2**63, 2**64 - 1):
+        with pytest.raises(EncodingError, match="does not fit in 64 bits"):
+            to_json(outside)

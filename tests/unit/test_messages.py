@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 
 from sagakit.definition import Phase
-from sagakit.errors import MessageRejected
+from sagakit.encoding import JSON, MAX_DEPTH, MAX_NAME_LENGTH, MAX_VALUE_BYTES
+from sagakit.errors import EncodingError, MessageRejected
 from sagakit.messages import (
     ENVELOPE_SCHEMA,
     MAX_MESSAGE_BYTES,
@@ -74,6 +75,11 @@ ERROR_REPLY = replace(
     retryable=False,
     retry_after=2.5,
 )
+
+
+def one(name: str, value: Any) -> dict[str, Any]:
+    """``{name: value}``, typed for ``**`` into a call whose parameters it may name."""
+    return {name: value}
 
 
 def raw(env: Envelope = COMMAND, **changes: Any) -> dict[str, Any]:
@@ -213,8 +219,10 @@ def test_malformed_messages_are_rejected_with_the_reason(data: bytes, reason: st
     ],
 )
 def test_a_missing_required_field_is_named(field: str) -> None:
-    assert rejected(body(raw(**{field: ...}))) == f"missing field(s): {field}"
-    assert rejected(body(raw(**{field: None}))) == f"missing field(s): {field}"
+    missing: dict[str, Any] = {field: ...}
+    assert rejected(body(raw(**missing))) == f"missing field(s): {field}"
+    missing[field] = None
+    assert rejected(body(raw(**missing))) == f"missing field(s): {field}"
 
 
 def test_every_missing_field_is_named_at_once() -> None:
@@ -296,6 +304,133 @@ def test_a_message_at_the_limit_is_accepted() -> None:
     at_limit = encode(replace(COMMAND, payload="x" * (MAX_MESSAGE_BYTES - empty)))
     assert len(at_limit) == MAX_MESSAGE_BYTES
     assert decode(at_limit).payload == "x" * (MAX_MESSAGE_BYTES - empty)
+
+
+# -- the value rules (docs/concepts.md, "Values sagakit accepts") ---------------------------
+
+
+def nested(depth: int) -> JSON:
+    value: JSON = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+NAMES = (
+    "id",
+    "type",
+    "saga_id",
+    "saga_type",
+    "step",
+    "idempotency_key",
+    "correlation_id",
+    "causation_id",
+    "reply_to",
+    "traceparent",
+)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nul_in_an_id_or_name_is_rejected_naming_the_field(name: str) -> None:
+    with pytest.raises(MessageRejected) as caught:
+        decode(body(raw(REPLY, **one(name, "s\x001"))))
+    assert str(caught.value) == f"field {name!r}: NUL character '\\x00'"
+    assert caught.value.envelope is None  # the ids are not sound: nothing to route
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_lone_surrogate_in_an_id_or_name_is_rejected_naming_the_field(name: str) -> None:
+    # orjson refuses the escape as malformed; the reason still names the field.
+    assert '"\\ud800"' in body(raw(**one(name, "\ud800"))).decode()
+    assert rejected(body(raw(**one(name, "\ud800")))) == f"field {name!r}: lone surrogate '\\ud800'"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_id_or_name_longer_than_the_limit_is_rejected(name: str) -> None:
+    ok = decode(body(raw(**one(name, "n" * MAX_NAME_LENGTH))))
+    assert getattr(ok, name) == "n" * MAX_NAME_LENGTH
+    reason = rejected(body(raw(**one(name, "n" * (MAX_NAME_LENGTH + 1)))))
+    assert reason == f"field {name!r}: longer than {MAX_NAME_LENGTH} characters"
+
+
+@pytest.mark.parametrize("name", ["attempt", "definition_version"])
+def test_counts_fit_the_stores_32_bit_columns(name: str) -> None:
+    assert getattr(decode(body(raw(**one(name, 2**31 - 1)))), name) == 2**31 - 1
+    assert rejected(body(raw(**one(name, 2**31)))) == f"field {name!r}: larger than 2147483647"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"a": ["ok", "x\x00"]}, "payload.a[1]: NUL character '\\x00'"),
+        ({"k\x00": 1}, "payload: dict key 'k\\x00': NUL character '\\x00'"),
+        (nested(MAX_DEPTH + 1), "nested deeper than 64 levels"),
+        ({"n": 2**63}, "payload.n: the integer 9223372036854775808 does not fit in 64 bits"),
+        ({"n": -(2**63) - 1}, "payload.n: the integer -9223372036854775809 does not fit"),
+        ({"n": 2**64}, "payload.n: the integer 18446744073709551616 does not fit"),
+        ({"n": -(10**30)}, "payload.n: the integer -1000000000000000000000000000000 does"),
+        ({"x": "\ud800"}, "payload.x: lone surrogate '\\ud800'"),
+        ({"x": 1e400}, "payload.x: inf is not a finite number"),
+    ],
+)
+def test_a_payload_that_breaks_the_rules_is_rejected_with_its_envelope(
+    payload: object, reason: str
+) -> None:
+    with pytest.raises(MessageRejected) as caught:
+        decode(body(raw(REPLY, payload=payload)))
+    assert reason in str(caught.value)
+    # The ids are sound: the receiver can end the attempt this reply answers.
+    assert caught.value.envelope == replace(REPLY, payload=None, error=None)
+
+
+def test_an_error_text_with_a_nul_is_rejected_with_its_envelope() -> None:
+    with pytest.raises(MessageRejected) as caught:
+        decode(body(raw(ERROR_REPLY, error="busy\x00")))
+    assert str(caught.value) == "field 'error': NUL character '\\x00'"
+    assert caught.value.envelope == replace(ERROR_REPLY, error=None)
+
+
+def test_a_replys_result_is_a_value_and_a_commands_payload_two() -> None:
+    # A compensation command carries its step's input and result: up to two values.
+    big = "x" * MAX_VALUE_BYTES
+    command = replace(COMPENSATION, payload={"input": big, "result": big})
+    assert decode(encode(command)) == command
+    reason = rejected(encode(replace(REPLY, payload=big)))
+    assert reason == f"payload: 262,146 bytes of JSON exceeds the limit of {MAX_VALUE_BYTES:,}"
+    at_limit = replace(REPLY, payload="x" * (MAX_VALUE_BYTES - 2))
+    assert decode(encode(at_limit)) == at_limit
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "a written \\u0000 is six characters",
+        {"digits": "12345678901234567890123", "max": 2**63 - 1, "min": -(2**63)},
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        nested(MAX_DEPTH),
+    ],
+)
+def test_what_only_looks_suspicious_in_the_bytes_is_accepted(payload: object) -> None:
+    # decode looks for a NUL, depth and long integers only when the bytes allow them: a
+    # written backslash-u0000, digits in a string, brackets in a string, and a payload at the
+    # depth limit (65 levels with the envelope's object) take the slow way and pass it.
+    env = replace(REPLY, payload=payload)  # type: ignore[arg-type]
+    assert decode(encode(env)) == env
+
+
+def test_encode_refuses_what_decode_would_reject() -> None:
+    for name in NAMES:
+        for bad, problem in (("a\x00", "NUL character"), ("a\ud800", "lone surrogate")):
+            with pytest.raises(EncodingError, match=rf"^field '{name}': {problem}"):
+                encode(replace(COMMAND, **one(name, bad)))
+    with pytest.raises(EncodingError, match=r"^field 'step': longer than 512 characters"):
+        encode(replace(COMMAND, step="s" * (MAX_NAME_LENGTH + 1)))
+    with pytest.raises(EncodingError, match=r"^payload\.x: lone surrogate"):
+        encode(replace(COMMAND, payload={"x": "\udfff"}))
+    with pytest.raises(EncodingError, match=r"^field 'error': NUL character"):
+        encode(replace(ERROR_REPLY, error="busy\x00"))
+    with pytest.raises(EncodingError, match=r"^payload\.x: NUL character"):
+        encode(replace(COMMAND, payload={"x": "\x00"}))
 
 
 # -- the JSON Schema ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from uuid import uuid4
 import pytest
 
 from sagakit.definition import Phase
-from sagakit.encoding import JSON
+from sagakit.encoding import JSON, MAX_VALUE_BYTES
 from sagakit.errors import DefinitionError, StepError, StepFailed
 from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode, encode, to_dict
 from sagakit.participant import Command, Participant, ParticipantRunner
@@ -444,7 +444,8 @@ async def test_a_result_too_large_to_reply_is_a_final_error_and_rolls_back(
     [reply] = await world.replies.wait(1)
     assert reply.outcome is Outcome.ERROR
     assert reply.retryable is False
-    assert reply.error is not None and f"exceeds {MAX_MESSAGE_BYTES}" in reply.error
+    # A value's own limit (a quarter of a message's) refuses it before the reply is built.
+    assert reply.error is not None and f"exceeds the limit of {MAX_VALUE_BYTES:,}" in reply.error
     assert await world.holds() == []
     assert await world.inbox(cmd.idempotency_key) is None
     await world.drained()

@@ -499,7 +499,9 @@ def _world(name: str) -> World:
     return world
 
 
-def _entry(kind: HistoryKind, step: str | None = None, phase: Phase | None = None, **detail: str):
+def _entry(
+    kind: HistoryKind, step: str | None = None, phase: Phase | None = None, **detail: str
+) -> HistoryEntry:
     return HistoryEntry(0.0, kind, step, phase.value if phase else None, 1, dict(detail))
 
 

@@ -24,6 +24,7 @@ PUBLIC = {
     "Participant",
     "ParticipantTx",
     "Phase",
+    "QueuedStart",
     "RetryPolicy",
     "Saga",
     "SagaDefinition",

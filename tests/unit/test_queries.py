@@ -51,7 +51,7 @@ def _filled(dialect: str) -> dict[str, set[str]]:
             and isinstance(node.args[0], ast.Subscript)
             and isinstance(node.args[0].slice, ast.Constant)
         ):
-            found[node.args[0].slice.value] = {k.arg for k in node.keywords if k.arg}
+            found[str(node.args[0].slice.value)] = {k.arg for k in node.keywords if k.arg}
     return found
 
 

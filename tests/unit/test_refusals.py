@@ -6,11 +6,12 @@ import asyncio
 import math
 
 from sagakit.definition import Phase
+from sagakit.encoding import printable
 from sagakit.errors import StorageError, StoreRefused
 from sagakit.ports import Batch, CommandResult, CommandState, DeadLetter
 from sagakit.transitions import Outcome, Reply
 from sagakit.worker.items import Item, Work
-from sagakit.worker.refusals import Unit, bisect, printable, refuse
+from sagakit.worker.refusals import Unit, bisect, refuse
 
 
 def works(n: int) -> list[Work]:

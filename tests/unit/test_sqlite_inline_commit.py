@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sagakit.ports import Batch, Transition
+from sagakit.ports import Batch, InstanceWrite
 from sagakit.storage import sqlite
 from sagakit.storage.sqlite import INLINE_BATCH, INLINE_SECONDS, SqliteStore
 
@@ -27,7 +27,7 @@ async def committed_on(store: SqliteStore, batch: Batch, monkeypatch: pytest.Mon
 
 
 def side_only(count: int) -> Batch:
-    return Batch([Transition(f"s{i}") for i in range(count)])
+    return Batch([InstanceWrite(f"s{i}") for i in range(count)])
 
 
 async def test_a_small_batch_commits_on_the_loop_while_commits_are_fast(

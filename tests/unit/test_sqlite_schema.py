@@ -12,7 +12,7 @@ import pytest
 
 from sagakit.cli import main
 from sagakit.errors import StorageError, StoreLocked
-from sagakit.ports import Batch, InstanceFilter, Transition
+from sagakit.ports import Batch, InstanceFilter, InstanceWrite
 from sagakit.state import SagaInstance, SagaStatus, StepState
 from sagakit.storage import sqlite
 from sagakit.storage.sqlite import SCHEMA_VERSION, Q, SqliteStore
@@ -49,22 +49,22 @@ async def test_status_at_moves_with_the_status_only(tmp_path: Path) -> None:
     store = SqliteStore(str(path), owner=True)
     try:
         first = make_instance("a", status=SagaStatus.PENDING, created_at=10.0, revision=1)
-        assert await store.commit(Batch([Transition("a", first)])) == [True]
+        assert await store.commit(Batch([InstanceWrite("a", first)])) == [True]
         step = replace(first, updated_at=20.0, revision=2)
-        assert await store.commit(Batch([Transition("a", step, 1)])) == [True]
+        assert await store.commit(Batch([InstanceWrite("a", step, 1)])) == [True]
         assert rows(path, "SELECT status_at, updated_at FROM sagakit_instances") == [(10.0, 20.0)]
 
         done = replace(step, status=SagaStatus.COMPLETED, updated_at=30.0, revision=3)
-        assert await store.commit(Batch([Transition("a", done, 2)])) == [True]
+        assert await store.commit(Batch([InstanceWrite("a", done, 2)])) == [True]
         assert rows(path, "SELECT status, status_at FROM sagakit_instances") == [
             ("completed", 30.0)
         ]
 
         # At a stale revision neither update applies, whether or not the status changes.
         stale = replace(done, updated_at=40.0, revision=4)
-        assert await store.commit(Batch([Transition("a", stale, 2)])) == [False]
+        assert await store.commit(Batch([InstanceWrite("a", stale, 2)])) == [False]
         moved = replace(stale, status=SagaStatus.FAILED)
-        assert await store.commit(Batch([Transition("a", moved, 2)])) == [False]
+        assert await store.commit(Batch([InstanceWrite("a", moved, 2)])) == [False]
         assert rows(path, "SELECT status, status_at, revision FROM sagakit_instances") == [
             ("completed", 30.0, 3)
         ]
@@ -77,18 +77,18 @@ async def test_list_and_retention_go_by_the_time_of_the_status(tmp_path: Path) -
     try:
         a = make_instance("a", status=SagaStatus.PENDING, created_at=10.0, revision=1)
         b = make_instance("b", status=SagaStatus.PENDING, created_at=20.0, revision=1)
-        await store.commit(Batch([Transition("a", a), Transition("b", b)]))
+        await store.commit(Batch([InstanceWrite("a", a), InstanceWrite("b", b)]))
         a_step = replace(a, updated_at=50.0, revision=2)  # a step: a keeps its status
-        await store.commit(Batch([Transition("a", a_step, 1)]))
+        await store.commit(Batch([InstanceWrite("a", a_step, 1)]))
         pending = await store.list(InstanceFilter(status=SagaStatus.PENDING))
         assert [i.saga_id for i in pending] == ["b", "a"]  # b entered pending last
 
         a_done = replace(a_step, status=SagaStatus.COMPLETED, updated_at=60.0, revision=3)
         b_done = replace(b, status=SagaStatus.COMPLETED, updated_at=70.0, revision=2)
-        await store.commit(Batch([Transition("a", a_done, 2), Transition("b", b_done, 1)]))
+        await store.commit(Batch([InstanceWrite("a", a_done, 2), InstanceWrite("b", b_done, 1)]))
         # A late update of a finished instance (a refused command) keeps its finishing time.
         a_late = replace(a_done, updated_at=990.0, revision=4)
-        await store.commit(Batch([Transition("a", a_late, 3)]))
+        await store.commit(Batch([InstanceWrite("a", a_late, 3)]))
         assert await store.finished_before(1000.0 - 65.0, 10) == ["a"]
         assert await store.finished_before(1000.0 - 75.0, 10) == ["a", "b"]
     finally:
@@ -167,7 +167,7 @@ async def test_a_version_1_file_is_upgraded_by_its_owner_to_a_new_file_s_schema(
         assert [i.saga_id for i in stuck] == ["old"]
         # Written after the upgrade, through the store.
         fresh = make_instance("new", status=SagaStatus.PENDING, created_at=9.0, revision=1)
-        assert await store.commit(Batch([Transition("new", fresh)])) == [True]
+        assert await store.commit(Batch([InstanceWrite("new", fresh)])) == [True]
     finally:
         await store.close()
     new = SqliteStore(str(tmp_path / "new.db"))

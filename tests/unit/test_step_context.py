@@ -17,7 +17,9 @@ async def act(ctx: StepContext[Any]) -> None:
 
 
 def test_a_context_built_by_the_worker_has_every_field() -> None:
-    definition = Saga("ctx").local("a", act, compensation=act).local("b", act, compensation=act)
+    definition: Saga[Any] = (
+        Saga("ctx").local("a", act, compensation=act).local("b", act, compensation=act)
+    )
     saga = definition.build()
     instance = new_instance(
         saga,

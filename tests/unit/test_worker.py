@@ -413,10 +413,8 @@ async def test_late_duplicate_unknown_and_malformed_replies(store: SqliteStore) 
         await transport.publish("sagakit.replies", reply(Outcome.SUCCESS, attempt=9))
         history = await worker.client.history(handle.saga_id)
         letters = await worker.client.dead_letters()
-        again = await worker.client.run(saga, {"amount": 1}, timeout=0.01) if False else None
-        del again
-    inst = await store.get(handle.saga_id)
-    assert inst is not None and inst.step("notify").result == {"sent": 1}
+    stored = await store.get(handle.saga_id)
+    assert stored is not None and stored.step("notify").result == {"sent": 1}
     kinds = [h.kind for h in history]
     assert HistoryKind.DUPLICATE_REPLY in kinds and HistoryKind.LATE_REPLY in kinds
     reasons = sorted(d.reason for d in letters)
@@ -579,8 +577,10 @@ async def test_a_queued_start_with_a_used_key_resolves_to_the_first_instance(
     reader = SqliteStore(db)
     client = Client(reader)
     first = await client.start(saga, {"n": 1}, key="same")
-    second = await client.start(saga, {"n": 1}, key="same")  # both queued: no instance yet
-    assert first.saga_id != second.saga_id
+    # No instance yet: the start waiting in the queue holds the key.
+    second = await client.start(saga, {"n": 1}, key="same")
+    assert second.saga_id == first.saga_id
+    assert len(await reader.pending_commands(10)) == 1
     owner = SqliteStore(db, owner=True)
     try:
         async with Worker(App(sagas=[saga]), owner):
@@ -681,3 +681,43 @@ async def test_show_says_why_an_instance_is_not_advancing(db: str) -> None:
         release.set()
         await store.close()
     assert why is not None and "no running worker has the definition explained v1" in why
+
+
+async def test_a_queued_start_cancelled_while_the_worker_applies_it_creates_nothing(
+    db: str, calls: Calls
+) -> None:
+    from sagakit import Client
+    from sagakit.ports import Batch
+
+    saga = two_steps(calls)
+    guarded: list[int] = []
+
+    class CancelledMeanwhile(SqliteStore):
+        """An operator's cancel lands between the worker's read of the start and its commit."""
+
+        async def commit(self, batch: Batch) -> list[bool]:
+            for write in batch.transitions:
+                if write.expected_revision is None and write.commands:
+                    guarded.append(write.commands[0].id)
+                    if len(guarded) == 1:
+                        assert await self.cancel_start(write.commands[0].id, "cancelled")
+            return await super().commit(batch)
+
+    reader = SqliteStore(db)
+    client = Client(reader)
+    doomed = await client.start(saga, {"n": 1}, key="doomed")
+    owner = CancelledMeanwhile(db, owner=True)
+    try:
+        async with Worker(App(sagas=[saga]), owner, poll_interval=0.02):
+            later = await client.start(saga, {"n": 2}, key="later")
+            await later.result(timeout=5)
+        with pytest.raises(CommandRefused, match="cancelled"):
+            await doomed.result(timeout=1)
+        assert await reader.get(doomed.saga_id) is None
+    finally:
+        await owner.close()
+        await reader.close()
+    # Tried once, not again and again: a queued start whose write failed goes back to the
+    # queue, where it is no longer pending.
+    assert guarded.count(guarded[0]) == 1
+    assert calls.names() == ["first", "second"]  # only the later one ran

@@ -1,12 +1,17 @@
-"""The read commands: ``list``, ``show``, ``history`` and ``dead-letters``."""
+"""The read commands: ``list``, ``show``, ``history`` and ``dead-letters``.
+
+``list`` and ``show`` report starts still queued for a worker beside instances, with the
+status ``queued``; ``show`` finds one by the id its client returned."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from sagakit import Client, QueuedStart, SagaNotFound
 from sagakit.cli.common import db_url, reader, run
 from sagakit.cli.render import (
+    QUEUED,
     clip,
     detail_json,
     entry_json,
@@ -15,6 +20,7 @@ from sagakit.cli.render import (
     print_history,
     print_json,
     print_table,
+    queued_json,
     summary_json,
 )
 
@@ -42,16 +48,39 @@ async def _list(
     as_json: bool,
 ) -> int:
     async with reader(url) as client:
-        instances = await client.list(
-            status=status, saga_type=saga_type, correlation_id=correlation_id, limit=limit
-        )
+        starts: list[QueuedStart] = []
+        if status in (None, QUEUED):
+            starts = await client.queued_starts(saga_type=saga_type, limit=limit)
+            if correlation_id is not None:
+                starts = [s for s in starts if s.correlation_id == correlation_id]
+        instances = []
+        if status != QUEUED and len(starts) < limit:
+            instances = await client.list(
+                status=status,
+                saga_type=saga_type,
+                correlation_id=correlation_id,
+                limit=limit - len(starts),
+            )
         stalled = await client.stalled_many(instances)
     if as_json:
         print_json(
-            [{**summary_json(i), "stalled": why} for i, why in zip(instances, stalled, strict=True)]
+            [queued_json(s) for s in starts]
+            + [
+                {**summary_json(i), "stalled": why}
+                for i, why in zip(instances, stalled, strict=True)
+            ]
         )
         return 0
     rows = [
+        [
+            s.saga_id,
+            f"{s.saga_type} v{s.version}",
+            QUEUED,
+            human_time(s.queued_at),
+            clip(f"not started: {s.stalled}" if s.stalled else "waiting for a worker", 60),
+        ]
+        for s in starts
+    ] + [
         [
             i.saga_id,
             f"{i.saga_type} v{i.version}",
@@ -62,7 +91,11 @@ async def _list(
         for i, why in zip(instances, stalled, strict=True)
     ]
     print_table(["SAGA ID", "TYPE", "STATUS", "UPDATED (UTC)", "REASON"], rows)
-    print(f"({len(instances)} instance(s))")
+    if status == QUEUED:
+        print(f"({len(starts)} queued start(s))")
+    else:
+        queued = f", {len(starts)} queued start(s)" if starts else ""
+        print(f"({len(instances)} instance(s){queued})")
     return 0
 
 
@@ -72,7 +105,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
     async with reader(url) as client:
-        instance = await client.get(saga_id)
+        try:
+            instance = await client.get(saga_id)
+        except SagaNotFound:
+            start = await client.queued_start(saga_id)
+            if start is None:
+                raise
+            return await _show_start(client, start, as_json=as_json)
         history = await client.history(saga_id)
         stalled = await client.stalled(instance)
     if as_json:
@@ -81,6 +120,7 @@ async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
     fields = [
         ("saga", instance.saga_id),
         ("type", f"{instance.saga_type} v{instance.version}"),
+        ("fingerprint", instance.fingerprint),
         ("status", instance.status.value),
         ("reason", instance.status_reason or "-"),
         ("owner", instance.owner or "-"),
@@ -116,6 +156,37 @@ async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
     print()
     print("history:")
     print_history(history, indent="  ")
+    return 0
+
+
+async def _show_start(client: Client, start: QueuedStart, *, as_json: bool) -> int:
+    """A start by the id its client returned: queued, refused, or applied to the instance
+    that held its key (an instance of its own would have been shown instead)."""
+    resolved = None
+    if start.state.value == "applied" and start.key is not None:
+        holder = await client.store.find_by_key(start.saga_type, start.key)
+        resolved = holder.saga_id if holder is not None else None
+    shown = {**queued_json(start), "data": start.data, "resolved_to": resolved}
+    if as_json:
+        print_json(shown)
+        return 0
+    status = str(shown["status"])
+    fields = [
+        ("saga", start.saga_id),
+        ("type", f"{start.saga_type} v{start.version}"),
+        ("status", f"{status} (a start no worker has applied)" if status == QUEUED else status),
+        ("reason", start.error or "-"),
+        ("not started", start.stalled or "-"),
+        ("resolved to", resolved or "-"),
+        ("idempotency key", start.key or "-"),
+        ("correlation id", start.correlation_id or "-"),
+        ("queued", human_time(start.queued_at)),
+        ("command", str(start.command_id)),
+        ("data", json.dumps(start.data, sort_keys=True)),
+    ]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name:<{width}}  {value}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """The operator commands: ``abort``, ``retry`` and ``resolve``, optionally waiting until a
-worker has applied them."""
+worker has applied them. ``abort`` of a start still queued cancels it at once."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ async def _operate(
                 handle = await client.resolve(saga_id, step, reason, by=by)
         except CommandRefused as exc:
             raise CliError(f"{operation} refused: {exc}") from exc
+        if handle.cancelled_start:
+            print(
+                f"abort of saga {saga_id}: its queued start is cancelled; no worker will start it"
+            )
+            return 0
         print(f"{operation} of saga {saga_id} accepted (command {handle.id})", flush=True)
         if not wait:
             print("a worker running on this database will apply it", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from sagakit.cli.demo import cmd_demo
 from sagakit.cli.inspection import cmd_dead_letters, cmd_history, cmd_list, cmd_show
 from sagakit.cli.maintenance import cmd_migrate, cmd_purge
 from sagakit.cli.operations import cmd_operator
+from sagakit.cli.render import QUEUED
 from sagakit.cli.worker import cmd_worker
 from sagakit.retention import parse_duration
 from sagakit.storage import DEFAULT_URL
@@ -121,10 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "list",
         parents=[common, as_json],
         help="list saga instances, most recently updated first",
-        description="List saga instances, most recently updated first.",
+        description="List saga instances, most recently updated first, after the starts "
+        "still queued for a worker (status queued), oldest first.",
     )
     listing.add_argument(
-        "--status", choices=[s.value for s in SagaStatus], help="only instances with this status"
+        "--status",
+        choices=[QUEUED, *(s.value for s in SagaStatus)],
+        help="only instances with this status (queued: only queued starts)",
     )
     listing.add_argument(
         "--type", dest="saga_type", metavar="T", help="only instances of this saga type"
@@ -144,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "show",
         parents=[common, as_json],
-        help="show one instance: status, data, steps and history",
-        description="Show one saga instance: status, data, steps and history.",
+        help="show one instance (or queued start): status, data, steps and history",
+        description="Show one saga instance: status, data, steps and history. For the id of "
+        "a start still queued (or refused), show that start.",
     )
     show.add_argument("saga_id", metavar="SAGA_ID")
     show.set_defaults(handler=cmd_show)
@@ -183,10 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     abort = commands.add_parser(
         "abort",
         parents=[common, operator],
-        help="compensate an instance now (refused past the point of no return)",
+        help="compensate an instance now, or cancel a queued start",
         description="Abort a running or stuck instance: compensate what it did. Refused for "
         "an instance that is completed, failed, already compensating, stuck compensating, "
-        "or past its point of no return.",
+        "or past its point of no return. For a start still queued (no worker has applied "
+        "it), cancel it at once: no worker will start it.",
     )
     abort.add_argument("saga_id", metavar="SAGA_ID")
     abort.set_defaults(handler=cmd_operator, operation="abort")

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sagakit import HistoryEntry, SagaInstance
+from sagakit import HistoryEntry, QueuedStart, SagaInstance
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -36,6 +36,30 @@ def summary_json(instance: SagaInstance) -> dict[str, object]:
     }
 
 
+#: The status ``list`` and ``show`` give a start that waits in the queue for a worker.
+QUEUED = "queued"
+
+
+def queued_json(start: QueuedStart) -> dict[str, object]:
+    """A queued start in the shape of an instance's summary, status ``queued`` (or, shown by
+    its id once a worker answered it, ``refused`` or ``applied``)."""
+    status = {"pending": QUEUED}.get(start.state.value, start.state.value)
+    return {
+        "saga_id": start.saga_id,
+        "saga_type": start.saga_type,
+        "version": start.version,
+        "status": status,
+        "reason": start.error,
+        "stuck_step": None,
+        "correlation_id": start.correlation_id,
+        "created_at": iso(start.queued_at),
+        "updated_at": iso(start.queued_at),
+        "idempotency_key": start.key,
+        "command_id": start.command_id,
+        "stalled": start.stalled,
+    }
+
+
 def detail_json(instance: SagaInstance, history: Sequence[HistoryEntry]) -> dict[str, object]:
     steps: list[object] = []
     for s in instance.steps:
@@ -60,6 +84,7 @@ def detail_json(instance: SagaInstance, history: Sequence[HistoryEntry]) -> dict
         )
     return {
         **summary_json(instance),
+        "fingerprint": instance.fingerprint,
         "idempotency_key": instance.idempotency_key,
         "point_of_no_return": instance.point_of_no_return,
         "deadline_at": iso(instance.deadline_at),

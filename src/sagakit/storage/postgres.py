@@ -39,6 +39,7 @@ from sagakit.ports import (
     Batch,
     CommandState,
     DeadLetter,
+    DefinitionRef,
     InstanceFilter,
     OutboxMessage,
     ParticipantTx,
@@ -47,7 +48,12 @@ from sagakit.ports import (
     Timer,
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
-from sagakit.storage.postgres_commit import columns, commit_at_once, commit_in_rounds
+from sagakit.storage.postgres_commit import (
+    columns,
+    commit_at_once,
+    commit_in_rounds,
+    starts_queued,
+)
 from sagakit.storage.postgres_schema import (
     Conn,
     Q,
@@ -57,7 +63,13 @@ from sagakit.storage.postgres_schema import (
     split_url,
 )
 from sagakit.storage.queries import fill
-from sagakit.storage.rows import command_from_row, instance_from_row
+from sagakit.storage.rows import (
+    command_from_row,
+    definitions_text,
+    fingerprints_of,
+    instance_from_row,
+    published,
+)
 from sagakit.transitions import TimerKind
 
 T = TypeVar("T")
@@ -176,7 +188,7 @@ class PostgresStore:
         pool = await self._ready()
         try:
             ids = [t.saga_id for t in batch.transitions]
-            if len(set(ids)) == len(ids):
+            if len(set(ids)) == len(ids) and not any(map(starts_queued, batch.transitions)):
                 # The usual batch (one transition per instance): one statement, one round trip,
                 # on a connection kept for commits (no pool hand-off on the hot path).
                 conn = await self._commit_connection(pool)
@@ -219,7 +231,9 @@ class PostgresStore:
 
     # -- Leases ---------------------------------------------------------------------------
 
-    async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
+    async def attach(
+        self, worker_id: str, lease: float, definitions: Sequence[DefinitionRef] = ()
+    ) -> None:
         self.worker_id = worker_id
         self._lease = lease
         await self._fetch(
@@ -228,23 +242,40 @@ class PostgresStore:
             socket.gethostname(),
             os.getpid(),
             lease,
-            dumps(list[JSON](sorted(fingerprints))),
+            definitions_text(definitions),
         )
 
-    async def live_fingerprints(self) -> set[str]:
+    async def _published(self) -> builtins.list[DefinitionRef | str]:
         rows = await self._fetch(Q["live_fingerprints"])
-        return {str(p) for r in rows for p in cast(list[JSON], loads(r[0]))}
+        return [entry for r in rows for entry in published(r[0])]
+
+    async def live_fingerprints(self) -> set[str]:
+        return fingerprints_of(await self._published())
+
+    async def live_definitions(self) -> builtins.list[DefinitionRef]:
+        return [e for e in await self._published() if isinstance(e, DefinitionRef)]
+
+    async def unsettled_definitions(
+        self, saga_types: Sequence[str]
+    ) -> builtins.list[DefinitionRef]:
+        rows = await self._fetch(Q["unsettled_definitions"], list(saga_types), list(_LIVE))
+        return [DefinitionRef(r[0], r[1], r[2]) for r in rows]
 
     async def heartbeat(self) -> bool:
         rows = await self._fetch(Q["heartbeat"], self.worker_id, self._lease)
         return bool(rows and rows[0][0])
 
-    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
+    async def claim(
+        self, limit: int, definitions: Sequence[DefinitionRef]
+    ) -> builtins.list[SagaInstance]:
         rows = await self._fetch(
             Q["claim_instances"],
             self.worker_id,
             list(_LIVE),
-            list(fingerprints),
+            [d.saga_type for d in definitions],
+            [d.version for d in definitions],
+            [d.fingerprint for d in definitions],
+            [d.legacy_fingerprint for d in definitions],
             limit,
         )
         return [instance_from_row(r) for r in rows]
@@ -400,6 +431,22 @@ class PostgresStore:
     async def command(self, command_id: int) -> QueuedCommand | None:
         rows = await self._fetch(Q["get_command"], command_id)
         return command_from_row(rows[0]) if rows else None
+
+    # -- StartQueue -----------------------------------------------------------------------
+
+    async def queued_start(self, saga_type: str, key: str) -> QueuedCommand | None:
+        rows = await self._fetch(Q["queued_start"], saga_type, key)
+        return command_from_row(rows[0]) if rows else None
+
+    async def start_command(self, saga_id: str) -> QueuedCommand | None:
+        rows = await self._fetch(Q["start_command"], saga_id)
+        return command_from_row(rows[0]) if rows else None
+
+    async def queued_starts(self, limit: int) -> builtins.list[QueuedCommand]:
+        return [command_from_row(r) for r in await self._fetch(Q["queued_starts"], limit)]
+
+    async def cancel_start(self, command_id: int, reason: str) -> bool:
+        return bool(await self._fetch(Q["cancel_start"], command_id, reason))
 
     # -- DeadLetters ----------------------------------------------------------------------
 

@@ -4,8 +4,11 @@ Every batch is one transaction of a handful of set-based statements, whatever it
 usual batch (one transition per saga) is one statement of data-modifying CTEs, put together from
 the ``commit_<part>`` queries it has rows for (:func:`commit_at_once`); one step of one saga
 takes a scalar statement instead. A batch that names a saga twice goes in rounds, so the second
-transition is checked against what the first wrote (:func:`commit_in_rounds`). A transition
-whose revision check fails is dropped whole: its records are not written.
+transition is checked against what the first wrote (:func:`commit_in_rounds`), and so does a
+batch that creates the instance of a queued start: its command is locked first, and the
+instance created only if it is still pending (an operator's cancel waits for that lock, then
+finds it answered). A transition whose revision check fails is dropped whole: its records are
+not written.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import cast
 
-from sagakit.ports import Batch, Timer, TimerOpKind, Transition
+from sagakit.ports import Batch, InstanceWrite, Timer, TimerOpKind
 from sagakit.state import SagaInstance
 from sagakit.storage.postgres_schema import Conn, Q
 from sagakit.storage.rows import STATUS_TEXT, history_row, transition_state
@@ -112,10 +115,19 @@ async def commit_in_rounds(conn: Conn, batch: Batch, worker_id: str | None) -> l
     ``conn``; which transitions wrote, in order."""
     transitions = batch.transitions
     results = [t.instance is None for t in transitions]
+    gated = [c.id for t in transitions if starts_queued(t) for c in t.commands]
+    pending: set[int] = set()
+    if gated:
+        pending = {r[0] for r in await conn.fetch(Q["lock_pending"], gated)}
     # One statement per round; a saga that appears twice in a batch goes in two rounds,
     # so its second transition is checked against what its first one wrote.
     for round_ in _rounds(transitions):
-        inserts = [i for i in round_ if transitions[i].expected_revision is None]
+        inserts = [
+            i
+            for i in round_
+            if transitions[i].expected_revision is None
+            and all(c.id in pending for c in transitions[i].commands)
+        ]
         updates = [i for i in round_ if transitions[i].expected_revision is not None]
         written: set[str] = set()
         if inserts:
@@ -141,7 +153,7 @@ async def commit_in_rounds(conn: Conn, batch: Batch, worker_id: str | None) -> l
 
 
 async def _side_records(
-    conn: Conn, batch: Batch, ok: list[Transition], worker_id: str | None
+    conn: Conn, batch: Batch, ok: list[InstanceWrite], worker_id: str | None
 ) -> None:
     history = [history_row(t.saga_id, e) for t in ok for e in t.history]
     if history:
@@ -172,7 +184,7 @@ async def _side_records(
         )
 
 
-async def _timers(conn: Conn, ok: list[Transition]) -> None:
+async def _timers(conn: Conn, ok: list[InstanceWrite]) -> None:
     clear, names, fired, upserts = _timer_changes(ok)
     if clear:
         await conn.execute(
@@ -252,7 +264,7 @@ _TimerChanges = tuple[
 ]
 
 
-def _timer_changes(transitions: Sequence[Transition]) -> _TimerChanges:
+def _timer_changes(transitions: Sequence[InstanceWrite]) -> _TimerChanges:
     """Each transition's ordered timer operations, collapsed per instance into: instances to
     clear, timers to delete by name, fired timers to delete exactly, and timers to upsert —
     with no timer both deleted and upserted, so they can run as one statement."""
@@ -295,7 +307,7 @@ def _timer_changes(transitions: Sequence[Transition]) -> _TimerChanges:
     return clear, names, fired, upserts
 
 
-def _rounds(transitions: Sequence[Transition]) -> list[list[int]]:
+def _rounds(transitions: Sequence[InstanceWrite]) -> list[list[int]]:
     """Indexes of the transitions that write an instance, grouped so that no round names a
     saga twice; a saga's k-th transition is in round k."""
     rounds: list[list[int]] = []
@@ -311,7 +323,7 @@ def _rounds(transitions: Sequence[Transition]) -> list[list[int]]:
     return rounds
 
 
-def _one_step(batch: Batch) -> Transition | None:
+def _one_step(batch: Batch) -> InstanceWrite | None:
     """The batch's one transition when it is one step of one saga: an update, its history
     and at most the cancelling of all its timers (commit_one_update)."""
     if len(batch.transitions) != 1 or batch.outbox_done or batch.commands or batch.dead_letters:
@@ -325,11 +337,17 @@ def _one_step(batch: Batch) -> Transition | None:
     return t
 
 
+def starts_queued(t: InstanceWrite) -> bool:
+    """Whether ``t`` creates the instance of a queued start (an insert with command results):
+    that is written only while the command is pending."""
+    return t.instance is not None and t.expected_revision is None and bool(t.commands)
+
+
 def columns(rows: Sequence[Sequence[object]], width: int) -> list[list[object]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-def _insert_row(t: Transition) -> tuple[object, ...]:
+def _insert_row(t: InstanceWrite) -> tuple[object, ...]:
     inst = cast(SagaInstance, t.instance)
     return (
         inst.saga_id,
@@ -347,7 +365,7 @@ def _insert_row(t: Transition) -> tuple[object, ...]:
     )
 
 
-def _update_row(t: Transition) -> tuple[object, ...]:
+def _update_row(t: InstanceWrite) -> tuple[object, ...]:
     inst = cast(SagaInstance, t.instance)
     return (
         inst.saga_id,

@@ -6,10 +6,11 @@ serves both: the indexed fields as columns, the rest of the instance state as JS
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-from sagakit.encoding import JSON, dump_text, loads
-from sagakit.ports import CommandState, QueuedCommand, Transition
+from sagakit.encoding import JSON, dump_text, dumps, loads
+from sagakit.ports import CommandState, DefinitionRef, InstanceWrite, QueuedCommand
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 
 
@@ -36,7 +37,7 @@ def state_text(inst: SagaInstance) -> str:
     )
 
 
-def transition_state(t: Transition) -> str:
+def transition_state(t: InstanceWrite) -> str:
     """The state column of ``t``'s instance: encoded by the worker already, or now."""
     if t.state is not None:
         return t.state
@@ -92,4 +93,61 @@ def command_from_row(row: Row) -> QueuedCommand:
         state=CommandState(cast(str, row[4])),
         error=cast("str | None", row[5]),
         created_at=cast(float, row[6]),
+    )
+
+
+def definitions_text(definitions: Sequence[DefinitionRef]) -> str:
+    """What a worker's row in ``sagakit_workers`` holds of the definitions it runs: a JSON
+    list of objects (an older sagakit wrote a list of bare fingerprints)."""
+    return dumps(
+        [
+            {
+                "saga_type": d.saga_type,
+                "version": d.version,
+                "fingerprint": d.fingerprint,
+                "legacy_fingerprint": d.legacy_fingerprint,
+            }
+            for d in sorted(definitions, key=lambda d: (d.saga_type, d.version))
+        ]
+    )
+
+
+def published(text: str) -> list[DefinitionRef | str]:
+    """The entries of a worker's definitions column: a :class:`DefinitionRef`, or the bare
+    fingerprint an older sagakit published."""
+    entries: list[DefinitionRef | str] = []
+    for entry in cast(list[JSON], loads(text)):
+        if isinstance(entry, dict):
+            legacy = entry.get("legacy_fingerprint")
+            entries.append(
+                DefinitionRef(
+                    str(entry["saga_type"]),
+                    cast(int, entry["version"]),
+                    str(entry["fingerprint"]),
+                    legacy if isinstance(legacy, str) else None,
+                )
+            )
+        else:
+            entries.append(str(entry))
+    return entries
+
+
+def fingerprints_of(entries: Sequence[DefinitionRef | str]) -> set[str]:
+    """Every fingerprint whose instances the published ``entries`` can advance."""
+    found: set[str] = set()
+    for entry in entries:
+        if isinstance(entry, str):
+            found.add(entry)
+        else:
+            found.add(entry.fingerprint)
+            if entry.legacy_fingerprint is not None:
+                found.add(entry.legacy_fingerprint)
+    return found
+
+
+def claim_text(definitions: Sequence[DefinitionRef]) -> str:
+    """The definitions a claim is for, as the JSON list of [type, version, fingerprint,
+    legacy fingerprint] that the SQLite claim reads with json_each."""
+    return dumps(
+        [[d.saga_type, d.version, d.fingerprint, d.legacy_fingerprint] for d in definitions]
     )

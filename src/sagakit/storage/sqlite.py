@@ -33,6 +33,7 @@ from sagakit.ports import (
     Batch,
     CommandState,
     DeadLetter,
+    DefinitionRef,
     InstanceFilter,
     OutboxMessage,
     ParticipantTx,
@@ -42,7 +43,14 @@ from sagakit.ports import (
 )
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
 from sagakit.storage.queries import fill
-from sagakit.storage.rows import command_from_row, instance_from_row
+from sagakit.storage.rows import (
+    claim_text,
+    command_from_row,
+    definitions_text,
+    fingerprints_of,
+    instance_from_row,
+    published,
+)
 from sagakit.storage.sqlite_commit import commit_batch
 from sagakit.storage.sqlite_file import (
     SCHEMA_VERSION,
@@ -205,15 +213,19 @@ class SqliteStore:
     # One worker owns a SQLite file (the flock), so a lease is the lock itself: attaching
     # claims every unsettled instance, and nothing can be taken over while the owner lives.
 
-    async def attach(self, worker_id: str, lease: float, fingerprints: Sequence[str] = ()) -> None:
+    async def attach(
+        self, worker_id: str, lease: float, definitions: Sequence[DefinitionRef] = ()
+    ) -> None:
         self.worker_id = worker_id
         self._lease = lease
-        prints = dumps(list[JSON](sorted(fingerprints)))
+        published_text = definitions_text(definitions)
 
         def write() -> None:
             with transaction(self._conn):
                 self._conn.execute(Q["clear_workers"], (worker_id,))
-                self._conn.execute(Q["replace_worker"], (worker_id, prints, self._clock() + lease))
+                self._conn.execute(
+                    Q["replace_worker"], (worker_id, published_text, self._clock() + lease)
+                )
 
         await self._write(write)
 
@@ -228,26 +240,36 @@ class SqliteStore:
         await self._write(write)
         return True
 
-    async def live_fingerprints(self) -> set[str]:
+    async def _published(self) -> builtins.list[DefinitionRef | str]:
         rows = await self._query(Q["live_fingerprints"], (self._clock(),))
-        return {str(p) for r in rows for p in cast(list[JSON], loads(cast(str, r[0])))}
+        return [entry for r in rows for entry in published(cast(str, r[0]))]
 
-    async def claim(self, limit: int, fingerprints: Sequence[str]) -> builtins.list[SagaInstance]:
+    async def live_fingerprints(self) -> set[str]:
+        return fingerprints_of(await self._published())
+
+    async def live_definitions(self) -> builtins.list[DefinitionRef]:
+        return [e for e in await self._published() if isinstance(e, DefinitionRef)]
+
+    async def unsettled_definitions(
+        self, saga_types: Sequence[str]
+    ) -> builtins.list[DefinitionRef]:
+        sql = fill(Q["unsettled_definitions"], live=_marks(len(_LIVE)))
+        rows = await self._query(sql, (dumps(list[JSON](saga_types)), *_LIVE))
+        return [DefinitionRef(cast(str, r[0]), cast(int, r[1]), cast(str, r[2])) for r in rows]
+
+    async def claim(
+        self, limit: int, definitions: Sequence[DefinitionRef]
+    ) -> builtins.list[SagaInstance]:
         # Stuck instances are claimed too: an operator's retry or resolve needs an owner.
-        if not fingerprints:
+        if not definitions:
             return []
-        # SQLite binds no list: the IN lists' placeholders are put in here, one per value.
-        sql = fill(
-            Q["claim_instances"],
-            live=_marks(len(_LIVE)),
-            fingerprints=_marks(len(fingerprints)),
-        )
+        # SQLite binds no list: the IN list's placeholders are put in here, one per value.
+        sql = fill(Q["claim_instances"], live=_marks(len(_LIVE)))
+        params = (claim_text(definitions), *_LIVE, self.worker_id, limit, self.worker_id)
 
         def write() -> builtins.list[tuple[object, ...]]:
             with transaction(self._conn):
-                return self._conn.execute(
-                    sql, (self.worker_id, *_LIVE, *fingerprints, self.worker_id, limit)
-                ).fetchall()
+                return self._conn.execute(sql, params).fetchall()
 
         return [instance_from_row(r) for r in await self._write(write)]
 
@@ -427,6 +449,27 @@ class SqliteStore:
     async def command(self, command_id: int) -> QueuedCommand | None:
         rows = await self._query(Q["get_command"], (command_id,))
         return command_from_row(rows[0]) if rows else None
+
+    # -- StartQueue -----------------------------------------------------------------------
+
+    async def queued_start(self, saga_type: str, key: str) -> QueuedCommand | None:
+        rows = await self._query(Q["queued_start"], (saga_type, key))
+        return command_from_row(rows[0]) if rows else None
+
+    async def start_command(self, saga_id: str) -> QueuedCommand | None:
+        rows = await self._query(Q["start_command"], (saga_id,))
+        return command_from_row(rows[0]) if rows else None
+
+    async def queued_starts(self, limit: int) -> builtins.list[QueuedCommand]:
+        return [command_from_row(r) for r in await self._query(Q["queued_starts"], (limit,))]
+
+    async def cancel_start(self, command_id: int, reason: str) -> bool:
+        def write() -> bool:
+            with transaction(self._conn):
+                cur = self._conn.execute(Q["cancel_start"], (reason, self._clock(), command_id))
+                return cur.rowcount == 1
+
+        return await self._write(write)
 
     # -- DeadLetters ----------------------------------------------------------------------
 

@@ -2,14 +2,16 @@
 
 Each transition's instance write is checked against its expected revision; a transition whose
 check fails is dropped whole (its history, outbox messages, timers and command results are not
-written), and the others commit. The side records of the batch go in one ``executemany`` each.
+written), and the others commit. A queued start's instance is inserted only while its command
+is pending (one writer at a time: an operator's cancel comes before or after, never between).
+The side records of the batch go in one ``executemany`` each.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from sagakit.ports import Batch, CommandResult, TimerOpKind, Transition
+from sagakit.ports import Batch, CommandResult, InstanceWrite, TimerOpKind
 from sagakit.storage.rows import STATUS_TEXT, history_row, transition_state
 from sagakit.storage.sqlite_file import Q, transaction
 
@@ -56,12 +58,15 @@ def commit_batch(conn: sqlite3.Connection, batch: Batch, now: float) -> list[boo
     return results
 
 
-def _write_instance(cur: sqlite3.Cursor, t: Transition) -> bool:
+def _write_instance(cur: sqlite3.Cursor, t: InstanceWrite) -> bool:
     inst = t.instance
     if inst is None:
         return True
     state = transition_state(t)
     if t.expected_revision is None:
+        for command in t.commands:  # a queued start: created only if it is still pending
+            if cur.execute(Q["command_pending"], (command.id,)).fetchone() is None:
+                return False
         cur.execute(
             Q["insert_instance"],
             (
@@ -106,7 +111,7 @@ def _write_instance(cur: sqlite3.Cursor, t: Transition) -> bool:
     return cur.rowcount == 1
 
 
-def _timer_ops(cur: sqlite3.Cursor, t: Transition) -> None:
+def _timer_ops(cur: sqlite3.Cursor, t: InstanceWrite) -> None:
     for op in t.timer_ops:
         if op.kind is TimerOpKind.SET and op.timer is not None:
             tm = op.timer

@@ -39,7 +39,7 @@ from sagakit.ports import (
     TimerOp,
     TimerOpKind,
 )
-from sagakit.starts import resolve_start
+from sagakit.starts import definition_mismatch, resolve_start, start_refusal
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, evolve
 from sagakit.transitions import (
     Begin,
@@ -116,6 +116,13 @@ class Applier:
                 state = CommandState.REFUSED if error else CommandState.APPLIED
                 work.transition.commands.append(CommandResult(item.command_id, state, error))
 
+        mismatch = definition_mismatch(
+            definition.name, definition.version, definition.fingerprint, start.fingerprint
+        )
+        if mismatch is not None:  # before anything is written or sent (Semantics 1)
+            answer(item, mismatch)
+            settle(start_refusal(mismatch))
+            return
         if start.key is not None:
             existing: SagaInstance | None = None
             retired: RetiredKey | None = None
@@ -135,7 +142,7 @@ class Applier:
             resolved = resolve_start(start.key, start.digest, existing=existing, retired=retired)
             if isinstance(resolved, IdempotencyConflict):
                 answer(item, resolved)
-                settle(str(resolved))
+                settle(start_refusal(resolved))
                 return
             if resolved is not None:
                 item.result = resolved

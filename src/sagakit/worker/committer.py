@@ -409,9 +409,12 @@ class Committer:
                     instances.lost.add((work.saga_id, work.instance.revision))
                 conflict = ConcurrencyConflict(f"instance {work.saga_id} changed under this worker")
                 for item in work.items:
-                    if item.start is not None and item.start.key is not None:
+                    start = item.start
+                    if start is not None and start.key is not None and item.command_id is None:
                         # Another worker inserted the same key first: decided again, this
-                        # start finds that instance (Semantics 15).
+                        # start finds that instance (Semantics 15). A queued start goes back
+                        # to the queue instead: it may have been cancelled meanwhile (then it
+                        # is not pending, and nothing is created); if not, it comes back.
                         self._inbox.put_nowait(item)
                     else:
                         answer(item, conflict)

@@ -240,13 +240,23 @@ class Worker:
 
         With ``key`` the start is idempotent: the same key and input return the existing
         instance's id, the same key with other input raises IdempotencyConflict (Semantics 15).
+        A definition this worker does not run, or runs with other steps under that name and
+        version, raises DefinitionNotRegistered before anything is written or sent.
         """
-        if self.app.definition(definition.name, definition.version) is None:
+        registered = self.app.definition(definition.name, definition.version)
+        if registered is None:
             raise DefinitionNotRegistered(
                 f"saga {definition.name!r} v{definition.version} is not registered with this worker"
             )
         payload = to_json(data, path="saga data")
-        start = Start(definition, payload, key, correlation_id, input_digest(payload, key))
+        start = Start(
+            registered,
+            payload,
+            key,
+            correlation_id,
+            input_digest(payload, key),
+            definition.fingerprint,
+        )
         return str(await self._inbox.submit(Item(new_id(), start=start)))
 
     async def wait_settled(self, saga_id: str, timeout: float | None = None) -> SagaInstance:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from sagakit.definition import Phase, SagaDefinition
 from sagakit.encoding import JSON, digest_of
-from sagakit.ports import Batch, DeadLetter, Timer, Transition
+from sagakit.ports import Batch, DeadLetter, InstanceWrite, Timer
 from sagakit.state import SagaInstance
 from sagakit.transitions import Dispatch, Event
 
@@ -26,6 +26,10 @@ class Start:
     key: str | None
     correlation_id: str | None
     digest: str
+    #: The fingerprint of the definition the starter holds: a start whose definition differs
+    #: from the worker's under the same name and version is refused (None: not said, as
+    #: by a start an older sagakit queued).
+    fingerprint: str | None = None
 
 
 class Answer(Protocol):
@@ -88,7 +92,7 @@ class Work:
         #: Decided on top of the batch in flight (its staged state), not a committed state.
         self.on_staged = on_staged
         self.changed = False
-        self.transition = Transition(saga_id)
+        self.transition = InstanceWrite(saga_id)
         self.items: list[Item] = []
         self.local_runs: list[Dispatch] = []
         #: Messages this work's events were refused for (in the batch's dead letters too).

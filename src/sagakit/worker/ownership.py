@@ -4,6 +4,10 @@ Every claim bumps the instance's revision in the store, so a worker that lost it
 (paused past its expiry) cannot commit over the new owner: the committer's revision check
 refuses its writes (the fence). When the lease is found lost, everything held is dropped and
 the worker attaches again.
+
+At start-up a worker refuses (with a :class:`~sagakit.errors.DefinitionError`) to run a
+definition under the name and version of another one that a live worker runs or that
+unfinished instances carry: a changed saga is deployed as a new version (Semantics 1).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from sagakit.app import App
 from sagakit.definition import Local, Phase
-from sagakit.ports import Leases, TimerQueue
+from sagakit.errors import DefinitionError
+from sagakit.ports import DefinitionRef, DefinitionsInUse, Leases, TimerQueue
 from sagakit.state import CompensationStatus, SagaInstance, StepStatus
 from sagakit.transitions import Dispatch, idempotency_key
 from sagakit.worker.clock import StoreClock
@@ -26,8 +31,8 @@ from sagakit.worker.local_steps import LocalSteps
 log = logging.getLogger("sagakit.worker")
 
 
-class LeaseStore(Leases, TimerQueue, Protocol):
-    """Leases, and the store's clock they are judged by."""
+class LeaseStore(Leases, DefinitionsInUse, TimerQueue, Protocol):
+    """Leases, the definitions in use, and the store's clock leases are judged by."""
 
 
 class Ownership:
@@ -57,23 +62,41 @@ class Ownership:
         self._rescan_outbox = rescan_outbox
         self._wake = asyncio.Event()
 
-    def _fingerprints(self) -> list[str]:
-        return [d.fingerprint for d in self._app.definitions]
+    def _definitions(self) -> list[DefinitionRef]:
+        return [
+            DefinitionRef(d.name, d.version, d.fingerprint, d.legacy_fingerprint)
+            for d in self._app.definitions
+        ]
 
     def wake(self) -> None:
         """Renew and look for instances to claim now (a worker stopped and released some)."""
         self._wake.set()
 
     async def attach(self) -> None:
-        """Register this worker and its lease, and measure the store's clock."""
-        await self._store.attach(self.worker_id, self.lease, self._fingerprints())
+        """Register this worker and its lease, and measure the store's clock; refuse a
+        definition that conflicts with the store's (then detach, and raise DefinitionError)."""
+        await self._store.attach(self.worker_id, self.lease, self._definitions())
+        try:
+            # After attaching: two workers attaching at once each see the other.
+            names = sorted({d.name for d in self._app.definitions})
+            conflict = shape_conflict(
+                self._app,
+                await self._store.live_definitions(),
+                await self._store.unsettled_definitions(names) if names else [],
+            )
+            if conflict is not None:
+                raise DefinitionError(conflict)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._store.detach()
+            raise
         await self._clock.sync(self._store)
 
     async def take_over(self, *, rescan: bool = True) -> int:
         """Claim the instances no live worker owns and pick up where their owner stopped."""
         total = 0
-        fingerprints = self._fingerprints()
-        while claimed := await self._store.claim(500, fingerprints):
+        definitions = self._definitions()
+        while claimed := await self._store.claim(500, definitions):
             total += len(claimed)
             for instance in claimed:
                 self._orphans.discard(instance.saga_id)
@@ -121,10 +144,41 @@ class Ownership:
                     # Declared dead while paused: what we hold may have been taken over.
                     log.warning("worker %s lost its lease; dropping what it held", self.worker_id)
                     self._instances.forget_all()
-                    await self._store.attach(self.worker_id, self.lease, self._fingerprints())
+                    await self._store.attach(self.worker_id, self.lease, self._definitions())
                 await self._clock.sync(self._store)
                 await self.take_over()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("lease renewal or takeover failed: %s", exc)
+
+
+def shape_conflict(
+    app: App, live: Sequence[DefinitionRef], unsettled: Sequence[DefinitionRef]
+) -> str | None:
+    """Why ``app`` must not run on a store whose live workers run ``live`` and whose
+    unfinished instances carry ``unsettled``: a definition of the app whose name and version
+    they use with another fingerprint (None: no conflict). An instance that carries the app
+    definition's legacy fingerprint is no conflict: it is claimed and given the new one."""
+    advice = "deploy a changed saga as a new version"
+    guide = "(see docs/how-to/deploying-changes.md)"
+    for ref in live:
+        mine = app.definition(ref.saga_type, ref.version)
+        if mine is not None and ref.fingerprint != mine.fingerprint:
+            return (
+                f"saga {ref.saga_type!r} v{ref.version} has other steps in this worker "
+                f"(fingerprint {mine.fingerprint}) than in a running worker "
+                f"({ref.fingerprint}): {advice} {guide}"
+            )
+    for ref in unsettled:
+        mine = app.definition(ref.saga_type, ref.version)
+        if mine is not None and ref.fingerprint not in (
+            mine.fingerprint,
+            mine.legacy_fingerprint,
+        ):
+            return (
+                f"saga {ref.saga_type!r} v{ref.version} has other steps in this worker "
+                f"(fingerprint {mine.fingerprint}) than its unfinished instances "
+                f"({ref.fingerprint}): {advice}, beside the old one until they finish {guide}"
+            )
+    return None

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from sagakit.encoding import printable
 from sagakit.errors import StorageError, StoreRefused
 from sagakit.ports import Batch, CommandResult, CommandState, DeadLetter
 from sagakit.transitions import Outcome, Reply
@@ -31,12 +32,6 @@ log = logging.getLogger("sagakit.worker")
 
 #: A part of a batch: one instance's write, or the records that belong to no instance.
 Unit = Work | Batch
-
-
-def printable(text: str) -> str:
-    """``text`` as any store accepts it: no lone surrogates, no NUL (they may be why the
-    store refused the write in the first place)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def batch_of(units: Sequence[Unit]) -> Batch:

@@ -19,7 +19,7 @@ from sagakit.app import App
 from sagakit.errors import MessageRejected, StoreRefused
 from sagakit.messages import MessageKind, decode
 from sagakit.ports import CommandQueue, DeadLetter, QueuedCommand, TimerQueue
-from sagakit.transitions import Abort, Event, Reply, Resolve, Retry, TimerFired
+from sagakit.transitions import Abort, Event, Outcome, Reply, Resolve, Retry, TimerFired
 from sagakit.worker.items import Inbox, Item, Start, input_digest
 
 log = logging.getLogger("sagakit.worker")
@@ -61,7 +61,27 @@ class ReplySource:
                 raise MessageRejected(f"expected a reply on {self.queue}, got a {env.kind.value}")
         except MessageRejected as exc:
             letter = DeadLetter(self.queue, str(exc), body, at=self._clock())
-            await self._inbox.submit(Item("", dead_letter=letter))
+            known = exc.envelope
+            if known is None or known.kind is not MessageKind.REPLY:
+                await self._inbox.submit(Item("", dead_letter=letter))
+                return
+            # The reply breaks the value rules, but says which attempt it answers: the
+            # message is dead-lettered and that attempt ends at once, its outcome unknown (the
+            # participant may have acted), as if it had timed out — retried by policy with the
+            # same key, compensated when the policy is spent.
+            lost = Reply(
+                known.step,
+                known.phase,
+                known.attempt,
+                Outcome.ERROR,
+                error=f"its reply was refused: {exc}",
+                retryable=True,
+                generation=known.generation,
+            )
+            await asyncio.gather(
+                self._inbox.submit(Item("", dead_letter=letter)),
+                self._inbox.submit(Item(known.saga_id, event=lost, source=self.queue)),
+            )
             return
         reply = Reply(
             env.step,
@@ -202,12 +222,15 @@ class CommandSource:
         data = body.get("data")
         key, correlation = body.get("key"), body.get("correlation_id")
         key = key if isinstance(key, str) else None
+        fingerprint = body.get("fingerprint")
         return Start(
             definition,
             data,
             key,
             correlation if isinstance(correlation, str) else None,
             input_digest(data, key),
+            # Not said by a start an older sagakit queued: it runs this worker's definition.
+            fingerprint if isinstance(fingerprint, str) else None,
         )
 
 

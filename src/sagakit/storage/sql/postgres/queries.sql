@@ -293,18 +293,29 @@ RETURNING old.lease_expires_at >= extract(epoch FROM clock_timestamp());
 
 -- name: claim_instances
 -- Take over unsettled instances whose owner has no live lease (revision bump = fencing).
-WITH candidates AS (
-    SELECT i.saga_id FROM sagakit_instances AS i
+WITH defs AS (
+    -- The definitions claimed for; an instance carrying a legacy fingerprint gets the new one.
+    SELECT * FROM unnest($3::text[], $4::int[], $5::text[], $6::text[])
+        AS d(saga_type, version, fingerprint, legacy)),
+candidates AS (
+    SELECT i.saga_id, d.fingerprint FROM sagakit_instances AS i
+    JOIN defs AS d ON d.saga_type = i.saga_type AND d.version = i.version
+        AND (i.fingerprint = d.fingerprint OR i.fingerprint = d.legacy)
     LEFT JOIN sagakit_workers AS w ON w.worker_id = i.owner
-    WHERE i.status = ANY($2::text[]) AND i.fingerprint = ANY($3::text[])
-        AND i.owner IS DISTINCT FROM $1
+    WHERE i.status = ANY($2::text[]) AND i.owner IS DISTINCT FROM $1
         AND (i.owner IS NULL OR w.worker_id IS NULL
             OR w.lease_expires_at < extract(epoch FROM clock_timestamp()))
-    ORDER BY i.created_at LIMIT $4 FOR UPDATE OF i SKIP LOCKED)
-UPDATE sagakit_instances AS i SET owner = $1, revision = i.revision + 1
+    ORDER BY i.created_at LIMIT $7 FOR UPDATE OF i SKIP LOCKED)
+UPDATE sagakit_instances AS i SET owner = $1, revision = i.revision + 1,
+    fingerprint = c.fingerprint
 FROM candidates AS c WHERE i.saga_id = c.saga_id
 RETURNING i.saga_id, i.saga_type, i.version, i.fingerprint, i.status, i.correlation_id,
     i.idempotency_key, i.created_at, i.updated_at, i.revision, i.state, i.owner;
+
+-- name: unsettled_definitions
+-- The definitions unsettled instances of some saga types carry (index sagakit_instances_type).
+SELECT DISTINCT saga_type, version, fingerprint FROM sagakit_instances
+WHERE saga_type = ANY($1::text[]) AND status = ANY($2::text[]);
 
 -- name: release_instances
 -- A stopping worker gives up its live instances (revision bump = fencing).
@@ -460,6 +471,35 @@ ORDER BY c.id LIMIT $2;
 -- name: get_command
 -- One command by id, to follow its outcome.
 SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands WHERE id = $1;
+
+-- StartQueue -----------------------------------------------------------------------------------
+
+-- name: queued_start
+-- The oldest pending start of a saga type with a key (index sagakit_commands_pending).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE state = 'pending' AND kind = 'start' AND body::jsonb ->> 'saga_type' = $1
+    AND body::jsonb ->> 'key' = $2
+ORDER BY id LIMIT 1;
+
+-- name: start_command
+-- The latest start queued for an instance id, in any state (index sagakit_commands_saga).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE saga_id = $1 AND kind = 'start' ORDER BY id DESC LIMIT 1;
+
+-- name: queued_starts
+-- Pending starts, oldest first (index sagakit_commands_pending).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE state = 'pending' AND kind = 'start' ORDER BY id LIMIT $1;
+
+-- name: cancel_start
+-- Refuse a start no worker has answered yet (waits for a worker's lock on it: see lock_pending).
+UPDATE sagakit_commands SET state = 'refused', error = $2,
+    applied_at = extract(epoch FROM clock_timestamp())
+WHERE id = $1 AND kind = 'start' AND state = 'pending' RETURNING id;
+
+-- name: lock_pending
+-- Lock the queued starts still pending, whose instances a commit then creates (the others not).
+SELECT id FROM sagakit_commands WHERE id = ANY($1::bigint[]) AND state = 'pending' FOR UPDATE;
 
 -- DeadLetters ----------------------------------------------------------------------------------
 

@@ -92,15 +92,27 @@ DELETE FROM sagakit_timers WHERE saga_id = ? AND name = ? AND due_at = ? AND att
 -- Leases ---------------------------------------------------------------------------------------
 
 -- name: claim_instances
--- Take over live instances (stuck too) of known definitions; uses sagakit_instances_status.
-UPDATE sagakit_instances SET owner = ?, revision = revision + 1
-WHERE saga_id IN (
-    SELECT saga_id FROM sagakit_instances
-    WHERE status IN ({live}) AND fingerprint IN ({fingerprints})
-        AND (owner IS NULL OR owner != ?)
+-- Take over live instances (stuck too) of known definitions; a legacy fingerprint is replaced.
+WITH defs AS (
+    SELECT json_extract(value, '$[0]') AS saga_type, json_extract(value, '$[1]') AS version,
+        json_extract(value, '$[2]') AS fingerprint, json_extract(value, '$[3]') AS legacy
+    FROM json_each(?)),
+picked AS (
+    -- index sagakit_instances_status; the definitions are few, joined by type and version.
+    SELECT i.saga_id, d.fingerprint FROM sagakit_instances AS i
+    JOIN defs AS d ON d.saga_type = i.saga_type AND d.version = i.version
+        AND (i.fingerprint = d.fingerprint OR i.fingerprint = d.legacy)
+    WHERE i.status IN ({live}) AND (i.owner IS NULL OR i.owner != ?)
     LIMIT ?)
+UPDATE sagakit_instances SET owner = ?, revision = revision + 1, fingerprint = picked.fingerprint
+FROM picked WHERE sagakit_instances.saga_id = picked.saga_id
 RETURNING saga_id, saga_type, version, fingerprint, status, correlation_id, idempotency_key,
     created_at, updated_at, revision, state, owner;
+
+-- name: unsettled_definitions
+-- The definitions unsettled instances of some saga types carry (index sagakit_instances_type).
+SELECT DISTINCT saga_type, version, fingerprint FROM sagakit_instances
+WHERE saga_type IN (SELECT value FROM json_each(?)) AND status IN ({live});
 
 -- Retention ------------------------------------------------------------------------------------
 
@@ -232,6 +244,34 @@ WHERE state = ? AND id > ? ORDER BY id LIMIT ?;
 -- name: get_command
 -- One command by id, to follow its outcome.
 SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands WHERE id = ?;
+
+-- StartQueue -----------------------------------------------------------------------------------
+
+-- name: queued_start
+-- The oldest pending start of a saga type with a key (index sagakit_commands_pending).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE state = 'pending' AND kind = 'start' AND json_extract(body, '$.saga_type') = ?
+    AND json_extract(body, '$.key') = ?
+ORDER BY id LIMIT 1;
+
+-- name: start_command
+-- The latest start queued for an instance id, in any state (index sagakit_commands_saga).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE saga_id = ? AND kind = 'start' ORDER BY id DESC LIMIT 1;
+
+-- name: queued_starts
+-- Pending starts, oldest first (index sagakit_commands_pending).
+SELECT id, saga_id, kind, body, state, error, created_at FROM sagakit_commands
+WHERE state = 'pending' AND kind = 'start' ORDER BY id LIMIT ?;
+
+-- name: cancel_start
+-- Refuse a start no worker has answered yet (then no worker creates its instance).
+UPDATE sagakit_commands SET state = 'refused', error = ?, applied_at = ?
+WHERE id = ? AND kind = 'start' AND state = 'pending';
+
+-- name: command_pending
+-- Whether a command is still pending: a queued start's instance is created only then.
+SELECT 1 FROM sagakit_commands WHERE id = ? AND state = 'pending';
 
 -- DeadLetters ----------------------------------------------------------------------------------
 

@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS sagakit_commands (
     applied_at REAL
 );
 CREATE INDEX IF NOT EXISTS sagakit_commands_pending ON sagakit_commands (state, id);
+-- A start's command, by the instance id it names (show and abort of a queued start).
+CREATE INDEX IF NOT EXISTS sagakit_commands_saga ON sagakit_commands (saga_id);
 
 CREATE TABLE IF NOT EXISTS sagakit_dead_letters (
     id     INTEGER PRIMARY KEY,

@@ -28,6 +28,7 @@ from sagakit import (
     Saga,
     SagaStatus,
     SqliteStore,
+    StepContext,
     StepFailed,
     StepStatus,
     Worker,
@@ -340,3 +341,26 @@ async def test_a_1_0_participant_works_with_a_1_1_worker_and_its_generations(
     ]
     late = [h for h in history if h.kind is HistoryKind.LATE_REPLY]
     assert [(h.step, h.attempt, h.detail["outcome"]) for h in late] == [("ship", 1, "failure")]
+
+
+async def test_a_local_step_of_a_new_generation_receives_its_new_key(tmp_path: Path) -> None:
+    keys: list[str] = []
+
+    async def book(ctx: StepContext[Any]) -> str:
+        keys.append(ctx.idempotency_key)
+        if len(keys) == 1:
+            raise StepFailed("no room today")
+        return "booked"
+
+    saga: Saga[Any] = Saga("trip").local("book", book, kind="retriable")
+    store = SqliteStore(str(tmp_path / "saga.db"), owner=True)
+    try:
+        async with Worker(App(sagas=[saga]), store) as worker:
+            inst = await worker.client.run(saga, {}, timeout=10)
+            assert inst.status is SagaStatus.STUCK
+            await (await worker.client.retry(inst.saga_id, "a room came free")).wait(timeout=10)
+            done = await worker.wait_settled(inst.saga_id, timeout=10)
+    finally:
+        await store.close()
+    assert done.status is SagaStatus.COMPLETED
+    assert keys == [f"{inst.saga_id}:book:action", f"{inst.saga_id}:book:action:g2"]

@@ -262,19 +262,20 @@ class SagaInstance:
         out: list[JSON] = []
         for s in self.steps:
             c = s.compensation
-            row: list[JSON] = [
-                s.name,
-                s.status,
-                s.attempts,
-                s.budget_from,
-                s.result,
-                s.error,
-                s.outcome_known,
-                None if c is None else [c.status, c.attempts, c.budget_from, c.error],
-            ]
+            out.append(
+                [
+                    s.name,
+                    s.status,
+                    s.attempts,
+                    s.budget_from,
+                    s.result,
+                    s.error,
+                    s.outcome_known,
+                    None if c is None else [c.status, c.attempts, c.budget_from, c.error],
+                ]
+            )
             if s.generation != 1:
-                row.append(s.generation)
-            out.append(row)
+                cast(list[JSON], out[-1]).append(s.generation)
         return out
 
     @staticmethod

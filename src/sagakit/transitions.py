@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from sagakit.answers import RECORDED_AS, RETRYING, RUNNING, Handling, PhaseState, classify
-from sagakit.definition import Phase, SagaDefinition, StepKind
+from sagakit.definition import Handler, Phase, Remote, SagaDefinition, StepKind
 from sagakit.effects import (
     CancelTimers,
     Decision,
@@ -263,7 +263,9 @@ class _Decider:
         timeout = step.timeout_for(phase)
         if phase is Phase.ACTION:
             self._set_step(index, status=StepStatus.RUNNING, attempts=attempt, error=None)
+            handler: Handler | None = step.action
         else:
+            handler = step.compensation
             previous = state.compensation
             self._set_step(
                 index,
@@ -279,7 +281,7 @@ class _Decider:
         key = idempotency_key(self.inst.saga_id, step.name, phase, generation)
         deadline = self.now + timeout
         self.effects.append(Dispatch(step.name, phase, attempt, key, deadline, generation))
-        if step.remote_for(phase):
+        if isinstance(handler, Remote):
             # A local run is bounded by the worker itself; a remote one needs a durable timer
             # (a local action's remote compensation too).
             self.effects.append(

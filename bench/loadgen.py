@@ -391,7 +391,7 @@ def sqlite_build(path: Path, templates: dict[str, Template], sig: str) -> dict[s
     t_start = time.perf_counter()
 
     async def create() -> None:  # the schema, exactly as the store creates it
-        store = open_store(f"sqlite:///{path}")
+        store = open_store(f"sqlite:///{path}", create=True)
         await store.close()
 
     asyncio.run(create())

@@ -21,15 +21,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from sagakit.app import App
 from sagakit.definition import Saga, SagaDefinition
 from sagakit.encoding import JSON, check_json, check_name, digest_of, to_json
-from sagakit.errors import CommandRefused, IdempotencyConflict, SagakitError, SagaNotFound
+from sagakit.errors import (
+    CommandRefused,
+    ConfigurationError,
+    IdempotencyConflict,
+    SagakitError,
+    SagaNotFound,
+)
 from sagakit.ids import new_id
 from sagakit.ports import (
     CommandQueue,
     CommandState,
     DeadLetter,
     DeadLetters,
+    DefinitionCatalog,
+    DefinitionRecord,
     DefinitionRef,
     DefinitionsInUse,
     InstanceFilter,
@@ -59,6 +68,8 @@ class ClientStore(
 class Runner(Protocol):
     """What a worker in the same process offers a client."""
 
+    app: App
+
     async def start_saga(
         self,
         definition: SagaDefinition,
@@ -86,6 +97,12 @@ class SagaHandle:
     key: str | None = None
     #: The command of a start queued by a client without a worker in its process.
     command_id: int | None = None
+
+    @property
+    def queued(self) -> bool:
+        """Whether the saga waits, queued, for a worker to start it (as far as the client
+        knew when it answered)."""
+        return self.command_id is not None
 
     async def get(self) -> SagaInstance:
         found = await self.client._started(self.saga_id, self.saga_type, self.key, self.command_id)
@@ -134,7 +151,8 @@ class QueuedStart:
 
     saga_id: str
     saga_type: str
-    version: int
+    #: None for a start by name alone: the worker that applies it starts its newest version.
+    version: int | None
     data: JSON
     key: str | None
     correlation_id: str | None
@@ -143,6 +161,11 @@ class QueuedStart:
     state: CommandState
     error: str | None = None
     stalled: str | None = None
+
+    @property
+    def what(self) -> str:
+        """``order_fulfillment v2``, or for a start by name ``order_fulfillment (newest)``."""
+        return f"{self.saga_type} " + ("(newest)" if self.version is None else f"v{self.version}")
 
 
 class Client:
@@ -163,13 +186,19 @@ class Client:
 
     async def start(
         self,
-        saga: SagaDefinition | Saga[object],
+        saga: SagaDefinition | Saga[object] | str,
         data: object,
         *,
         key: str | None = None,
         correlation_id: str | None = None,
+        version: int | None = None,
     ) -> SagaHandle:
-        """Start an instance (idempotent with ``key``); returns once it is durably created.
+        """Start an instance (idempotent with ``key``); returns once it is durably created,
+        or, with no worker in this process, once its start is queued for one.
+
+        ``saga`` is a definition, or a saga type's name (what the CLI and the HTTP API have):
+        then ``version`` picks the version, and without it the newest version that the worker
+        applying the start runs is started.
 
         Raises EncodingError, before anything is written, when ``data``, ``key`` or
         ``correlation_id`` breaks the value rules (docs/concepts.md)."""
@@ -177,32 +206,57 @@ class Client:
             check_name(key, "idempotency key")
         if correlation_id is not None:
             check_name(correlation_id, "correlation id")
+        if isinstance(saga, str):
+            check_name(saga, "saga type")
+            if self._worker is None:
+                return await self._enqueue_start(saga, version, data, key, correlation_id)
+            found = (
+                self._worker.app.latest(saga)
+                if version is None
+                else self._worker.app.definition(saga, version)
+            )
+            if found is None:
+                raise ConfigurationError(f"this worker runs no saga {saga!r} version {version}")
+            saga = found
         definition = saga.build() if isinstance(saga, Saga) else saga
         if self._worker is not None:
             saga_id = await self._worker.start_saga(
                 definition, data, key=key, correlation_id=correlation_id
             )
             return SagaHandle(saga_id, self)
+        return await self._enqueue_start(
+            definition.name, definition.version, data, key, correlation_id, definition.fingerprint
+        )
+
+    async def _enqueue_start(
+        self,
+        saga_type: str,
+        version: int | None,
+        data: object,
+        key: str | None,
+        correlation_id: str | None,
+        fingerprint: str | None = None,
+    ) -> SagaHandle:
         # No worker here: a durable start command that a worker with the definition applies
         # (Semantics 11). What can be answered now is, under the worker's rules: a running
         # worker's other definition under this name and version is refused (Semantics 1); a
         # key already used, by an instance or a queued start, answers with its instance for
         # the same input and an IdempotencyConflict for another (Semantics 15).
         encoded = to_json(data, path="saga data")
-        for ref in await self.store.live_definitions():
-            if (ref.saga_type, ref.version) == (definition.name, definition.version):
+        for ref in await self.store.live_definitions() if fingerprint is not None else ():
+            if (ref.saga_type, ref.version) == (saga_type, version):
                 mismatch = definition_mismatch(
-                    ref.saga_type, ref.version, ref.fingerprint, definition.fingerprint
+                    ref.saga_type, ref.version, ref.fingerprint, fingerprint
                 )
                 if mismatch is not None:
                     raise mismatch
         if key is not None:
-            existing = await self.store.find_by_key(definition.name, key)
+            existing = await self.store.find_by_key(saga_type, key)
             retired = queued = None
             if existing is None:  # its instance may have been purged: the key still holds
-                retired = await self.store.retired_key(definition.name, key)
+                retired = await self.store.retired_key(saga_type, key)
             if existing is None and retired is None:
-                queued = await self.store.queued_start(definition.name, key)
+                queued = await self.store.queued_start(saga_type, key)
             resolved = resolve_start(
                 key, digest_of(encoded), existing=existing, retired=retired, queued=queued
             )
@@ -210,30 +264,35 @@ class Client:
                 raise resolved
             if resolved is not None:
                 command_id = queued.id if queued is not None else None
-                return SagaHandle(resolved, self, definition.name, key, command_id)
+                return SagaHandle(resolved, self, saga_type, key, command_id)
         saga_id = new_id()
         body: dict[str, JSON] = {
-            "saga_type": definition.name,
-            "version": definition.version,
-            "fingerprint": definition.fingerprint,
+            "saga_type": saga_type,
+            "version": version,
+            # None for a start by name: the worker that applies it runs its own definition.
+            "fingerprint": fingerprint,
             "data": encoded,
             "key": key,
             "correlation_id": correlation_id,
         }
         command_id = await self.store.enqueue(saga_id, "start", body)
-        return SagaHandle(saga_id, self, definition.name, key, command_id)
+        return SagaHandle(saga_id, self, saga_type, key, command_id)
 
     async def run(
         self,
-        saga: SagaDefinition | Saga[object],
+        saga: SagaDefinition | Saga[object] | str,
         data: object,
         *,
         key: str | None = None,
         correlation_id: str | None = None,
+        version: int | None = None,
         timeout: float | None = None,
     ) -> SagaInstance:
-        """Start an instance and wait until it is completed, failed or stuck."""
-        handle = await self.start(saga, data, key=key, correlation_id=correlation_id)
+        """Start an instance (as :meth:`start`) and wait until it is completed, failed or
+        stuck."""
+        handle = await self.start(
+            saga, data, key=key, correlation_id=correlation_id, version=version
+        )
         return await handle.result(timeout)
 
     # -- queries --------------------------------------------------------------------------
@@ -287,6 +346,16 @@ class Client:
                 else f"no running worker has the definition {what}"
             )
         return reasons
+
+    async def definitions(self) -> builtins.list[DefinitionRecord]:
+        """The saga definitions workers recorded in the store (what ``sagakit describe``
+        shows without the app); ConfigurationError for a store that records none."""
+        if not isinstance(self.store, DefinitionCatalog):
+            raise ConfigurationError(
+                "this store does not record saga definitions; describe them from the app "
+                "(sagakit describe --app MODULE:ATTR)"
+            )
+        return await self.store.definitions()
 
     async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
         await self.get(saga_id)
@@ -377,10 +446,12 @@ class Client:
         *,
         archive: Callable[[SagaInstance, builtins.list[HistoryEntry]], Awaitable[None]]
         | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[int, int]:
         """Delete finished instances older than the policy, in batches; then expired keys.
 
-        ``archive`` receives each instance and its history before it is deleted. Returns
+        ``archive`` receives each instance and its history before it is deleted;
+        ``progress`` the number of instances purged so far, after each batch. Returns
         (instances purged, keys purged).
         """
         purged = 0
@@ -394,6 +465,8 @@ class Client:
                     if instance is not None:
                         await archive(instance, await self.store.history(saga_id))
             purged += await self.store.purge(ids)
+            if progress is not None:
+                progress(purged)
             if len(ids) < policy.batch:
                 break
         return purged, await self.store.purge_keys(policy.keys)
@@ -479,7 +552,7 @@ def _queued_start(command: QueuedCommand) -> QueuedStart:
     return QueuedStart(
         saga_id=command.saga_id,
         saga_type=str(body.get("saga_type", "")),
-        version=version if isinstance(version, int) else 0,
+        version=version if isinstance(version, int) else None,
         data=body.get("data"),
         key=key if isinstance(key, str) else None,
         correlation_id=correlation if isinstance(correlation, str) else None,
@@ -492,8 +565,8 @@ def _queued_start(command: QueuedCommand) -> QueuedStart:
 
 def _with_stall(start: QueuedStart, live: builtins.list[DefinitionRef]) -> QueuedStart:
     """``start`` with why no running worker applies it (None: one runs its definition)."""
-    what = f"{start.saga_type} v{start.version}"
-    if any((d.saga_type, d.version) == (start.saga_type, start.version) for d in live):
+    what = start.what
+    if any(d.saga_type == start.saga_type and start.version in (None, d.version) for d in live):
         return start
     if not live:
         why = f"no worker is running; the start of {what} waits for one"

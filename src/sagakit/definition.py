@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from sagakit.description import mermaid
 from sagakit.encoding import JSON, dumps, name_problem
 from sagakit.errors import DefinitionError
 
@@ -233,22 +234,58 @@ class SagaDefinition:
         """Whether any step is a pivot or retriable (else the saga can always go back)."""
         return any(step.kind is not StepKind.COMPENSATABLE for step in self.steps)
 
+    def describe(self) -> dict[str, JSON]:
+        """What the definition declares, as JSON: what ``sagakit describe`` prints and what a
+        worker can record in the store for commands that run no user code. Local handlers
+        are named by their Python path, never run."""
+        pivot = next((s.name for s in self.steps if s.kind is StepKind.PIVOT), None)
+        return {
+            "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "deadline": self.deadline,
+            "pivot": pivot,
+            "data_type": None if self.data_type is None else _qualname(self.data_type),
+            "steps": [_describe_step(step) for step in self.steps],
+        }
+
     def to_mermaid(self) -> str:
-        """The definition as a Mermaid flowchart: actions forward, compensations dashed back."""
-        lines = ["flowchart LR"]
-        previous = "start"
-        lines.append("  start((start))")
-        for i, step in enumerate(self.steps):
-            node = f"s{i}"
-            shape = {"compensatable": "[{}]", "pivot": "{{{{{}}}}}", "retriable": "([{}])"}
-            label = f"{step.name}<br/>{step.kind.value}"
-            lines.append(f"  {node}" + shape[step.kind.value].format(label))
-            lines.append(f"  {previous} --> {node}")
-            if step.compensation is not None:
-                lines.append(f"  {node} -. compensate .-> {node}c[undo {step.name}]")
-            previous = node
-        lines.append(f"  {previous} --> done((done))")
-        return "\n".join(lines)
+        """The definition as a Mermaid flowchart (:func:`sagakit.description.mermaid`)."""
+        return mermaid(self.describe())
+
+
+def _describe_step(step: Step) -> JSON:
+    return {
+        "name": step.name,
+        "kind": step.kind.value,
+        "action": _describe_handler(step.action),
+        "compensation": None if step.compensation is None else _describe_handler(step.compensation),
+        "timeout": step.timeout,
+        "compensation_timeout": step.compensation_timeout,
+        "retry": _describe_policy(step.retry),
+        "compensation_retry": _describe_policy(step.compensation_retry),
+        "custom_input": step.input is not None,
+    }
+
+
+def _describe_handler(handler: Handler) -> JSON:
+    if isinstance(handler, Local):
+        return {"where": "local", "function": f"{handler.fn.__module__}.{handler.fn.__qualname__}"}
+    return {"where": "remote", "participant": handler.participant, "command": handler.command}
+
+
+def _describe_policy(policy: RetryPolicy) -> JSON:
+    return {
+        "max_attempts": policy.max_attempts,
+        "initial_delay": policy.initial_delay,
+        "backoff": policy.backoff,
+        "max_delay": policy.max_delay,
+        "jitter": policy.jitter,
+    }
+
+
+def _qualname(kind: type[Any]) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 #: The prefix of the fingerprints :func:`fingerprint_of` makes (a v1 fingerprint has none).

@@ -1,12 +1,14 @@
 """JSON values in and out: saga data and step results (Semantics 14).
 
-Saga data and step results are JSON values, dataclasses or pydantic models. They are stored and
-sent as JSON; nothing is ever pickled. :func:`to_json` checks every value against the rules
-below (docs/concepts.md, "Values sagakit accepts"), so that what it accepts both stores can hold
-and every participant can parse; a value that breaks one raises
-:class:`~sagakit.errors.EncodingError` naming where it sits:
+Saga data and step results are JSON values, dataclasses or pydantic models, and may hold the
+well-known types of :mod:`sagakit.known_types` (``Decimal``, ``datetime``, ``UUID``, sets...),
+read back by type. They are stored and sent as JSON; nothing is ever pickled. :func:`to_json`
+checks every value against the rules below (docs/concepts.md, "Values sagakit accepts"), so
+that what it accepts both stores can hold and every participant can parse; a value that breaks
+one raises :class:`~sagakit.errors.EncodingError` naming where it sits:
 
-- JSON values only (objects with string keys, arrays, strings, numbers, booleans, null);
+- JSON values only (objects with string keys, arrays, strings, numbers, booleans, null), after
+  the well-known types are written as JSON;
 - strings (keys too) with no NUL character and no lone surrogate;
 - finite numbers; integers from -2**63 to 2**63 - 1;
 - at most :data:`MAX_DEPTH` arrays and objects nested in one another;
@@ -29,6 +31,7 @@ from typing import Any, Final, TypeAlias, TypeVar, Union, cast
 import orjson
 
 from sagakit.errors import EncodingError
+from sagakit.known_types import DECODED, NOT_KNOWN, decode_known, encode_known
 
 #: A JSON value as Python holds it.
 JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
@@ -228,9 +231,16 @@ def _convert(value: object, path: str, depth: int, *, exact: bool = False) -> JS
     dump = getattr(value, "model_dump", None)
     if callable(dump):  # a pydantic v2 model
         return _value(dump(mode="json"), path, depth, exact)
+    try:
+        known = encode_known(value, lambda item, where: _value(item, where, depth + 1, exact), path)
+    except ValueError as exc:
+        raise _error(f"{path}: {exc}") from None
+    if known is not NOT_KNOWN:
+        return cast(JSON, known)
     raise _error(
-        f"{path}: a {type(value).__qualname__} is not JSON-encodable "
-        "(use JSON values, dataclasses or pydantic models)"
+        f"{path}: a {type(value).__qualname__} is not JSON-encodable (use JSON values, "
+        "dataclasses, pydantic models or the types listed in docs/concepts.md, "
+        '"Values sagakit encodes")'
     )
 
 
@@ -313,13 +323,24 @@ def _build(value: JSON, into: Any) -> Any:
         return into(**kwargs)
     origin = typing.get_origin(into)
     args = typing.get_args(into)
-    if origin in (list, tuple) and isinstance(value, list) and args:
+    if origin is tuple and isinstance(value, list) and args and args[-1] is not Ellipsis:
+        return tuple(_build(item, arg) for item, arg in zip(value, args, strict=False))
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list) and args:
         return origin(_build(item, args[0]) for item in value)
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return {key: _build(item, args[1]) for key, item in value.items()}
     if origin in (Union, types.UnionType) and value is not None:
         for arg in args:
             if arg is not type(None):
                 return _build(value, arg)
     if isinstance(into, type) and issubclass(into, enum.Enum):
+        return into(value)
+    if into in DECODED:
+        try:
+            return decode_known(value, into)
+        except ValueError as exc:
+            raise EncodingError(str(exc)) from None
+    if into in (set, frozenset) and isinstance(value, list):
         return into(value)
     return value
 

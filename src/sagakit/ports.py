@@ -11,7 +11,7 @@ import builtins
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from sagakit.definition import Phase
 from sagakit.encoding import JSON
@@ -201,6 +201,30 @@ class DefinitionsInUse(Protocol):
     ) -> builtins.list[DefinitionRef]:
         """Each (saga type, version, fingerprint) that unsettled instances of ``saga_types``
         carry, once (``legacy_fingerprint`` is None)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DefinitionRecord:
+    """A saga definition as a worker recorded it in the store when it attached: what commands
+    that run no user code (``sagakit describe``, ``sagakit workers``) show of it.
+
+    ``description`` is what :meth:`sagakit.SagaDefinition.describe` returns.
+    """
+
+    name: str
+    version: int
+    fingerprint: str
+    description: dict[str, JSON]
+
+    def to_json(self) -> dict[str, JSON]:
+        return self.description
+
+
+@runtime_checkable
+class DefinitionCatalog(Protocol):
+    async def definitions(self) -> builtins.list[DefinitionRecord]:
+        """Every definition a worker recorded, each (name, version, fingerprint) once."""
         ...
 
 

@@ -219,7 +219,10 @@ class SagaInstance:
     input_digest: str = ""
     deadline_at: float | None = None
     deadline_passed: bool = False
-    reason: str | None = None
+    #: Why the saga turned back (``step 'x' failed: …``, ``aborted: …``, ``deadline passed``),
+    #: kept while it compensates, is stuck on a compensation, and once it has failed; or the
+    #: note that its pivot succeeded while it was stopping. :attr:`reason` is what to show.
+    failure_reason: str | None = None
     stuck_reason: str | None = None
     stuck_step: str | None = None
     point_of_no_return: str | None = None
@@ -228,9 +231,15 @@ class SagaInstance:
     owner: str | None = None
 
     @property
+    def reason(self) -> str | None:
+        """Why the instance has its status: why it is stuck (:attr:`stuck_reason`), or why it
+        failed or is compensating (:attr:`failure_reason`); None for a saga going forward."""
+        return self.stuck_reason if self.status is SagaStatus.STUCK else self.failure_reason
+
+    @property
     def status_reason(self) -> str | None:
-        """Why the instance is stuck, or why it failed or is compensating."""
-        return self.stuck_reason if self.status is SagaStatus.STUCK else self.reason
+        """The same as :attr:`reason` (its earlier name)."""
+        return self.reason
 
     def step(self, name: str) -> StepState:
         for step in self.steps:

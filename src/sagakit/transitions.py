@@ -173,7 +173,7 @@ class _Decider:
         else:
             changes["stuck_reason"] = None
             if reason is not None:
-                changes["reason"] = reason
+                changes["failure_reason"] = reason
         self._set(**changes)
         if old is not status or reason is not None:
             detail: dict[str, JSON] = {"from": old.value, "to": status.value}
@@ -371,10 +371,14 @@ class _Decider:
         if retryable and used < step.policy_for(phase).max_attempts and self._may_proceed(phase):
             self._set_progress(index, phase, status=RETRYING[phase], error=error)
             self._schedule_retry(index, phase, attempts, used, retry_after)
-        elif phase is Phase.ACTION:
-            self._action_ended(index, StepStatus.UNKNOWN, error)
         else:
-            self._compensation_stuck(index, error, "exhausted its retry policy")
+            # Say which: a non-retryable error (a result that cannot be encoded) ends the step
+            # at its first attempt, with retries left.
+            how = "exhausted its retry policy" if retryable else "ended with a non-retryable error"
+            if phase is Phase.ACTION:
+                self._action_ended(index, StepStatus.UNKNOWN, error, how)
+            else:
+                self._compensation_stuck(index, error, how)
 
     def _action_done(self, index: int, result: JSON) -> None:
         name = self.inst.steps[index].name
@@ -383,14 +387,17 @@ class _Decider:
             self._pivot_succeeded_while_stopping(name)
         self._after_step_settled()
 
-    def _action_ended(self, index: int, status: StepStatus, error: str) -> None:
-        """The action failed definitely (``failed``) or has no definite answer (``unknown``)."""
+    def _action_ended(
+        self, index: int, status: StepStatus, error: str, how: str = "exhausted its retry policy"
+    ) -> None:
+        """The action failed definitely (``failed``) or has no definite answer (``unknown``,
+        ``how`` saying why)."""
         name = self.inst.steps[index].name
         kind = self._kind(index)
         failed = status is StepStatus.FAILED
         self._set_step(index, status=status, error=error, outcome_known=failed)
         if kind is StepKind.RETRIABLE:
-            how = "failed past the point of no return" if failed else "exhausted its retry policy"
+            how = "failed past the point of no return" if failed else how
             self._status(SagaStatus.STUCK, reason=f"step {name!r} {how}: {error}", stuck_step=name)
         elif kind is StepKind.PIVOT and not failed:
             self._status(
@@ -595,7 +602,7 @@ class _Decider:
                 if self._kind(i) is StepKind.PIVOT:
                     # As when an in-flight pivot times out: it may have taken effect, so the
                     # steps before it are not undone behind its back; an operator decides.
-                    self._set(reason=reason)
+                    self._set(failure_reason=reason)
                     self._status(
                         SagaStatus.STUCK,
                         reason=f"the outcome of pivot {s.name!r} is unknown ({reason}): "

@@ -206,7 +206,7 @@ def make_instance(
         input_digest="sha256:abc",
         deadline_at=5000.5,
         deadline_passed=True,
-        reason="step 'charge' failed",
+        failure_reason="step 'charge' failed",
         stuck_reason=None,
         stuck_step=None,
         point_of_no_return="ship",
@@ -1242,9 +1242,19 @@ class TestSqliteFile:
             open_store(f"sqlite:///{path}", create=False)
         assert not path.exists()
 
+    def test_only_an_owner_or_create_true_makes_a_missing_file(self, tmp_path: Path) -> None:
+        # A client on a mistyped path must not get a new, empty database where its starts
+        # would wait for ever.
+        path = tmp_path / "typo.db"
+        with pytest.raises(StorageError, match="not found"):
+            open_store(f"sqlite:///{path}")
+        with pytest.raises(StorageError, match="not found"):
+            SqliteStore(str(path))
+        assert not path.exists()
+
     async def test_create_false_opens_an_existing_file(self, tmp_path: Path) -> None:
         path = str(tmp_path / "there.db")
-        await SqliteStore(path).close()
+        await SqliteStore(path, create=True).close()
         reader = SqliteStore(path, create=False)
         await reader.close()
 
@@ -1266,10 +1276,10 @@ class TestSqliteFile:
     def test_an_unopenable_file_is_a_storage_error(self, tmp_path: Path) -> None:
         (tmp_path / "a-file").write_text("not a folder")
         with pytest.raises(StorageError, match="cannot open"):
-            SqliteStore(str(tmp_path / "a-file" / "saga.db"))
+            SqliteStore(str(tmp_path / "a-file" / "saga.db"), create=True)
 
     async def test_a_missing_folder_is_created(self, tmp_path: Path) -> None:
-        await SqliteStore(str(tmp_path / "new" / "folder" / "saga.db")).close()
+        await SqliteStore(str(tmp_path / "new" / "folder" / "saga.db"), create=True).close()
         assert (tmp_path / "new" / "folder" / "saga.db").exists()
 
     async def test_a_file_that_is_not_a_database_is_a_storage_error(self, tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ class TestInProcessDelivery:
     ) -> None:
         """An outbox row is done only once publish returned: a consumer that fails keeps the
         row pending, and the next pass delivers it once the consumer works again."""
-        store = SqliteStore(str(tmp_path / "outbox.db"))
+        store = SqliteStore(str(tmp_path / "outbox.db"), create=True)
         received: list[bytes] = []
         healthy = False
 

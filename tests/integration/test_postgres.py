@@ -94,7 +94,7 @@ async def test_a_reader_refuses_an_unmigrated_database(url: str) -> None:
 
 
 async def test_demo_runs_on_postgres(url: str) -> None:
-    summary = await run_demo(url, sagas=60, concurrency=16, seed=3, progress=None)
+    summary = await run_demo(url, sagas=60, concurrency=16, seed=3)
     assert summary["ledger_ok"], summary["ledger_problems"]
     assert cast(int, summary["completed"]) + cast(int, summary["failed"]) == 60
     assert summary["unsettled"] == summary["stuck"] == 0

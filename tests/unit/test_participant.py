@@ -183,7 +183,7 @@ def compensation(saga_id: str = "s1", result: JSON = None, **changes: Any) -> En
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = SqliteStore(str(tmp_path / "inventory.db"))
+    store = SqliteStore(str(tmp_path / "inventory.db"), create=True)
     await store.transaction(lambda tx: tx.execute("CREATE TABLE holds (order_id TEXT PRIMARY KEY)"))
     changes = Changes()
     transport = MemoryTransport()

@@ -528,7 +528,7 @@ def test_checker_flags_a_failed_saga_with_a_completed_step_not_compensated() -> 
             ),
         ),
         status=SagaStatus.FAILED,
-        reason="x",
+        failure_reason="x",
     )
     assert any("'a' (done) was not compensated" in v for v in _violations(world, bad))
 

@@ -102,7 +102,7 @@ class Stock:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[ParticipantRunner, Stock, Collected]]:
-    store = SqliteStore(str(tmp_path / "stock.db"))
+    store = SqliteStore(str(tmp_path / "stock.db"), create=True)
     transport = MemoryTransport()
     collected = Collected()
     await transport.subscribe(REPLIES, collected)

@@ -33,7 +33,7 @@ def side_only(count: int) -> Batch:
 async def test_a_small_batch_commits_on_the_loop_while_commits_are_fast(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SqliteStore(str(tmp_path / "a.db"))
+    store = SqliteStore(str(tmp_path / "a.db"), create=True)
     try:
         assert await committed_on(store, side_only(INLINE_BATCH), monkeypatch) == "loop"
         assert await committed_on(store, side_only(INLINE_BATCH + 1), monkeypatch) == "writer"
@@ -44,7 +44,7 @@ async def test_a_small_batch_commits_on_the_loop_while_commits_are_fast(
 async def test_after_a_slow_commit_batches_go_to_the_writer_until_it_is_forgotten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SqliteStore(str(tmp_path / "a.db"))
+    store = SqliteStore(str(tmp_path / "a.db"), create=True)
     try:
         store._commit_time = INLINE_SECONDS * 2  # as a slow fsync leaves it
         assert await committed_on(store, side_only(1), monkeypatch) == "writer"

@@ -73,7 +73,7 @@ async def test_status_at_moves_with_the_status_only(tmp_path: Path) -> None:
 
 
 async def test_list_and_retention_go_by_the_time_of_the_status(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"), clock=lambda: 1000.0)
+    store = SqliteStore(str(tmp_path / "s.db"), create=True, clock=lambda: 1000.0)
     try:
         a = make_instance("a", status=SagaStatus.PENDING, created_at=10.0, revision=1)
         b = make_instance("b", status=SagaStatus.PENDING, created_at=20.0, revision=1)
@@ -96,7 +96,7 @@ async def test_list_and_retention_go_by_the_time_of_the_status(tmp_path: Path) -
 
 
 async def test_a_step_that_keeps_the_status_names_no_indexed_column(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"))
+    store = SqliteStore(str(tmp_path / "s.db"), create=True)
     try:
         update = Q["update_instance_in_status"]
         assigned = update.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
@@ -170,7 +170,7 @@ async def test_a_version_1_file_is_upgraded_by_its_owner_to_a_new_file_s_schema(
         assert await store.commit(Batch([InstanceWrite("new", fresh)])) == [True]
     finally:
         await store.close()
-    new = SqliteStore(str(tmp_path / "new.db"))
+    new = SqliteStore(str(tmp_path / "new.db"), create=True)
     await new.close()
     assert schema_of(path) == schema_of(tmp_path / "new.db")
     # An older sagakit still writing the old layout fails rather than write without status_at.
@@ -207,7 +207,7 @@ async def test_no_upgrade_under_a_running_worker(tmp_path: Path) -> None:
 
 async def test_a_file_of_a_newer_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "next.db"
-    await SqliteStore(str(path)).close()
+    await SqliteStore(str(path), create=True).close()
     with sqlite3.connect(path) as conn:
         conn.execute(f"UPDATE sagakit_meta SET value = '{SCHEMA_VERSION + 1}'")
     conn.close()

@@ -347,7 +347,7 @@ class StoreRoundTrip:
         detail, written and read back."""
         self.count += 1
         saga_id = f"values-{self.count}"
-        instance = replace(TEMPLATE, saga_id=saga_id, data=data, reason=reason)
+        instance = replace(TEMPLATE, saga_id=saga_id, data=data, failure_reason=reason)
         entry = HistoryEntry(1.0, HistoryKind.CREATED, detail={"value": data})
         transition = InstanceWrite(
             saga_id, instance=instance, expected_revision=None, history=[entry]

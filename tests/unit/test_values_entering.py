@@ -174,7 +174,7 @@ async def test_bad_saga_input_is_refused_before_a_start_is_queued(
     ],
 )
 async def test_a_bad_key_or_correlation_id_is_refused_to_the_caller(
-    store: Store, options: dict[str, str], reason: str
+    store: Store, options: dict[str, Any], reason: str
 ) -> None:
     saga = producing_saga()
     with pytest.raises(EncodingError) as caught:

@@ -513,7 +513,7 @@ async def test_compensation_gets_unknown_outcome_input(store: SqliteStore, calls
 
 async def test_a_start_queued_without_a_worker_waits_for_one(db: str, calls: Calls) -> None:
     saga = two_steps(calls)
-    reader = SqliteStore(db)
+    reader = SqliteStore(db, create=True)
     from sagakit import Client
 
     client = Client(reader)
@@ -574,7 +574,7 @@ async def test_a_queued_start_with_a_used_key_resolves_to_the_first_instance(
     from sagakit import Client
 
     saga = two_steps(calls)
-    reader = SqliteStore(db)
+    reader = SqliteStore(db, create=True)
     client = Client(reader)
     first = await client.start(saga, {"n": 1}, key="same")
     # No instance yet: the start waiting in the queue holds the key.
@@ -703,7 +703,7 @@ async def test_a_queued_start_cancelled_while_the_worker_applies_it_creates_noth
                         assert await self.cancel_start(write.commands[0].id, "cancelled")
             return await super().commit(batch)
 
-    reader = SqliteStore(db)
+    reader = SqliteStore(db, create=True)
     client = Client(reader)
     doomed = await client.start(saga, {"n": 1}, key="doomed")
     owner = CancelledMeanwhile(db, owner=True)

@@ -1,14 +1,17 @@
-"""What every command shares: the program's name, the database URL, the one-line error, and a
-client on an existing database."""
+"""What every command shares: the program's name, the database URL, the one-line error, a
+client on an existing database, and the app a command imports."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
+import sys
 from collections.abc import AsyncIterator, Coroutine
 
-from sagakit import Client, runtime
+from sagakit import App, Client, runtime
+from sagakit.errors import SagakitError
 from sagakit.storage import DEFAULT_URL, open_store
 
 PROG = "sagakit"
@@ -39,3 +42,29 @@ async def reader(url: str) -> AsyncIterator[Client]:
         yield Client(store)
     finally:
         await store.close()
+
+
+def load_app(ref: str) -> App:
+    """The App named by ``MODULE:ATTR`` (``ATTR`` may be dotted); the current directory is
+    importable, as with ``python -m``."""
+    module_name, _, attr = ref.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)  # like `python -m`: modules in the current directory import
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name!r}: {exc}") from exc
+    except SagakitError:
+        raise
+    except Exception as exc:
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    value: object = module
+    for part in attr.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(value, App):
+        raise CliError(f"{ref} is a {type(value).__name__}, not a sagakit.App")
+    return value

@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Mapping
 from typing import TextIO
 
 from sagakit import runtime
 from sagakit.cli.common import PROG, db_url
-from sagakit.cli.render import print_json
-from sagakit.examples.demo import run_demo
+from sagakit.cli.render import ProgressBar, print_json
+from sagakit.examples.demo import DemoProgress, run_demo
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     url = db_url(args)
     sagas = int(args.sagas)
     as_json = bool(args.json)
-    print(f"{PROG} demo: {sagas} new order saga(s) on {url}", file=sys.stderr, flush=True)
-    summary = runtime.run(
-        run_demo(
-            url,
-            sagas=sagas,
-            fail_rate=float(args.fail_rate),
-            concurrency=int(args.concurrency),
-            seed=None if args.seed is None else int(args.seed),
-            progress=sys.stderr,
+    with contextlib.ExitStack() as stack:
+        bar: list[ProgressBar] = []
+
+        def opened() -> None:
+            # Announced once the database is open and its worker lock held: a demo that
+            # cannot run says only why.
+            print(f"{PROG} demo: {sagas} new order saga(s) on {url}", file=sys.stderr, flush=True)
+            bar.append(stack.enter_context(ProgressBar("order sagas settled", sagas)))
+
+        def progress(done: DemoProgress) -> None:
+            if bar:
+                bar[0].update(done.settled, note=_note(done))
+
+        summary = runtime.run(
+            run_demo(
+                url,
+                sagas=sagas,
+                fail_rate=float(args.fail_rate),
+                concurrency=int(args.concurrency),
+                seed=None if args.seed is None else int(args.seed),
+                on_open=opened,
+                on_progress=progress,
+            )
         )
-    )
     ok = (
         summary.get("ledger_ok") is True
         and _count(summary, "unsettled") == 0
@@ -39,6 +53,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         _print_demo_summary(summary, sys.stdout)
     return 0 if ok else 1
+
+
+def _note(done: DemoProgress) -> str:
+    parts = [f"{n} {status}" for status, n in sorted(done.by_status.items())]
+    if done.leftover:
+        parts.append(f"finishing {done.leftover} left by an earlier run")
+    return ", ".join(parts)
 
 
 def _count(summary: Mapping[str, object], key: str) -> int:

@@ -8,20 +8,29 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Group
+from rich.text import Text
+
 from sagakit import Client, QueuedStart, SagaNotFound
 from sagakit.cli.common import db_url, reader, run
 from sagakit.cli.render import (
     QUEUED,
-    clip,
+    Cell,
+    Column,
+    Fit,
     detail_json,
+    emit,
     entry_json,
+    fields,
+    history_table,
     human_time,
     iso,
-    print_history,
     print_json,
     print_table,
     queued_json,
+    status_text,
     summary_json,
+    table,
 )
 
 
@@ -34,8 +43,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             correlation_id=args.correlation_id,
             limit=int(args.limit),
             as_json=bool(args.json),
+            wide=bool(args.wide),
         )
     )
+
+
+LIST_COLUMNS = (
+    Column("SAGA ID"),
+    Column("TYPE"),
+    Column("STATUS"),
+    Column("UPDATED (UTC)"),
+    Column("REASON", Fit.WRAP),
+)
 
 
 async def _list(
@@ -46,6 +65,7 @@ async def _list(
     correlation_id: str | None,
     limit: int,
     as_json: bool,
+    wide: bool,
 ) -> int:
     async with reader(url) as client:
         starts: list[QueuedStart] = []
@@ -71,39 +91,49 @@ async def _list(
             ]
         )
         return 0
-    rows = [
+    queued_rows: list[list[Cell]] = [
         [
             s.saga_id,
-            f"{s.saga_type} v{s.version}",
-            QUEUED,
+            s.what,
+            status_text(QUEUED),
             human_time(s.queued_at),
-            clip(f"not started: {s.stalled}" if s.stalled else "waiting for a worker", 60),
+            f"not started: {s.stalled}" if s.stalled else "waiting for a worker",
         ]
         for s in starts
-    ] + [
+    ]
+    rows: list[list[Cell]] = queued_rows + [
         [
             i.saga_id,
             f"{i.saga_type} v{i.version}",
-            i.status.value,
+            status_text(i.status.value),
             human_time(i.updated_at),
-            clip(i.status_reason or (f"not advancing: {why}" if why else ""), 60),
+            i.reason or (f"not advancing: {why}" if why else ""),
         ]
         for i, why in zip(instances, stalled, strict=True)
     ]
-    print_table(["SAGA ID", "TYPE", "STATUS", "UPDATED (UTC)", "REASON"], rows)
+    print_table(LIST_COLUMNS, rows, wide=wide)
     if status == QUEUED:
-        print(f"({len(starts)} queued start(s))")
+        emit(f"({len(starts)} queued start(s))")
     else:
         queued = f", {len(starts)} queued start(s)" if starts else ""
-        print(f"({len(instances)} instance(s){queued})")
+        emit(f"({len(instances)} instance(s){queued})")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    return run(_show(db_url(args), str(args.saga_id), as_json=bool(args.json)))
+    return run(_show(db_url(args), str(args.saga_id), as_json=bool(args.json), wide=args.wide))
 
 
-async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
+STEP_COLUMNS = (
+    Column("STEP"),
+    Column("STATUS"),
+    Column("ATTEMPTS"),
+    Column("RESULT / ERROR", Fit.WRAP),
+    Column("COMPENSATION", Fit.WRAP),
+)
+
+
+async def _show(url: str, saga_id: str, *, as_json: bool, wide: bool) -> int:
     async with reader(url) as client:
         try:
             instance = await client.get(saga_id)
@@ -117,45 +147,47 @@ async def _show(url: str, saga_id: str, *, as_json: bool) -> int:
     if as_json:
         print_json({**detail_json(instance, history), "stalled": stalled})
         return 0
-    fields = [
-        ("saga", instance.saga_id),
-        ("type", f"{instance.saga_type} v{instance.version}"),
-        ("fingerprint", instance.fingerprint),
-        ("status", instance.status.value),
-        ("reason", instance.status_reason or "-"),
-        ("owner", instance.owner or "-"),
-        ("not advancing", stalled or "-"),
-        ("stuck step", instance.stuck_step or "-"),
-        ("point of no return", instance.point_of_no_return or "-"),
-        ("correlation id", instance.correlation_id),
-        ("created", human_time(instance.created_at)),
-        ("updated", human_time(instance.updated_at)),
-        ("data", json.dumps(instance.data, sort_keys=True)),
-    ]
-    width = max(len(name) for name, _ in fields)
-    for name, value in fields:
-        print(f"{name:<{width}}  {value}")
-    print()
-    print("steps:")
-    step_rows = []
+    about = fields(
+        [
+            ("saga", instance.saga_id),
+            ("type", f"{instance.saga_type} v{instance.version}"),
+            ("fingerprint", instance.fingerprint),
+            ("status", status_text(instance.status.value)),
+            ("reason", instance.reason or "-"),
+            ("owner", instance.owner or "-"),
+            ("not advancing", stalled or "-"),
+            ("stuck step", instance.stuck_step or "-"),
+            ("point of no return", instance.point_of_no_return or "-"),
+            ("correlation id", instance.correlation_id),
+            ("created", human_time(instance.created_at)),
+            ("updated", human_time(instance.updated_at)),
+            ("data", json.dumps(instance.data, sort_keys=True, ensure_ascii=False)),
+        ]
+    )
+    step_rows: list[list[Cell]] = []
     for s in instance.steps:
-        comp = "-"
+        comp = Text("-")
         if s.compensation is not None:
-            comp = f"{s.compensation.status.value} ({s.compensation.attempts})"
+            comp = status_text(s.compensation.status.value)
+            comp.append(f" ({s.compensation.attempts})")
             if s.compensation.error:
-                comp += f": {s.compensation.error}"
+                comp.append(f": {s.compensation.error}")
         outcome = s.error if s.error else json.dumps(s.result) if s.result is not None else ""
         # A later generation (an operator's retry of a failed step) runs under keys of its own.
         attempts = str(s.attempts) if s.generation == 1 else f"{s.attempts} (gen {s.generation})"
-        step_rows.append(
-            [s.name, s.status.value, attempts, clip(outcome or "-", 50), clip(comp, 50)]
-        )
-    print_table(
-        ["STEP", "STATUS", "ATTEMPTS", "RESULT / ERROR", "COMPENSATION"], step_rows, indent="  "
+        step_rows.append([s.name, status_text(s.status.value), attempts, outcome or "-", comp])
+    emit(
+        Group(
+            about,
+            Text(),
+            Text("steps:", style="bold"),
+            table(STEP_COLUMNS, step_rows),
+            Text(),
+            Text("history:", style="bold"),
+            history_table(history),
+        ),
+        wide=wide,
     )
-    print()
-    print("history:")
-    print_history(history, indent="  ")
     return 0
 
 
@@ -171,44 +203,53 @@ async def _show_start(client: Client, start: QueuedStart, *, as_json: bool) -> i
         print_json(shown)
         return 0
     status = str(shown["status"])
-    fields = [
-        ("saga", start.saga_id),
-        ("type", f"{start.saga_type} v{start.version}"),
-        ("status", f"{status} (a start no worker has applied)" if status == QUEUED else status),
-        ("reason", start.error or "-"),
-        ("not started", start.stalled or "-"),
-        ("resolved to", resolved or "-"),
-        ("idempotency key", start.key or "-"),
-        ("correlation id", start.correlation_id or "-"),
-        ("queued", human_time(start.queued_at)),
-        ("command", str(start.command_id)),
-        ("data", json.dumps(start.data, sort_keys=True)),
-    ]
-    width = max(len(name) for name, _ in fields)
-    for name, value in fields:
-        print(f"{name:<{width}}  {value}")
+    emit(
+        fields(
+            [
+                ("saga", start.saga_id),
+                ("type", start.what),
+                (
+                    "status",
+                    f"{status} (a start no worker has applied)" if status == QUEUED else status,
+                ),
+                ("reason", start.error or "-"),
+                ("not started", start.stalled or "-"),
+                ("resolved to", resolved or "-"),
+                ("idempotency key", start.key or "-"),
+                ("correlation id", start.correlation_id or "-"),
+                ("queued", human_time(start.queued_at)),
+                ("command", str(start.command_id)),
+                ("data", json.dumps(start.data, sort_keys=True, ensure_ascii=False)),
+            ]
+        )
+    )
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    return run(_history(db_url(args), str(args.saga_id), as_json=bool(args.json)))
+    return run(_history(db_url(args), str(args.saga_id), as_json=bool(args.json), wide=args.wide))
 
 
-async def _history(url: str, saga_id: str, *, as_json: bool) -> int:
+async def _history(url: str, saga_id: str, *, as_json: bool, wide: bool) -> int:
     async with reader(url) as client:
         history = await client.history(saga_id)
     if as_json:
         print_json([entry_json(e) for e in history])
     else:
-        print_history(history)
+        emit(history_table(history), wide=wide)
     return 0
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    return run(_dead_letters(db_url(args), limit=int(args.limit), as_json=bool(args.json)))
+    return run(
+        _dead_letters(db_url(args), limit=int(args.limit), as_json=bool(args.json), wide=args.wide)
+    )
 
 
-async def _dead_letters(url: str, *, limit: int, as_json: bool) -> int:
+LETTER_COLUMNS = (Column("ID"), Column("AT (UTC)"), Column("SOURCE"), Column("REASON", Fit.WRAP))
+
+
+async def _dead_letters(url: str, *, limit: int, as_json: bool, wide: bool) -> int:
     async with reader(url) as client:
         letters = await client.dead_letters(limit)
     items = [
@@ -225,9 +266,9 @@ async def _dead_letters(url: str, *, limit: int, as_json: bool) -> int:
         print_json(items)
         return 0
     rows = [
-        [str(item["id"]), human_time(letter.at), letter.source, clip(letter.reason, 70)]
+        [str(item["id"]), human_time(letter.at), letter.source, letter.reason]
         for item, letter in zip(items, letters, strict=True)
     ]
-    print_table(["ID", "AT (UTC)", "SOURCE", "REASON"], rows)
-    print(f"({len(letters)} dead letter(s))")
+    print_table(LETTER_COLUMNS, rows, wide=wide)
+    emit(f"({len(letters)} dead letter(s))")
     return 0

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from sagakit.cli.common import CliError, db_url, reader, run
+from sagakit.cli.render import emit, print_json
 from sagakit.errors import CommandRefused
 
 
@@ -21,6 +22,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             by=str(args.by),
             wait=bool(args.wait),
             wait_timeout=float(args.timeout),
+            as_json=bool(args.json),
         )
     )
 
@@ -35,6 +37,7 @@ async def _operate(
     by: str,
     wait: bool,
     wait_timeout: float,
+    as_json: bool,
 ) -> int:
     async with reader(url) as client:
         try:
@@ -48,13 +51,19 @@ async def _operate(
         except CommandRefused as exc:
             raise CliError(f"{operation} refused: {exc}") from exc
         if handle.cancelled_start:
-            print(
-                f"abort of saga {saga_id}: its queued start is cancelled; no worker will start it"
-            )
+            if as_json:
+                print_json({"command": handle.id, "saga_id": saga_id, "cancelled_start": True})
+            else:
+                cancelled = "its queued start is cancelled; no worker will start it"
+                emit(f"abort of saga {saga_id}: {cancelled}")
             return 0
-        print(f"{operation} of saga {saga_id} accepted (command {handle.id})", flush=True)
+        if not as_json:
+            emit(f"{operation} of saga {saga_id} accepted (command {handle.id})")
         if not wait:
-            print("a worker running on this database will apply it", file=sys.stderr, flush=True)
+            if as_json:
+                print_json({"command": handle.id, "saga_id": saga_id, "applied": False})
+            else:
+                print("a worker running on this database will apply it", file=sys.stderr)
             return 0
         try:
             await handle.wait(wait_timeout)
@@ -66,5 +75,15 @@ async def _operate(
                 "(is a worker running on this database?); it stays queued"
             ) from None
         instance = await client.get(saga_id)
-    print(f"{operation} of saga {saga_id} applied: the saga is {instance.status.value}")
+    if as_json:
+        print_json(
+            {
+                "command": handle.id,
+                "saga_id": saga_id,
+                "applied": True,
+                "status": instance.status.value,
+            }
+        )
+    else:
+        emit(f"{operation} of saga {saga_id} applied: the saga is {instance.status.value}")
     return 0

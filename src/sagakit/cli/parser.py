@@ -4,17 +4,22 @@ each one runs (a ``cmd_*`` function of its command group's module)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 import sagakit
 from sagakit import SagaStatus
 from sagakit.cli.common import DEFAULT_WAIT_TIMEOUT, ENV_DB, PROG
+from sagakit.cli.definitions import cmd_describe
 from sagakit.cli.demo import cmd_demo
 from sagakit.cli.inspection import cmd_dead_letters, cmd_history, cmd_list, cmd_show
 from sagakit.cli.maintenance import cmd_migrate, cmd_purge
 from sagakit.cli.operations import cmd_operator
 from sagakit.cli.render import QUEUED
+from sagakit.cli.starting import cmd_start
 from sagakit.cli.worker import cmd_worker
+from sagakit.encoding import JSON
 from sagakit.retention import parse_duration
 from sagakit.storage import DEFAULT_URL
 
@@ -39,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of text")
+    wide = argparse.ArgumentParser(add_help=False)
+    wide.add_argument(
+        "--wide",
+        action="store_true",
+        help="on a terminal, print whole lines instead of fitting its width",
+    )
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -118,9 +129,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=cmd_worker)
 
+    start = commands.add_parser(
+        "start",
+        parents=[common, as_json],
+        help="start a saga by its type, queued for a worker",
+        description="Start a saga of type TYPE with --data as its input. The CLI runs no "
+        "worker: the start is queued in the database and a worker running TYPE starts it "
+        "(the newest version it runs, unless --saga-version). A --key already used answers "
+        "with its saga at once (the same key with other data is refused).",
+    )
+    start.add_argument("saga_type", metavar="TYPE", help="the saga type (the saga's name)")
+    start.add_argument(
+        "--data",
+        required=True,
+        type=_json_data,
+        metavar="JSON",
+        help="the saga's input: JSON text, or @FILE to read it from a file",
+    )
+    start.add_argument("--key", metavar="K", default=None, help="idempotency key")
+    start.add_argument("--correlation-id", metavar="ID", default=None, help="correlation id")
+    start.add_argument(
+        "--saga-version",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="the definition version (default: the newest the worker runs)",
+    )
+    start.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the saga is completed, failed or stuck (exit 1 unless completed)",
+    )
+    start.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_WAIT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --wait, give up after this long (default {DEFAULT_WAIT_TIMEOUT:g})",
+    )
+    start.set_defaults(handler=cmd_start)
+
     listing = commands.add_parser(
         "list",
-        parents=[common, as_json],
+        parents=[common, as_json, wide],
         help="list saga instances, most recently updated first",
         description="List saga instances, most recently updated first, after the starts "
         "still queued for a worker (status queued), oldest first.",
@@ -147,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser(
         "show",
-        parents=[common, as_json],
+        parents=[common, as_json, wide],
         help="show one instance (or queued start): status, data, steps and history",
         description="Show one saga instance: status, data, steps and history. For the id of "
         "a start still queued (or refused), show that start.",
@@ -157,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = commands.add_parser(
         "history",
-        parents=[common, as_json],
+        parents=[common, as_json, wide],
         help="show the history of one instance",
         description="Show the history of one saga instance, oldest first.",
     )
@@ -187,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     abort = commands.add_parser(
         "abort",
-        parents=[common, operator],
+        parents=[common, operator, as_json],
         help="compensate an instance now, or cancel a queued start",
         description="Abort a running or stuck instance: compensate what it did. Refused for "
         "an instance that is completed, failed, already compensating, stuck compensating, "
@@ -199,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser(
         "retry",
-        parents=[common, operator],
+        parents=[common, operator, as_json],
         help="give the step a stuck instance waits on a fresh attempt budget",
         description="Retry a stuck instance: the step (or compensation) it is stuck on gets "
         "a fresh attempt budget. Refused unless the instance is stuck.",
@@ -209,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     resolve = commands.add_parser(
         "resolve",
-        parents=[common, operator],
+        parents=[common, operator, as_json],
         help="declare by hand that the step a stuck instance waits on is settled",
         description="Resolve a stuck instance: declare by hand that STEP (or its "
         "compensation), the one the instance is stuck on, is settled, and carry on. Refused "
@@ -221,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     letters = commands.add_parser(
         "dead-letters",
-        parents=[common, as_json],
+        parents=[common, as_json, wide],
         help="list messages that were rejected, newest first",
         description="List dead-lettered messages (malformed, unknown or oversized), newest first.",
     )
@@ -234,9 +285,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     letters.set_defaults(handler=cmd_dead_letters)
 
+    describe = commands.add_parser(
+        "describe",
+        parents=[common, as_json, wide],
+        help="show a saga definition: steps, kinds, pivot, timeouts, policies, diagram",
+        description="Show the newest version (or --saga-version) of the saga definition "
+        "TYPE: its steps in order, each one's kind, handlers, timeout and retry policy, its "
+        "compensation, the pivot and the deadline; or its Mermaid flowchart (--mermaid). "
+        "From the app with --app, else from what workers recorded in the database.",
+    )
+    describe.add_argument("saga_type", metavar="TYPE", help="the saga type (the saga's name)")
+    describe.add_argument(
+        "--saga-version", type=_positive_int, default=None, metavar="N", help="this version"
+    )
+    describe.add_argument(
+        "--mermaid", action="store_true", help="print the Mermaid flowchart instead"
+    )
+    describe.add_argument(
+        "--app",
+        type=_app_ref,
+        default=None,
+        metavar="MODULE:ATTR",
+        help="read the definition from this App (imported, as `worker` does)",
+    )
+    describe.set_defaults(handler=cmd_describe)
+
     migrate = commands.add_parser(
         "migrate",
-        parents=[common],
+        parents=[common, as_json],
         help="create or upgrade the database schema",
         description="Apply every schema migration not applied yet (PostgreSQL); create the "
         "schema of a SQLite file. Safe to run again, and from several processes at once.",
@@ -322,6 +398,21 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _json_data(text: str) -> JSON:
+    source = "--data"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {source}: {exc}") from None
+    try:
+        value: JSON = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{source} is not JSON: {exc}") from None
+    return value
 
 
 def _app_ref(text: str) -> str:

@@ -4,51 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import signal
 import sys
 
 from sagakit import App, Worker
-from sagakit.cli.common import PROG, CliError, db_url, run
-from sagakit.errors import SagakitError
+from sagakit.cli.common import PROG, db_url, load_app, run
 from sagakit.retention import RetentionPolicy
 from sagakit.storage import open_store
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    app = _load_app(str(args.app))
+    app = load_app(str(args.app))
     logging.basicConfig(
         stream=sys.stderr,
         level=str(args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return run(_worker(app, str(args.app), db_url(args), args.lease, args.retention))
-
-
-def _load_app(ref: str) -> App:
-    module_name, _, attr = ref.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # like `python -m`: modules in the current directory import
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"cannot import {module_name!r}: {exc}") from exc
-    except SagakitError:
-        raise
-    except Exception as exc:
-        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    value: object = module
-    for part in attr.split("."):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(value, App):
-        raise CliError(f"{ref} is a {type(value).__name__}, not a sagakit.App")
-    return value
 
 
 async def _worker(app: App, ref: str, url: str, lease: float, args_retention: float | None) -> int:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 import uuid
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from sagakit.encoding import JSON
 from sagakit.examples.orders import (
@@ -24,9 +23,21 @@ from sagakit.examples.orders import (
     create_ledgers,
     order_saga,
 )
+from sagakit.ports import InstanceQueries
 from sagakit.state import SagaStatus
 from sagakit.storage import open_store
 from sagakit.worker import Worker
+
+
+@dataclass(frozen=True)
+class DemoProgress:
+    """How far this run has got: its own sagas only, never those of earlier runs."""
+
+    new: int
+    settled: int
+    by_status: Mapping[str, int]
+    #: Unsettled instances left by an earlier run, once this run's own have settled.
+    leftover: int = 0
 
 
 async def run_demo(
@@ -36,13 +47,28 @@ async def run_demo(
     fail_rate: float = 0.2,
     concurrency: int = 16,
     seed: int | None = None,
-    progress: TextIO | None = sys.stderr,
+    on_open: Callable[[], None] | None = None,
+    on_progress: Callable[[DemoProgress], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, JSON]:
-    store = open_store(url, owner=True)
+    """Run ``sagas`` new order sagas and check the ledgers of every order in the database.
+
+    ``on_open`` is called once the store is open and its worker lock held (so nothing is
+    announced before a refusal); ``on_progress`` each time one of this run's sagas settles.
+    """
+    store = open_store(url, owner=True, create=True)
     try:
         await store.transaction(create_ledgers)
+        if on_open is not None:
+            on_open()
         began = clock()
+        by_status: dict[str, int] = {}
+
+        def report(leftover: int = 0) -> None:
+            if on_progress is not None:
+                settled = sum(by_status.values())
+                on_progress(DemoProgress(sagas, settled, dict(by_status), leftover))
+
         async with Worker(app, store) as worker:
             rng = random.Random(seed)
             run = uuid.uuid4().hex[:8]
@@ -60,14 +86,14 @@ async def run_demo(
                     handle = await worker.client.start(
                         order_saga, order, key=order.order_id, correlation_id=order.order_id
                     )
-                    await handle.result()
+                    settled = await handle.result()
+                status = settled.status.value
+                by_status[status] = by_status.get(status, 0) + 1
+                report()
 
-            reporter = asyncio.create_task(_report(store, progress, began, clock))
-            try:
-                await asyncio.gather(*(one(i) for i in range(sagas)))
-                await _wait_all_settled(store)
-            finally:
-                reporter.cancel()
+            report()
+            await asyncio.gather(*(one(i) for i in range(sagas)))
+            await _wait_all_settled(store, report)
             seconds = clock() - began
         counts = await store.count_by_status()
         problems = await store.transaction(check_ledgers)
@@ -90,24 +116,12 @@ async def run_demo(
     return summary
 
 
-async def _wait_all_settled(store: object) -> None:
+async def _wait_all_settled(store: InstanceQueries, report: Callable[[int], None]) -> None:
     # Instances left by an earlier, killed run are finished by the worker's recovery.
-    count = store.count_by_status  # type: ignore[attr-defined]
     while True:
-        counts = await count()
-        if all(s.settled for s, n in counts.items() if n):
+        counts = await store.count_by_status()
+        leftover = sum(n for s, n in counts.items() if not s.settled)
+        if not leftover:
             return
+        report(leftover)
         await asyncio.sleep(0.05)
-
-
-async def _report(
-    store: object, out: TextIO | None, began: float, clock: Callable[[], float]
-) -> None:
-    if out is None:
-        return
-    count = store.count_by_status  # type: ignore[attr-defined]
-    while True:
-        await asyncio.sleep(0.5)
-        counts = await count()
-        parts = ", ".join(f"{s.value} {n}" for s, n in sorted(counts.items()) if n)
-        print(f"[{clock() - began:6.1f}s] {parts}", file=out, flush=True)

@@ -12,7 +12,9 @@ DEFAULT_URL = "sqlite:///sagakit.db"
 
 
 def open_store(url: str, **options: Any) -> SqliteStore | PostgresStore:
-    """Open the store a URL names. ``owner=True`` for a worker; ``create=False`` for readers.
+    """Open the store a URL names. ``owner=True`` for a worker, which creates the database (a
+    SQLite file, the PostgreSQL schema) when it is missing; anyone else opens an existing one
+    only, unless ``create=True``.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``postgresql://user@host/db``
     (optionally ``?schema=name``).

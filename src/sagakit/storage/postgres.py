@@ -60,6 +60,7 @@ from sagakit.storage.postgres_schema import (
     apply_migrations,
     migrations,
     new_schema_url,
+    parse_url,
     split_url,
 )
 from sagakit.storage.queries import fill
@@ -79,21 +80,28 @@ NOTIFY_CHANNEL = "sagakit_work"  # named in the queries notify_command and notif
 
 
 class PostgresStore:
-    """Every store port on PostgreSQL. Connects lazily; ``migrate=True`` applies migrations."""
+    """Every store port on PostgreSQL. Connects lazily.
+
+    The schema is created, or its missing migrations applied, only when told to: ``create=True``
+    (or ``migrate=True``), or by an owner (a worker). Anyone else on a database without the
+    schema gets an error that says to run ``sagakit migrate``.
+    """
 
     def __init__(
         self,
         url: str,
         *,
         owner: bool = False,
-        create: bool = True,
+        create: bool | None = None,
         migrate: bool | None = None,
         pool_size: int = 4,
     ) -> None:
         self.url = url
-        self._dsn, self.schema = split_url(url)
-        self._migrate = owner if migrate is None else migrate
-        self._create = create
+        parsed = parse_url(url)
+        self._dsn, self.schema, self._timeout = parsed.dsn, parsed.schema, parsed.connect_timeout
+        if migrate is None:
+            migrate = owner if create is None else create
+        self._migrate = migrate
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
@@ -110,10 +118,14 @@ class PostgresStore:
 
     async def _connect(self, **kwargs: Any) -> asyncpg.Connection:
         settings = {"search_path": self.schema} if self.schema else {}
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", self._timeout)
         try:
             return await asyncpg.connect(self._dsn, server_settings=settings, **kwargs)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot connect to PostgreSQL ({self._dsn}): {exc}") from exc
+        except (asyncpg.InterfaceError, ValueError) as exc:  # what asyncpg refuses in the URL
+            raise StorageError(f"bad PostgreSQL URL: {exc}") from exc
 
     async def _ready(self) -> asyncpg.Pool:
         if self._pool is not None:
@@ -131,9 +143,12 @@ class PostgresStore:
                         min_size=1,
                         max_size=self._pool_size,
                         server_settings=settings,
+                        timeout=60.0 if self._timeout is None else self._timeout,
                     )
                 except (OSError, asyncpg.PostgresError) as exc:
                     raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
+                except (asyncpg.InterfaceError, ValueError) as exc:
+                    raise StorageError(f"bad PostgreSQL URL: {exc}") from exc
                 if not self._migrate and not await self._has_schema(self._pool):
                     await self._pool.close()
                     self._pool = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,17 +26,70 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
-def split_url(url: str) -> tuple[str, str | None]:
-    """The asyncpg DSN and the schema of a ``postgresql://…[?schema=name]`` URL."""
-    parts = urlsplit(url)
+@dataclass(frozen=True)
+class PostgresUrl:
+    """A ``postgresql://…`` URL taken apart: the DSN asyncpg connects with, sagakit's own
+    ``schema=``, and ``connect_timeout=`` (seconds; asyncpg takes it as an argument, not in
+    the DSN, where it would be sent to the server as a setting it does not know)."""
+
+    dsn: str
+    schema: str | None = None
+    connect_timeout: float | None = None
+
+
+#: libpq's ``sslmode`` values, which asyncpg accepts too.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def parse_url(url: str) -> PostgresUrl:
+    """Check and take apart a PostgreSQL URL; a StorageError names what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed IPv6 bracket, say
+        raise StorageError(f"bad PostgreSQL URL {url!r}: {exc}") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise StorageError(f"not a PostgreSQL URL: {url!r}")
+    _check_hosts(url, parts.netloc)
     query = parse_qsl(parts.query)
     schema = next((v for k, v in query if k == "schema"), None)
     if schema is not None and not _IDENT.match(schema):
         raise StorageError(f"bad schema name {schema!r} (lower-case letters, digits, _)")
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+    sslmode = next((v for k, v in query if k == "sslmode"), None)
+    if sslmode is not None and sslmode not in SSL_MODES:
+        raise StorageError(f"bad sslmode {sslmode!r} in the URL: use one of {', '.join(SSL_MODES)}")
+    timeout = next((v for k, v in query if k == "connect_timeout"), None)
+    seconds = None
+    if timeout is not None:
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds == float("inf"):
+            raise StorageError(f"bad connect_timeout {timeout!r} in the URL: seconds, above 0")
+    rest = urlencode([(k, v) for k, v in query if k not in ("schema", "connect_timeout")])
+    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
+    return PostgresUrl(dsn, schema, seconds)
+
+
+def _check_hosts(url: str, netloc: str) -> None:
+    # Each of host[:port], [v6]:port, h1:p1,h2:p2 (libpq's multi-host form) by itself: what
+    # urlsplit's .port cannot read, and asyncpg would refuse with a traceback at connect.
+    for spec in netloc.rpartition("@")[2].split(","):
+        if spec.startswith("["):
+            _, bracket, port = spec[1:].partition("]")
+            if not bracket or (port and not port.startswith(":")):
+                raise StorageError(f"bad PostgreSQL URL {url!r}: bad IPv6 host {spec!r}")
+            port = port[1:]
+        else:
+            port = spec.partition(":")[2]
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise StorageError(f"bad PostgreSQL URL {url!r}: port {port!r} is not a number 1-65535")
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The asyncpg DSN and the schema of a ``postgresql://…[?schema=name]`` URL."""
+    parsed = parse_url(url)
+    return parsed.dsn, parsed.schema
 
 
 def migrations() -> list[tuple[int, str, str]]:

@@ -26,7 +26,7 @@ def state_text(inst: SagaInstance) -> str:
         {
             "data": inst.data,
             "steps": inst.steps_to_json(),
-            "reason": inst.reason,
+            "reason": inst.failure_reason,
             "stuck_reason": inst.stuck_reason,
             "stuck_step": inst.stuck_step,
             "deadline_at": inst.deadline_at,
@@ -62,7 +62,7 @@ def instance_from_row(row: Row) -> SagaInstance:
         revision=cast(int, row[9]),
         data=state["data"],
         steps=SagaInstance.steps_from_json(state["steps"]),
-        reason=cast("str | None", state["reason"]),
+        failure_reason=cast("str | None", state["reason"]),
         stuck_reason=cast("str | None", state["stuck_reason"]),
         stuck_step=cast("str | None", state["stuck_step"]),
         deadline_at=cast("float | None", state["deadline_at"]),

@@ -76,8 +76,10 @@ INLINE_SECONDS = 0.002
 class SqliteStore:
     """Every store port on one SQLite file.
 
-    ``owner=True`` takes the worker's exclusive lock (one worker per file); ``create=False``
-    refuses to create a missing file (read commands). A file of an older schema version is
+    ``owner=True`` takes the worker's exclusive lock (one worker per file). A missing file is
+    created only when told to: ``create=True``, or by an owner (a worker); anyone else (a
+    client, the read commands) gets an error, so a mistyped path never becomes a new empty
+    database where starts would queue for ever. A file of an older schema version is
     upgraded when an owner opens it, or with ``upgrade=True`` (``sagakit migrate``), under the
     worker's lock, so never under a running worker; other openers are refused with a message
     that says so.
@@ -88,13 +90,14 @@ class SqliteStore:
         path: str,
         *,
         owner: bool = False,
-        create: bool = True,
+        create: bool | None = None,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
         upgrade: bool | None = None,
     ) -> None:
         self.path = path
         upgrade = owner if upgrade is None else upgrade
+        create = owner if create is None else create
         self._upgraded: builtins.list[int] = []  # the upgrades applied when it was opened
         self._clock = clock
         self._lock_file: IO[str] | None = None
@@ -102,7 +105,10 @@ class SqliteStore:
         self._lease = 10.0
         memory = path == ":memory:"
         if not memory and not create and not os.path.exists(path):
-            raise StorageError(f"database file not found: {path}")
+            raise StorageError(
+                f"database file not found: {path} (create it with `sagakit migrate`, or "
+                "open_store(url, create=True))"
+            )
         if not memory and create:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sagakit.app import App
+from sagakit.definition import SagaDefinition
 from sagakit.errors import MessageRejected, StoreRefused
 from sagakit.messages import MessageKind, decode
 from sagakit.ports import CommandQueue, DeadLetter, QueuedCommand, TimerQueue
@@ -198,8 +199,8 @@ class CommandSource:
             name, version = body.get("saga_type"), body.get("version")
             if (
                 isinstance(name, str)
-                and isinstance(version, int)
-                and self._app.definition(name, version) is None
+                and (version is None or isinstance(version, int))
+                and self._definition(name, version) is None
             ):
                 return  # left queued for a worker that has this definition
             start = self._queued_start(command)
@@ -214,9 +215,9 @@ class CommandSource:
         """A start enqueued by a client without a worker (another process, the HTTP API)."""
         body = command.body
         name, version = body.get("saga_type"), body.get("version")
-        if not isinstance(name, str) or not isinstance(version, int):
+        if not isinstance(name, str) or not (version is None or isinstance(version, int)):
             return None
-        definition = self._app.definition(name, version)
+        definition = self._definition(name, version)
         if definition is None:
             return None
         data = body.get("data")
@@ -232,6 +233,14 @@ class CommandSource:
             # Not said by a start an older sagakit queued: it runs this worker's definition.
             fingerprint if isinstance(fingerprint, str) else None,
         )
+
+    def _definition(self, name: str, version: int | None) -> SagaDefinition | None:
+        """The definition a queued start names; a start by name alone (``sagakit start``
+        without a version) gets the newest version this worker runs."""
+        if version is not None:
+            return self._app.definition(name, version)
+        versions = [d for d in self._app.definitions if d.name == name]
+        return max(versions, key=lambda d: d.version) if versions else None
 
 
 def _discard(in_flight: set[Any], key: object, _: asyncio.Future[object]) -> None:

@@ -5,8 +5,9 @@ what was sent (:class:`ReplyKind`), and the state of the phase it answers decide
 
 - ``rejected``: the attempt was never sent (or the compensation never started); the message is
   dead-lettered with the reason and nothing is written;
-- ``late``: it says nothing new (its phase has moved on, or it is an error of an attempt that
-  is no longer current); recorded in the history, nothing else changes;
+- ``late``: it says nothing new (its phase has moved on, it is an error of an attempt that
+  is no longer current, or it answers an earlier generation of the step); recorded in the
+  history, nothing else changes;
 - ``duplicate``: a success for a phase already done; recorded, nothing else changes;
 - ``apply``: decide() acts on it (what that does depends on the step's kind, the saga's status
   and the retry budget; docs/concepts.md writes it out).
@@ -15,7 +16,8 @@ what was sent (:class:`ReplyKind`), and the state of the phase it answers decide
 that decide() follows every row and that docs/concepts.md shows the same table.
 
 :func:`outcome_of` is the one mapping from an exception raised by step code to the answer it
-gives, for local steps and participants alike.
+gives, for local steps and participants alike; :func:`unsent` is the answer of a command that
+could not be sent at all.
 """
 
 from __future__ import annotations
@@ -28,21 +30,24 @@ from sagakit.definition import Phase
 from sagakit.encoding import printable
 from sagakit.errors import EncodingError, StepError, StepFailed
 from sagakit.events import Outcome
-from sagakit.state import CompensationStatus, HistoryKind, StepStatus
+from sagakit.state import CompensationStatus, HistoryKind, StepState, StepStatus
 
 
 class ReplyKind(enum.StrEnum):
     """What a reply is, relative to the attempts its phase has sent.
 
-    A definite answer counts whichever attempt it comes from (all attempts share one
-    idempotency key); an error is told apart by whether it answers the attempt sent last.
+    A definite answer counts whichever attempt of the step's generation it comes from (they
+    share one idempotency key); an error is told apart by whether it answers the attempt sent
+    last. Any answer of an earlier generation (before an operator's retry gave the step a
+    new key, Semantics 2) says nothing about the current one.
     """
 
     SUCCESS = "success"
     FAILURE = "failure"
     ERROR = "error"  # an error of the attempt sent last
     OLDER_ERROR = "older error"  # an error of an attempt sent before the last one
-    NEVER_SENT = "never sent"  # attempt 0, or one beyond the last sent
+    OLDER_GENERATION = "older generation"  # any answer of an earlier generation of the step
+    NEVER_SENT = "never sent"  # attempt 0, one beyond the last sent, or a generation to come
 
 
 class Handling(enum.StrEnum):
@@ -69,11 +74,12 @@ RETRYING: Mapping[Phase, PhaseState] = {
 }
 
 _R, _L, _D, _A = Handling.REJECTED, Handling.LATE, Handling.DUPLICATE, Handling.APPLY
-_IN_FLIGHT_RUNNING = (_A, _A, _A, _L, _R)  # an error of the attempt in flight is news
-_IN_FLIGHT_RETRYING = (_A, _A, _L, _L, _R)  # the attempt sent last already erred
-_DONE = (_D, _L, _L, _L, _R)
-_SETTLED = (_L, _L, _L, _L, _R)
-_NOT_SENT = (_R, _R, _R, _R, _R)
+_IN_FLIGHT_RUNNING = (_A, _A, _A, _L, _L, _R)  # an error of the attempt in flight is news
+_IN_FLIGHT_RETRYING = (_A, _A, _L, _L, _L, _R)  # the attempt sent last already erred
+_DONE = (_D, _L, _L, _L, _L, _R)
+_SETTLED = (_L, _L, _L, _L, _L, _R)
+# Nothing sent in this generation; an earlier generation's answer is late all the same.
+_NOT_SENT = (_R, _R, _R, _R, _L, _R)
 
 _COLUMNS = tuple(ReplyKind)
 #: (phase, state) -> one handling per reply kind, in the order of :class:`ReplyKind`.
@@ -109,9 +115,16 @@ RECORDED_AS: Mapping[Handling, HistoryKind] = {
 }
 
 
-def reply_kind(outcome: Outcome, attempt: int, sent: int) -> ReplyKind:
-    """The kind of a reply for ``attempt`` with ``outcome``, when ``sent`` attempts were sent."""
-    if attempt < 1 or attempt > sent:
+def reply_kind(
+    outcome: Outcome, attempt: int, sent: int, generation: int = 1, current: int = 1
+) -> ReplyKind:
+    """The kind of a reply for ``attempt`` of generation ``generation`` with ``outcome``, when
+    ``sent`` attempts were sent and the step is in generation ``current``."""
+    if generation != current or attempt < 1:
+        if generation < current and attempt >= 1:
+            return ReplyKind.OLDER_GENERATION
+        return ReplyKind.NEVER_SENT
+    if attempt > sent:
         return ReplyKind.NEVER_SENT
     if outcome is Outcome.SUCCESS:
         return ReplyKind.SUCCESS
@@ -121,11 +134,18 @@ def reply_kind(outcome: Outcome, attempt: int, sent: int) -> ReplyKind:
 
 
 def classify(
-    phase: Phase, state: PhaseState, outcome: Outcome, attempt: int, sent: int
+    phase: Phase,
+    state: PhaseState,
+    outcome: Outcome,
+    attempt: int,
+    sent: int,
+    generation: int = 1,
+    current: int = 1,
 ) -> Handling:
-    """How decide() handles a reply for ``attempt`` of ``phase``, whose state is ``state`` and
-    which has sent ``sent`` attempts."""
-    return ANSWER_TABLE[phase, state, reply_kind(outcome, attempt, sent)]
+    """How decide() handles a reply for ``attempt`` of ``phase`` in step generation
+    ``generation``, whose state is ``state``, which has sent ``sent`` attempts, and whose
+    step is in generation ``current``."""
+    return ANSWER_TABLE[phase, state, reply_kind(outcome, attempt, sent, generation, current)]
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,24 @@ class Answer:
     retryable: bool = True
     retry_after: float | None = None
     unexpected: bool = False
+
+
+def unsent(state: StepState, phase: Phase, error: str) -> Answer:
+    """The answer of a step's command that could not be built or sent (Semantics 5).
+
+    Nothing went out for this attempt. When it is the first attempt under its idempotency
+    key, nothing was done at all: a definite failure (the step is not compensated). After
+    earlier attempts under the same key (retries, or an operator's retry of a step whose
+    outcome is unknown), one of them may have taken effect: a final error, so the outcome is
+    unknown.
+    """
+    if phase is Phase.ACTION:
+        first = state.attempts - state.budget_from == 1 and state.outcome_known
+    else:
+        first = state.compensation is not None and state.compensation.attempts == 1
+    if first:
+        return Answer(Outcome.FAILURE, error)
+    return Answer(Outcome.ERROR, error, retryable=False)
 
 
 def outcome_of(exc: Exception, *, timeout: float | None = None) -> Answer:

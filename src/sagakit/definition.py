@@ -180,6 +180,11 @@ class Step:
     def is_remote(self) -> bool:
         return isinstance(self.action, Remote)
 
+    def remote_for(self, phase: Phase) -> bool:
+        """Whether ``phase`` is a command to a participant (else the worker runs it): a local
+        action may have a remote compensation, and the other way round."""
+        return isinstance(self.action if phase is Phase.ACTION else self.compensation, Remote)
+
     def handler(self, phase: Phase) -> Handler | None:
         return self.action if phase is Phase.ACTION else self.compensation
 

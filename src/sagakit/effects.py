@@ -19,9 +19,17 @@ class Dispatch:
     attempt: int
     idempotency_key: str
     deadline: float
+    #: The step's generation (Semantics 2): its answer must carry the same one.
+    generation: int = 1
 
     def __init__(
-        self, step: str, phase: Phase, attempt: int, idempotency_key: str, deadline: float
+        self,
+        step: str,
+        phase: Phase,
+        attempt: int,
+        idempotency_key: str,
+        deadline: float,
+        generation: int = 1,
     ) -> None:
         # One per step dispatched: straight into the dict, not field by field.
         self.__dict__.update(
@@ -30,6 +38,7 @@ class Dispatch:
             attempt=attempt,
             idempotency_key=idempotency_key,
             deadline=deadline,
+            generation=generation,
         )
 
 
@@ -87,9 +96,34 @@ class Decision:
         return bool(self.history) or bool(self.effects)
 
 
-def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
-    """The key of a step's action or compensation: the same across every retry (Semantics 2)."""
-    return f"{saga_id}:{step}:{phase.value}"
+def idempotency_key(saga_id: str, step: str, phase: Phase, generation: int = 1) -> str:
+    """The key of a step's action or compensation: the same across every retry (Semantics 2).
+
+    An operator's retry of a step that definitely failed (or, with a redrive, was
+    compensated) starts a new *generation* of the step, with keys of its own; generation 1
+    keeps the key without a suffix, as protocol 1.0 wrote it.
+
+    >>> idempotency_key("s1", "pay", Phase.ACTION), idempotency_key("s1", "pay", Phase.ACTION, 2)
+    ('s1:pay:action', 's1:pay:action:g2')
+    """
+    if generation == 1:
+        return f"{saga_id}:{step}:{phase.value}"
+    return f"{saga_id}:{step}:{phase.value}:g{generation}"
+
+
+def generation_of(key: str) -> int:
+    """The generation an idempotency key names: its ``:g{N}`` suffix, or 1 without one.
+
+    A 1.0 participant does not copy a reply's ``generation`` field, but it does copy the
+    command's key, so the key tells which generation its reply answers.
+
+    >>> generation_of("s1:pay:action"), generation_of("s1:pay:compensation:g3")
+    (1, 3)
+    """
+    tail = key[key.rfind(":") + 1 :]
+    if len(tail) > 1 and tail[0] == "g" and tail[1:].isascii() and tail[1:].isdigit():
+        return int(tail[1:])
+    return 1
 
 
 def timer_name(kind: TimerKind, step: str | None = None, phase: Phase = Phase.ACTION) -> str:

@@ -37,7 +37,11 @@ class Begin:
 
 @dataclass(frozen=True, init=False)
 class Reply:
-    """The answer of a step's action or compensation, remote or local."""
+    """The answer of a step's action or compensation, remote or local.
+
+    ``generation`` is the step generation the answered command belonged to (Semantics 2): an
+    answer of an earlier generation says nothing about the current one.
+    """
 
     step: str
     phase: Phase
@@ -47,6 +51,7 @@ class Reply:
     error: str | None = None
     retryable: bool = True
     retry_after: float | None = None
+    generation: int = 1
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class Reply:
         error: str | None = None,
         retryable: bool = True,
         retry_after: float | None = None,
+        generation: int = 1,
     ) -> None:
         # One per step answer: straight into the dict, not field by field via __setattr__.
         self.__dict__.update(
@@ -69,6 +75,7 @@ class Reply:
             error=error,
             retryable=retryable,
             retry_after=retry_after,
+            generation=generation,
         )
 
 

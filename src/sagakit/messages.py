@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Final, cast
 
 from sagakit.definition import Phase
+from sagakit.effects import generation_of
 from sagakit.encoding import (
     JSON,
     MAX_DEPTH,
@@ -40,8 +41,11 @@ from sagakit.encoding import (
 from sagakit.errors import EncodingError, MessageRejected
 from sagakit.transitions import Outcome
 
-PROTOCOL_VERSION: Final = "1.0"
+PROTOCOL_VERSION: Final = "1.1"
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
+#: The versions this reader accepts: exactly those the schema's ``protocol`` pattern accepts
+#: (``^1\.[0-9]+$``, where a JSON Schema's ``$`` is the end of the text, as ``\Z`` is here).
+_PROTOCOL: Final = re.compile(r"1\.[0-9]+\Z", re.ASCII)
 
 
 class MessageKind(enum.StrEnum):
@@ -56,6 +60,9 @@ class Envelope:
 
     A compensation command's payload is ``{"input": <the action's input>, "result": <the
     action's result, or null when its outcome is unknown>}``.
+
+    ``generation`` (protocol 1.1) is the step's generation, which its idempotency key names
+    from generation 2 on; a reply copies it. A 1.0 message has none: it is read from the key.
     """
 
     id: str
@@ -80,6 +87,7 @@ class Envelope:
     retry_after: float | None = None
     traceparent: str | None = None
     protocol: str = PROTOCOL_VERSION
+    generation: int = 1
 
 
 _REQUIRED: Final = (
@@ -112,6 +120,7 @@ def to_dict(env: Envelope) -> dict[str, JSON]:
         "phase": env.phase.value,
         "attempt": env.attempt,
         "idempotency_key": env.idempotency_key,
+        "generation": env.generation,
         "correlation_id": env.correlation_id,
         "causation_id": env.causation_id,
         "timestamp": env.timestamp,
@@ -223,7 +232,7 @@ def _envelope(raw: object) -> Envelope:
     if missing:
         raise MessageRejected(f"missing field(s): {', '.join(missing)}")
     protocol = raw["protocol"]
-    if not isinstance(protocol, str) or protocol.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
+    if not isinstance(protocol, str) or _PROTOCOL.match(protocol) is None:
         raise MessageRejected(f"unsupported protocol version {protocol!r}")
     try:
         kind = MessageKind(raw["kind"])
@@ -234,6 +243,8 @@ def _envelope(raw: object) -> Envelope:
     if kind is MessageKind.REPLY and outcome is None:
         raise MessageRejected("a reply needs an outcome")
     try:
+        key = _text(raw, "idempotency_key")
+        generation = generation_of(key) if raw.get("generation") is None else _generation(raw)
         env = Envelope(
             id=_text(raw, "id"),
             kind=kind,
@@ -244,7 +255,7 @@ def _envelope(raw: object) -> Envelope:
             step=_text(raw, "step"),
             phase=phase,
             attempt=_int(raw, "attempt"),
-            idempotency_key=_text(raw, "idempotency_key"),
+            idempotency_key=key,
             correlation_id=_text(raw, "correlation_id"),
             timestamp=_number(raw, "timestamp"),
             payload=cast(JSON, raw.get("payload")),
@@ -257,6 +268,7 @@ def _envelope(raw: object) -> Envelope:
             retry_after=_opt_number(raw, "retry_after"),
             traceparent=_opt_text(raw, "traceparent"),
             protocol=protocol,
+            generation=generation,
         )
     except TypeError as exc:
         raise MessageRejected(str(exc)) from exc
@@ -352,6 +364,15 @@ def _int(raw: dict[str, object], name: str) -> int:
     return value
 
 
+def _generation(raw: dict[str, object]) -> int:
+    value = raw["generation"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TypeError("field 'generation' must be a positive integer")
+    if value > _INT32_MAX:
+        raise TypeError(f"field 'generation': larger than {_INT32_MAX}")
+    return value
+
+
 def _number(raw: dict[str, object], name: str) -> float:
     value = raw[name]
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -397,6 +418,12 @@ ENVELOPE_SCHEMA: Final[dict[str, JSON]] = {
         "phase": {"enum": ["action", "compensation"]},
         "attempt": _COUNT,
         "idempotency_key": _STRING,
+        "generation": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": _INT32_MAX,
+            "description": "the step's generation (1.1); absent: the one its key names",
+        },
         "correlation_id": _STRING,
         "causation_id": _NULLABLE_NAME,
         "timestamp": {"type": "number", "description": "seconds since the Unix epoch"},

@@ -1,4 +1,5 @@
-"""Operator commands (Semantics 11): abort, retry and resolve by hand, and when each is valid.
+"""Operator commands (Semantics 11): abort, retry and resolve by hand, when each is valid, and
+the step generation a retry runs in (Semantics 2).
 
 An operator command is a durable request written to the store and applied by a worker through
 decide(), under the rules of :func:`check_command`; clients check the same rules up front, so
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sagakit.state import CompensationStatus, SagaInstance, SagaStatus
+from sagakit.state import CompensationStatus, SagaInstance, SagaStatus, StepState, StepStatus
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class Abort:
 
 @dataclass(frozen=True)
 class Retry:
-    """Give the step the instance is stuck on a fresh attempt budget."""
+    """Give the step the instance is stuck on a fresh attempt budget (and, when the step
+    definitely failed, a new generation: see :func:`retry_generation`)."""
 
     reason: str
     by: str = "operator"
@@ -63,6 +65,20 @@ def check_command(instance: SagaInstance, command: OperatorCommand) -> str | Non
     if isinstance(command, Resolve) and command.step != instance.stuck_step:
         return f"the saga is stuck on step {instance.stuck_step!r}, not {command.step!r}"
     return None
+
+
+def retry_generation(step: StepState) -> int:
+    """The generation in which an operator's retry (or redrive) runs ``step`` (Semantics 2).
+
+    A step that definitely failed, or was compensated, starts a new generation: its new keys
+    let a participant run it afresh, where the old key would answer with the stored failure
+    or refuse the action after its compensation. A step whose outcome is unknown (and not
+    compensated) keeps its generation and key, so a participant that did it answers with its
+    stored reply and nothing is done twice.
+    """
+    if step.status is StepStatus.FAILED or step.status is StepStatus.COMPENSATED:
+        return step.generation + 1
+    return step.generation
 
 
 def command_name(command: OperatorCommand) -> str:

@@ -5,7 +5,9 @@ transaction**: its business writes, the inbox record of the command's idempotenc
 reply (in the participant's outbox) commit together (Semantics 3). On a duplicate command the
 stored reply is sent again and the handler does not run. Out of order (Semantics 7): a
 compensation with nothing to undo succeeds as a no-op; an action arriving after its own
-compensation is refused with a failure reply.
+compensation is refused with a failure reply. Both relate an action and a compensation of the
+same step generation (protocol 1.1): an action of a new generation, started by an operator's
+retry, runs even after an earlier generation's compensation.
 
 ::
 
@@ -50,7 +52,8 @@ log = logging.getLogger("sagakit.participant")
 @dataclass(frozen=True)
 class Command:
     """A command as a handler sees it. For a compensation, ``input`` is what the action got and
-    ``result`` what it returned (None when its outcome was unknown)."""
+    ``result`` what it returned (None when its outcome was unknown). ``generation`` is the
+    step's generation, which ``idempotency_key`` already names (Semantics 2)."""
 
     saga_id: str
     saga_type: str
@@ -61,6 +64,7 @@ class Command:
     correlation_id: str
     deadline: float | None
     payload: JSON
+    generation: int = 1
 
     @property
     def input(self) -> JSON:
@@ -193,10 +197,14 @@ class ParticipantRunner:
             )
         stored = await tx.inbox_get(name, key)
         if stored is not None:
+            # Its copies may come for a redelivery window after this one (an operator's retry
+            # of a step with an unknown outcome sends the old key long after it was stored):
+            # retention must count from now, or a purge could let it run again.
+            await tx.inbox_touch(name, key)
             return [await self._reply_from(tx, env, decode(stored))]
         if env.phase is Phase.ACTION:
             undo = await tx.inbox_get(
-                name, idempotency_key(env.saga_id, env.step, Phase.COMPENSATION)
+                name, idempotency_key(env.saga_id, env.step, Phase.COMPENSATION, env.generation)
             )
             if undo is not None:
                 return [
@@ -209,7 +217,9 @@ class ParticipantRunner:
                     )
                 ]
         else:
-            done = await tx.inbox_get(name, idempotency_key(env.saga_id, env.step, Phase.ACTION))
+            done = await tx.inbox_get(
+                name, idempotency_key(env.saga_id, env.step, Phase.ACTION, env.generation)
+            )
             if done is None or decode(done).outcome is not Outcome.SUCCESS:
                 return [await self._record(tx, env, Outcome.SUCCESS, {"noop": True}, None)]
         handler = self.participant.handlers[env.type]
@@ -223,6 +233,7 @@ class ParticipantRunner:
             env.correlation_id,
             env.deadline,
             env.payload,
+            env.generation,
         )
         await tx.execute("SAVEPOINT sagakit_handler")
         try:

@@ -106,6 +106,9 @@ class StepState:
     ``attempts`` counts action attempts dispatched; ``budget_from`` is the attempt count when
     an operator last granted a fresh budget (so the policy allows ``max_attempts`` more).
     ``outcome_known`` is False once the action ended without a definite answer.
+    ``generation`` counts the step's generations (Semantics 2): an operator's retry of a step
+    that definitely failed (or was compensated) starts a new one, whose action and
+    compensation have idempotency keys of their own.
     """
 
     name: str
@@ -116,6 +119,7 @@ class StepState:
     error: str | None = None
     outcome_known: bool = True
     compensation: CompensationState | None = None
+    generation: int = 1
 
     def __init__(
         self,
@@ -127,6 +131,7 @@ class StepState:
         error: str | None = None,
         outcome_known: bool = True,
         compensation: CompensationState | None = None,
+        generation: int = 1,
     ) -> None:
         # Made for every step of every new or loaded instance: straight into the dict.
         self.__dict__.update(
@@ -138,6 +143,7 @@ class StepState:
             error=error,
             outcome_known=outcome_known,
             compensation=compensation,
+            generation=generation,
         )
 
 
@@ -268,6 +274,8 @@ class SagaInstance:
     def steps_to_json(self) -> list[JSON]:
         # Statuses go in as the enum members: they are str subclasses, which JSON encoders
         # write as their value without a call to the (Python-level) .value property.
+        # A step's generation is written only from generation 2 on: a step of generation 1
+        # is the row it always was, so an older sagakit still reads it.
         out: list[JSON] = []
         for s in self.steps:
             c = s.compensation
@@ -283,13 +291,16 @@ class SagaInstance:
                     None if c is None else [c.status, c.attempts, c.budget_from, c.error],
                 ]
             )
+            if s.generation != 1:
+                cast(list[JSON], out[-1]).append(s.generation)
         return out
 
     @staticmethod
     def steps_from_json(value: JSON) -> tuple[StepState, ...]:
         steps = []
         for raw in cast(list[list[JSON]], value):
-            name, status, attempts, budget, result, error, known, comp = raw
+            name, status, attempts, budget, result, error, known, comp = raw[:8]
+            generation = cast(int, raw[8]) if len(raw) > 8 else 1
             compensation = None
             if comp is not None:
                 cs, ca, cb, ce = cast(list[JSON], comp)
@@ -309,6 +320,7 @@ class SagaInstance:
                     error=cast("str | None", error),
                     outcome_known=bool(known),
                     compensation=compensation,
+                    generation=generation,
                 )
             )
         return tuple(steps)

@@ -15,10 +15,11 @@ live in modules of their own and are re-exported here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sagakit.answers import RECORDED_AS, RETRYING, RUNNING, Handling, PhaseState, classify
-from sagakit.definition import Phase, SagaDefinition, StepKind
+from sagakit.definition import Handler, Phase, Remote, SagaDefinition, StepKind
 from sagakit.effects import (
     CancelTimers,
     Decision,
@@ -37,6 +38,7 @@ from sagakit.operator_commands import (
     Retry,
     check_command,
     command_name,
+    retry_generation,
 )
 from sagakit.starts import new_instance
 from sagakit.state import (
@@ -216,7 +218,7 @@ class _Decider:
         status = self._progress(index, phase)[0]
         step = self.definition.steps[index]
         names: list[str] = []
-        if status is RUNNING[phase] and step.is_remote:
+        if status is RUNNING[phase] and step.remote_for(phase):
             names.append(timer_name(TimerKind.TIMEOUT, step.name, phase))
         if status is RETRYING[phase]:
             names.append(timer_name(TimerKind.RETRY, step.name, phase))
@@ -261,7 +263,9 @@ class _Decider:
         timeout = step.timeout_for(phase)
         if phase is Phase.ACTION:
             self._set_step(index, status=StepStatus.RUNNING, attempts=attempt, error=None)
+            handler: Handler | None = step.action
         else:
+            handler = step.compensation
             previous = state.compensation
             self._set_step(
                 index,
@@ -273,11 +277,13 @@ class _Decider:
                     error=previous.error if previous else None,
                 ),
             )
-        key = idempotency_key(self.inst.saga_id, step.name, phase)
+        generation = state.generation
+        key = idempotency_key(self.inst.saga_id, step.name, phase, generation)
         deadline = self.now + timeout
-        self.effects.append(Dispatch(step.name, phase, attempt, key, deadline))
-        if step.is_remote:
-            # A local run is bounded by the worker itself; a remote one needs a durable timer.
+        self.effects.append(Dispatch(step.name, phase, attempt, key, deadline, generation))
+        if isinstance(handler, Remote):
+            # A local run is bounded by the worker itself; a remote one needs a durable timer
+            # (a local action's remote compensation too).
             self.effects.append(
                 SetTimer(
                     timer_name(TimerKind.TIMEOUT, step.name, phase),
@@ -288,7 +294,12 @@ class _Decider:
                     attempt,
                 )
             )
-        self._record(HistoryKind.DISPATCHED, step.name, phase, attempt)
+        if generation == 1:
+            self._record(HistoryKind.DISPATCHED, step.name, phase, attempt)
+        else:
+            self._record(
+                HistoryKind.DISPATCHED, step.name, phase, attempt, {"generation": generation}
+            )
 
     # -- replies (both phases) -------------------------------------------------------------
 
@@ -299,12 +310,22 @@ class _Decider:
             return f"reply for unknown step {reply.step!r} of saga {self.inst.saga_type!r}"
         phase = reply.phase
         status, sent, _ = self._progress(index, phase)
-        handling = classify(phase, status, reply.outcome, reply.attempt, sent)
+        handling = classify(
+            phase,
+            status,
+            reply.outcome,
+            reply.attempt,
+            sent,
+            reply.generation,
+            self.inst.steps[index].generation,
+        )
         if handling is Handling.APPLY:
             self._note_reply(HistoryKind.REPLY, reply)
             self._answer(index, phase, reply)
         elif handling is Handling.REJECTED:
             what = "attempt" if phase is Phase.ACTION else "compensation attempt"
+            if reply.generation != 1:
+                what = f"generation {reply.generation} {what}"
             return f"reply for {what} {reply.attempt} of step {reply.step!r}, never sent"
         else:
             self._note_reply(RECORDED_AS[handling], reply)
@@ -316,6 +337,8 @@ class _Decider:
             detail["error"] = reply.error
         if reply.outcome is Outcome.SUCCESS and reply.result is not None:
             detail["result"] = reply.result
+        if reply.generation != 1:
+            detail["generation"] = reply.generation
         self._record(kind, reply.step, reply.phase, reply.attempt, detail)
 
     def _answer(self, index: int, phase: Phase, reply: Reply) -> None:
@@ -392,8 +415,12 @@ class _Decider:
     ) -> None:
         step = self.definition.steps[index]
         policy = step.policy_for(phase)
-        seed = f"{self.inst.saga_id}:{step.name}:{phase.value}"
-        delay = retry_after if retry_after is not None else policy.delay(used, seed=seed)
+        if retry_after is not None and 0.0 <= retry_after < math.inf:
+            # The participant's hint, but never past the policy's own longest wait.
+            delay = min(retry_after, policy.max_delay)
+        else:  # none, or not a finite number of seconds >= 0 (NaN fails both tests)
+            seed = f"{self.inst.saga_id}:{step.name}:{phase.value}"
+            delay = policy.delay(used, seed=seed)
         due = self.now + delay
         self.effects.append(
             SetTimer(
@@ -533,16 +560,23 @@ class _Decider:
         index = self.definition.index(step_name)
         state = self.inst.steps[index]
         comp = state.compensation
-        self._record(HistoryKind.OPERATOR, step_name, detail=detail)
         compensating = comp is not None and comp.status is CompensationStatus.FAILED
         if isinstance(command, Retry):
             # A fresh budget for what the saga is stuck on: its compensation, or its action.
             phase = Phase.COMPENSATION if compensating else Phase.ACTION
             sent = self._progress(index, phase)[1]
             self._set_progress(index, phase, budget_from=sent)
+            generation = state.generation if compensating else retry_generation(state)
+            if generation != state.generation:
+                # A definite failure is stored under the old key: a new generation, with keys
+                # of its own, runs the step afresh (Semantics 2), recorded with the command.
+                self._set_step(index, generation=generation, compensation=None)
+                detail["generation"] = generation
+            self._record(HistoryKind.OPERATOR, step_name, detail=detail)
             self._status(SagaStatus.COMPENSATING if compensating else SagaStatus.PENDING)
             self._dispatch(index, phase, sent + 1)
             return None
+        self._record(HistoryKind.OPERATOR, step_name, detail=detail)
         # Resolve by hand.
         if compensating and comp is not None:
             self._set_step(

@@ -525,8 +525,12 @@ GREET_STARTER = """
     import asyncio
     import sys
 
-    from sagakit import Client, Worker, open_store
+    from sagakit import Client, MemoryTransport, Worker, open_store
     from greet_app import app, greet
+
+
+    async def swallow(body):  # "nobody" takes the command and never answers
+        return None
 
 
     async def main(url, how):
@@ -538,8 +542,10 @@ GREET_STARTER = """
                 await store.close()
         else:
             store = open_store(url, owner=True)
+            transport = MemoryTransport()
+            await transport.subscribe("nobody", swallow)
             try:
-                async with Worker(app, store) as worker:
+                async with Worker(app, store, transport) as worker:
                     handle = await worker.client.start(greet, {"who": "bob"})
             finally:
                 await store.close()

@@ -25,9 +25,12 @@ import asyncpg
 import pytest
 
 from sagakit.catalog import DEAD_WORKER_RETENTION, DefinitionRecord, HandlerRecord, StepRecord
+from sagakit.client import Client
 from sagakit.definition import Phase, RetryPolicy, StepKind
 from sagakit.encoding import JSON
 from sagakit.errors import StorageError, StoreLocked, StoreRefused
+from sagakit.messages import Envelope, MessageKind, decode, encode
+from sagakit.participant import Command, Participant, ParticipantRunner
 from sagakit.ports import (
     ORCHESTRATOR,
     Batch,
@@ -44,6 +47,7 @@ from sagakit.ports import (
     TimerOp,
     TimerOpKind,
 )
+from sagakit.retention import RetentionPolicy
 from sagakit.state import (
     CompensationState,
     CompensationStatus,
@@ -55,7 +59,8 @@ from sagakit.state import (
     StepStatus,
 )
 from sagakit.storage import PostgresStore, SqliteStore, open_store
-from sagakit.transitions import TimerKind
+from sagakit.transitions import Outcome, TimerKind
+from sagakit.transport import MemoryTransport
 
 PG_URL = os.environ.get("SAGAKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 #: The definition of make_instance's instances, as a worker claims by it.
@@ -1347,6 +1352,117 @@ class TestRetention:
         retired = await store.retired_key("order", "k1")
         assert retired is not None and retired.saga_id == "s1"
         assert retired.input_digest == done.input_digest
+
+
+class TestRetentionOfInboxKeys:
+    """``sagakit purge`` (Client.purge) against a participant's inbox in the same database:
+    purging finished instances and old keys never lets a late duplicate command run its action
+    again, nor an action run after its compensation (Semantics 3 and 7)."""
+
+    DAYS_40 = 40 * 86400.0
+
+    @pytest.fixture
+    async def bank(self, store: Store) -> AsyncIterator[tuple[ParticipantRunner, list[str]]]:
+        done = make_instance("s1", status=SagaStatus.COMPLETED, updated_at=1.0)
+        assert await store.commit(Batch([insert(done)])) == [True]
+        bank = Participant("bank")
+        runs: list[str] = []
+
+        @bank.command("bank.charge")
+        @bank.command("bank.refund")
+        async def serve(tx: ParticipantTx, cmd: Command) -> object:
+            runs.append(cmd.idempotency_key)
+            return {"done": cmd.idempotency_key}
+
+        transport = MemoryTransport()
+
+        async def replies(body: bytes) -> None:
+            return None
+
+        await transport.subscribe("replies", replies)
+        runner = ParticipantRunner(bank, store, transport)  # handle() is called directly
+        try:
+            yield runner, runs
+        finally:
+            await runner.stop()
+
+    @staticmethod
+    def command(phase: Phase, attempt: int = 1) -> bytes:
+        return encode(
+            Envelope(
+                id=f"c-{phase.value}-{attempt}",
+                kind=MessageKind.COMMAND,
+                type="bank.charge" if phase is Phase.ACTION else "bank.refund",
+                saga_id="s1",
+                saga_type="order",
+                definition_version=3,
+                step="charge",
+                phase=phase,
+                attempt=attempt,
+                idempotency_key=f"s1:charge:{phase.value}",
+                correlation_id="o-1",
+                timestamp=1.0,
+                payload={"amount": 5},
+                reply_to="replies",
+            )
+        )
+
+    async def age_inbox(self, store: Store, adapter: StoreAdapter) -> None:
+        """Make every inbox record 40 days old (the retention below keeps keys 1 day)."""
+        sql = adapter.sql("UPDATE sagakit_inbox SET at = at - ?")
+        await store.transaction(lambda tx: tx.execute(sql, (self.DAYS_40,)))
+
+    async def purge(self, store: Store) -> None:
+        purged, _ = await Client(store).purge(RetentionPolicy.of_seconds(1.0))
+        assert purged == 1 and await store.get("s1") is None
+
+    async def test_a_late_duplicate_command_never_runs_its_action_again(
+        self, store: Store, adapter: StoreAdapter, bank: tuple[ParticipantRunner, list[str]]
+    ) -> None:
+        runner, runs = bank
+        await runner.handle(self.command(Phase.ACTION))  # served 40 days ago...
+        await self.age_inbox(store, adapter)
+        # ... and presented again now: an operator retried the step, whose outcome was unknown,
+        # with its key; the participant answered with its stored reply, the saga completed.
+        await runner.handle(self.command(Phase.ACTION, 2))
+        await self.purge(store)
+        await runner.handle(self.command(Phase.ACTION, 2))  # a redelivered copy of the retry
+        assert runs == ["s1:charge:action"]
+
+    async def test_an_action_never_runs_after_its_compensation(
+        self, store: Store, adapter: StoreAdapter, bank: tuple[ParticipantRunner, list[str]]
+    ) -> None:
+        runner, runs = bank
+        await runner.handle(self.command(Phase.COMPENSATION))  # nothing to undo: a no-op
+        await self.age_inbox(store, adapter)
+        await runner.handle(self.command(Phase.COMPENSATION, 2))  # presented again now
+        await self.purge(store)
+        await runner.handle(self.command(Phase.ACTION))  # the action, late
+        assert runs == []
+        stored = await store.transaction(lambda tx: tx.inbox_get("bank", "s1:charge:action"))
+        assert stored is not None
+        refused = decode(stored)
+        assert refused.outcome is Outcome.FAILURE
+        assert refused.error == "refused: the action arrived after its compensation"
+
+    async def test_a_touched_key_counts_its_age_from_the_touch(
+        self, store: Store, adapter: StoreAdapter
+    ) -> None:
+        async def record(tx: ParticipantTx) -> None:
+            await tx.inbox_put("bank", "s9:a:action", b"r1")
+            await tx.inbox_put("bank", "s9:b:action", b"r2")
+
+        await store.transaction(record)
+        await self.age_inbox(store, adapter)
+        await store.transaction(lambda tx: tx.inbox_touch("bank", "s9:a:action"))
+        await store.purge_keys(86400.0)
+
+        async def keys(tx: ParticipantTx) -> tuple[bytes | None, bytes | None]:
+            return await tx.inbox_get("bank", "s9:a:action"), await tx.inbox_get(
+                "bank", "s9:b:action"
+            )
+
+        assert await store.transaction(keys) == (b"r1", None)
 
 
 class TestCommandCursor:

@@ -23,6 +23,7 @@ from sagakit import (
     DefinitionError,
     DefinitionNotRegistered,
     IdempotencyConflict,
+    MemoryTransport,
     ParticipantTx,
     RetryPolicy,
     Saga,
@@ -101,6 +102,18 @@ def shaped(command: str, *, version: int = 1) -> Saga[Any]:
     return Saga("shaped", version=version).remote(
         "ask", participant="nobody", command=command, compensation="unask", retry=FAST
     )
+
+
+async def never_answering() -> MemoryTransport:
+    """An in-process bus on which "nobody" takes commands and never answers (with no consumer
+    at all, a step that needs one fails at once)."""
+
+    async def swallow(body: bytes) -> None:
+        return None
+
+    transport = MemoryTransport()
+    await transport.subscribe("nobody", swallow)
+    return transport
 
 
 async def execute(store: Store, sql: str, *params: object) -> None:
@@ -182,7 +195,7 @@ async def test_a_worker_with_other_steps_than_unfinished_instances_refuses_to_st
     db: str,
 ) -> None:
     old, new = shaped("ask.v1"), shaped("ask.v2")
-    async with running(App(sagas=[old]), db) as worker:
+    async with running(App(sagas=[old]), db, transport=await never_answering()) as worker:
         handle = await worker.client.start(old, {"n": 1})  # waits for "nobody"
     store = open_store(db, owner=True)
     try:

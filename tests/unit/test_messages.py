@@ -537,3 +537,92 @@ def test_docs_protocol_md_examples_are_valid_messages(
         if isinstance(example, dict) and "kind" in example:
             validator.validate(example)
             decode(json.dumps(example).encode())
+
+
+# -- protocol versions: decode() accepts exactly what the schema accepts --------------------
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        "1.0",
+        "1.1",
+        "1.12",
+        "1.007",
+        "1",
+        "1.x",
+        "1.0.0",
+        "1.",
+        ".1",
+        "1.-1",
+        "1.1a",
+        " 1.1",
+        "1.1 ",
+        "11.0",
+        "2.0",
+        "0.9",
+        "1.١",  # an Arabic-Indic digit: not [0-9]
+        "",
+        1.1,
+        1,
+        None,
+    ],
+    ids=repr,
+)
+def test_decode_accepts_exactly_the_protocol_versions_the_schema_accepts(
+    validator: jsonschema.Draft202012Validator, protocol: object
+) -> None:
+    obj = raw(REPLY, protocol=protocol)
+    try:
+        decode(body(obj))
+    except MessageRejected:
+        decoded = False
+    else:
+        decoded = True
+    assert decoded is validator.is_valid(obj)
+    assert decoded is (protocol in ("1.0", "1.1", "1.12", "1.007"))
+
+
+def test_a_version_with_a_trailing_newline_is_rejected() -> None:
+    # A JSON Schema pattern is an ECMA-262 regular expression, whose "$" is the end of the
+    # text: "1.1\n" does not match ^1\.[0-9]+$. (python-jsonschema runs the pattern through
+    # Python's re, where "$" also matches before a final newline, so it is not asked here.)
+    assert rejected(body(raw(REPLY, protocol="1.1\n"))) == "unsupported protocol version '1.1\\n'"
+
+
+def test_this_version_is_1_1_and_1_0_messages_are_read() -> None:
+    assert PROTOCOL_VERSION == "1.1"
+    assert json.loads(encode(COMMAND))["protocol"] == "1.1"
+    assert decode(body(raw(COMMAND, protocol="1.0", generation=...))) == replace(
+        COMMAND, protocol="1.0"
+    )
+
+
+# -- the step generation (1.1) ---------------------------------------------------------------
+
+
+def test_the_generation_travels_and_round_trips() -> None:
+    second = replace(COMMAND, idempotency_key="s-1:reserve:action:g2", generation=2)
+    assert json.loads(encode(second))["generation"] == 2
+    assert json.loads(encode(COMMAND))["generation"] == 1
+    assert decode(encode(second)) == second
+
+
+@pytest.mark.parametrize(
+    ("key", "generation"),
+    [("s-1:reserve:action", 1), ("s-1:reserve:action:g2", 2), ("s-1:reserve:action:g17", 17)],
+)
+def test_without_a_generation_field_the_key_names_it(key: str, generation: int) -> None:
+    # A 1.0 participant copies the command's key into its reply, not fields it does not know.
+    reply = raw(REPLY, protocol="1.0", idempotency_key=key, generation=...)
+    assert decode(body(reply)).generation == generation
+    assert decode(body({**reply, "generation": None})).generation == generation
+
+
+@pytest.mark.parametrize("generation", [0, -1, "2", True])
+def test_a_bad_generation_is_rejected_by_decode_and_the_schema(
+    validator: jsonschema.Draft202012Validator, generation: object
+) -> None:
+    obj = raw(REPLY, generation=generation)
+    assert not validator.is_valid(obj)
+    assert rejected(body(obj)) == "field 'generation' must be a positive integer"

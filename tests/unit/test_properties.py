@@ -134,16 +134,19 @@ class World:
     instance: SagaInstance
     now: float = 1000.0
     history: list[HistoryEntry] = field(default_factory=list)
-    commands: list[tuple[str, Phase, int]] = field(default_factory=list)  # not yet handled
-    handled: list[tuple[str, Phase, int]] = field(default_factory=list)  # can be redelivered
+    #: (step, phase, attempt, generation) of each command.
+    commands: list[tuple[str, Phase, int, int]] = field(default_factory=list)  # not yet handled
+    handled: list[tuple[str, Phase, int, int]] = field(default_factory=list)  # can come again
     replies: list[Reply] = field(default_factory=list)  # sent, not yet delivered
     delivered: list[Reply] = field(default_factory=list)  # can be delivered again
     timers: dict[str, SetTimer] = field(default_factory=dict)  # armed
     stale: list[SetTimer] = field(default_factory=list)  # cancelled, replaced or fired
-    inbox: dict[tuple[str, Phase], Reply] = field(default_factory=dict)  # stored answers
+    # Stored answers, by idempotency key: a step's phase in one of its generations.
+    inbox: dict[tuple[str, Phase, int], Reply] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)  # action effects per step
     undone: dict[str, int] = field(default_factory=dict)  # compensation effects per step
-    tombstones: set[str] = field(default_factory=set)  # compensated before their action
+    # (step, generation) compensated before their action.
+    tombstones: set[tuple[str, int]] = field(default_factory=set)
     done_results: dict[str, object] = field(default_factory=dict)
     comp_done: set[str] = field(default_factory=set)
     forced: bool = False  # an operator aborted a stuck instance (their call, not ours)
@@ -178,7 +181,7 @@ class World:
         self.history.extend(decision.history)
         for effect in decision.effects:
             if isinstance(effect, Dispatch):
-                self.commands.append((effect.step, effect.phase, effect.attempt))
+                self.commands.append((effect.step, effect.phase, effect.attempt, effect.generation))
             elif isinstance(effect, SetTimer):
                 if effect.name in self.timers:
                     self.stale.append(self.timers[effect.name])
@@ -215,18 +218,26 @@ class World:
 
     # -- the participants -----------------------------------------------------------------
 
-    def handle(self, command: tuple[str, Phase, int], choice: int) -> None:
+    def handle(self, command: tuple[str, Phase, int, int], choice: int) -> None:
         """A participant (or the worker, for a local step) handles a command."""
-        step, phase, attempt = command
-        key = (step, phase)
+        step, phase, attempt, generation = command
+        key = (step, phase, generation)
         stored = self.inbox.get(key)
         if stored is not None:  # a duplicate: the stored answer again, nothing re-run
             self.replies.append(
-                Reply(step, phase, attempt, stored.outcome, stored.result, stored.error)
+                Reply(
+                    step,
+                    phase,
+                    attempt,
+                    stored.outcome,
+                    stored.result,
+                    stored.error,
+                    generation=generation,
+                )
             )
             return
         outcome = self.outcomes[choice % len(self.outcomes)]
-        if phase is A and step in self.tombstones:
+        if phase is A and (step, generation) in self.tombstones:
             outcome = "refused"  # Semantics 7: an action after its own compensation
         if outcome in ("success", "failure", "refused"):
             if outcome == "success":
@@ -237,15 +248,30 @@ class World:
                     if self.applied.get(step, 0):
                         self.undone[step] = self.undone.get(step, 0) + 1
                     else:
-                        self.tombstones.add(step)  # nothing to undo: a recorded no-op
+                        self.tombstones.add((step, generation))  # nothing to undo: a no-op
                     result = None
-                reply = Reply(step, phase, attempt, Outcome.SUCCESS, result)  # type: ignore[arg-type]
+                reply = Reply(
+                    step,
+                    phase,
+                    attempt,
+                    Outcome.SUCCESS,
+                    result,  # type: ignore[arg-type]
+                    generation=generation,
+                )
             else:
-                reply = Reply(step, phase, attempt, Outcome.FAILURE, error=outcome)
+                reply = Reply(
+                    step, phase, attempt, Outcome.FAILURE, error=outcome, generation=generation
+                )
             self.inbox[key] = reply
         else:
             reply = Reply(
-                step, phase, attempt, Outcome.ERROR, error=outcome, retryable=outcome == "error"
+                step,
+                phase,
+                attempt,
+                Outcome.ERROR,
+                error=outcome,
+                retryable=outcome == "error",
+                generation=generation,
             )
         self.replies.append(reply)
 
@@ -295,7 +321,7 @@ class World:
                 if phase is A
                 else (state.compensation.attempts if state.compensation else 0)
             )
-            junk = Reply(state.name, phase, sent + 1, Outcome.SUCCESS)
+            junk = Reply(state.name, phase, sent + 1, Outcome.SUCCESS, generation=state.generation)
             decision = self.apply(junk)
             assert decision.rejected is not None
 

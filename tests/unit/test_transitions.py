@@ -609,14 +609,37 @@ def test_docs_answer_table_matches_the_tests() -> None:
 
 # -- the answer table in the core (sagakit.answers) is what decide() follows -----------------
 
-#: One reply per way of being each kind (step or compensation at attempt 2, as above).
-KIND_REPLIES: dict[ReplyKind, list[tuple[str, int, bool]]] = {
-    ReplyKind.SUCCESS: [("success", 2, True), ("success", 1, True)],
-    ReplyKind.FAILURE: [("failure", 2, True), ("failure", 1, True)],
-    ReplyKind.ERROR: [("error", 2, True), ("error", 2, False)],
-    ReplyKind.OLDER_ERROR: [("error", 1, True), ("error", 1, False)],
-    ReplyKind.NEVER_SENT: [("success", 3, True), ("failure", 0, True), ("error", 3, True)],
+#: One reply per way of being each kind (step or compensation at attempt 2, as above), with
+#: the reply's generation: the step is in generation 1, or in generation 2 for the answers of
+#: an older generation.
+KIND_REPLIES: dict[ReplyKind, list[tuple[str, int, bool, int]]] = {
+    ReplyKind.SUCCESS: [("success", 2, True, 1), ("success", 1, True, 1)],
+    ReplyKind.FAILURE: [("failure", 2, True, 1), ("failure", 1, True, 1)],
+    ReplyKind.ERROR: [("error", 2, True, 1), ("error", 2, False, 1)],
+    ReplyKind.OLDER_ERROR: [("error", 1, True, 1), ("error", 1, False, 1)],
+    ReplyKind.OLDER_GENERATION: [
+        ("success", 1, True, 1),
+        ("failure", 2, True, 1),
+        ("error", 2, True, 1),
+    ],
+    ReplyKind.NEVER_SENT: [
+        ("success", 3, True, 1),
+        ("failure", 0, True, 1),
+        ("error", 3, True, 1),
+        ("success", 1, True, 2),  # a generation not begun
+    ],
 }
+
+
+def in_generation(run: Run, name: str, generation: int) -> None:
+    """Put step ``name`` of ``run``'s instance in ``generation`` (as an operator's retry of an
+    earlier one would have), nothing else changed."""
+    steps = tuple(
+        replace(s, generation=generation) if s.name == name else s for s in run.instance.steps
+    )
+    run.instance = replace(run.instance, steps=steps)
+
+
 OBSERVED = {
     HistoryKind.REPLY: Handling.APPLY,
     HistoryKind.LATE_REPLY: Handling.LATE,
@@ -645,11 +668,20 @@ def test_decide_follows_every_row_of_the_answer_table(
 ) -> None:
     run, name = scenario_for(phase, state)
     assert phase_state(run.instance, name, phase) == state
+    if kind is ReplyKind.OLDER_GENERATION:
+        in_generation(run, name, 2)
     expected = ANSWER_TABLE[phase, state, kind]
-    for outcome, attempt, retryable in KIND_REPLIES[kind]:
-        reply = Reply(name, phase, attempt, Outcome(outcome), error="x", retryable=retryable)
-        if outcome == "success":
-            reply = ok(name, attempt, phase, result={"attempt": attempt})
+    for outcome, attempt, retryable, generation in KIND_REPLIES[kind]:
+        reply = Reply(
+            name,
+            phase,
+            attempt,
+            Outcome(outcome),
+            result={"attempt": attempt} if outcome == "success" else None,
+            error=None if outcome == "success" else "x",
+            retryable=retryable,
+            generation=generation,
+        )
         decision = run.peek(reply)
         if decision.rejected is not None:
             observed = Handling.REJECTED

@@ -314,3 +314,9 @@ def test_json_lines_carry_the_saga_s_fields_and_the_traceback() -> None:
     assert first["level"] == "WARNING" and first["logger"] == "sagakit.test.json"
     assert first["message"] == "saga s-1: compensating" and first["time"].endswith("Z")
     assert second["attempt"] == 2 and "ValueError: boom" in second["traceback"]
+
+
+def test_every_kind_of_history_entry_has_a_level() -> None:
+    import sagakit.worker.logbook as logbook
+
+    assert set(logbook._LEVEL) == set(HistoryKind)

@@ -173,9 +173,9 @@ async def _show(url: str, saga_id: str, *, as_json: bool, wide: bool) -> int:
             if s.compensation.error:
                 comp.append(f": {s.compensation.error}")
         outcome = s.error if s.error else json.dumps(s.result) if s.result is not None else ""
-        step_rows.append(
-            [s.name, status_text(s.status.value), str(s.attempts), outcome or "-", comp]
-        )
+        # A later generation (an operator's retry of a failed step) runs under keys of its own.
+        attempts = str(s.attempts) if s.generation == 1 else f"{s.attempts} (gen {s.generation})"
+        step_rows.append([s.name, status_text(s.status.value), attempts, outcome or "-", comp])
     emit(
         Group(
             about,

@@ -268,6 +268,7 @@ def detail_json(instance: SagaInstance, history: Sequence[HistoryEntry]) -> dict
                 "name": s.name,
                 "status": s.status.value,
                 "attempts": s.attempts,
+                "generation": s.generation,
                 "outcome_known": s.outcome_known,
                 "result": s.result,
                 "error": s.error,

@@ -533,6 +533,9 @@ class PostgresTx:
     async def inbox_put(self, participant: str, key: str, reply: bytes) -> None:
         await self._execute(Q["inbox_put"], participant, key, reply)
 
+    async def inbox_touch(self, participant: str, key: str) -> None:
+        await self._execute(Q["inbox_touch"], participant, key)
+
     async def outbox_put(self, message: OutboxMessage) -> None:
         await self._execute(
             Q["insert_outbox_message"],

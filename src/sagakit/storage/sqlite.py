@@ -539,6 +539,11 @@ class _SqliteTx:
             lambda: self._conn.execute(Q["inbox_put"], (participant, key, reply, time.time()))
         )
 
+    async def inbox_touch(self, participant: str, key: str) -> None:
+        await self._do(
+            lambda: self._conn.execute(Q["inbox_touch"], (time.time(), participant, key))
+        )
+
     async def outbox_put(self, message: OutboxMessage) -> None:
         await self._do(
             lambda: self._conn.execute(

@@ -33,6 +33,10 @@ class MemoryTransport:
             raise TransportError(f"{destination!r} already has a consumer in this process")
         self._handlers[destination] = handler
 
+    def serves(self, destination: str) -> bool:
+        """Whether a consumer in this process is subscribed to ``destination``."""
+        return destination in self._handlers
+
     async def unsubscribe(self, destination: str) -> None:
         self._handlers.pop(destination, None)
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+from sagakit.answers import unsent
 from sagakit.app import App
 from sagakit.definition import Local, Phase, Remote, SagaDefinition
 from sagakit.encoding import JSON, to_json
@@ -45,7 +46,6 @@ from sagakit.transitions import (
     CancelTimers,
     Decision,
     Dispatch,
-    Outcome,
     Reply,
     SetTimer,
     decide,
@@ -79,7 +79,10 @@ class Applier:
         clock: Callable[[], float],
         orphans: set[str],
         wake_claims: Callable[[], None],
+        unserved: Callable[[str], str | None] = lambda participant: None,
     ) -> None:
+        """``unserved(participant)`` says why a command to ``participant`` cannot be delivered
+        at all (the in-process transport, with nothing in the process serving it), or None."""
         self._app = app
         self._keys = keys
         self._instances = instances
@@ -89,6 +92,7 @@ class Applier:
         self._clock = clock
         self._orphans = orphans
         self._wake_claims = wake_claims
+        self._unserved = unserved
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
 
@@ -176,10 +180,14 @@ class Applier:
             _consume(work, item)
             self.reject(work, item, f"unknown saga instance {work.saga_id}", batch)
             return
-        if instance.owner != self._worker_id:
+        if instance.owner != self._worker_id and not instance.status.terminal:
             # Not ours: touch nothing of it (not even its timers). Released by a clean stop,
             # it is claimed at once and the message comes back; owned by a live worker,
-            # that worker's timeout and retry fetch the answer again from the inbox.
+            # that worker's timeout and retry fetch the answer again from the inbox. (A
+            # finished instance is answered by whichever worker gets a message or command for
+            # it, since its last owner may be long gone after a restart: under decide()'s
+            # rules as always, a late reply recorded, a command refused, the write checked by
+            # its revision.)
             if instance.owner is None:
                 self._wake_claims()
                 answer(item, DefinitionMissing(f"instance {work.saga_id} has no owner yet"))
@@ -187,6 +195,19 @@ class Applier:
             return
         definition = self._app.definition(instance.saga_type, instance.version)
         if definition is None or definition.fingerprint != instance.fingerprint:
+            if instance.status.terminal:
+                # Nothing will ever advance it, so nothing waits for a worker that has its
+                # definition: its message is dead-lettered, its command refused, with why.
+                _consume(work, item)
+                self.reject(
+                    work,
+                    item,
+                    f"saga {work.saga_id} is already {instance.status.value} (and this worker "
+                    f"has no definition {instance.saga_type} v{instance.version} to record "
+                    "this in)",
+                    batch,
+                )
+                return
             self._orphan(item, instance)
             return
         _consume(work, item)
@@ -241,33 +262,54 @@ class Applier:
             elif isinstance(effect, CancelTimers):
                 work.transition.timer_ops.append(TimerOp(TimerOpKind.CANCEL, names=effect.names))
             elif isinstance(effect, Dispatch):
-                if isinstance(definition.step(effect.step).handler(effect.phase), Local):
+                handler = definition.step(effect.step).handler(effect.phase)
+                if isinstance(handler, Local):
                     # A local run needs no message: the committed state says "running", and
                     # a restart (or a takeover) runs it again from there (Semantics 4).
                     work.local_runs.append(effect)
                     continue
-                try:
-                    message = self._command_message(
-                        decision.instance, definition, effect, now, causation
-                    )
-                except Exception as exc:  # the step's input cannot be built or encoded
-                    failure = Reply(
-                        effect.step,
-                        effect.phase,
-                        effect.attempt,
-                        Outcome.ERROR,
-                        error=f"cannot build the command: {exc}",
-                        retryable=False,
-                    )
-                    self.decision(
-                        work,
-                        decide(work.instance, failure, definition, now),
-                        definition,
-                        now,
-                        causation,
-                    )
+                assert isinstance(handler, Remote)
+                sent = self._command(decision.instance, definition, effect, handler, now, causation)
+                if isinstance(sent, OutboxMessage):
+                    work.transition.outbox.append(sent)
                     continue
-                work.transition.outbox.append(message)
+                # Nothing was sent: the step's answer says so (a definite failure, unless
+                # earlier attempts went out under the same key).
+                said = unsent(work.instance.step(effect.step), effect.phase, sent)
+                failure = Reply(
+                    effect.step,
+                    effect.phase,
+                    effect.attempt,
+                    said.outcome,
+                    error=said.error,
+                    retryable=said.retryable,
+                    generation=effect.generation,
+                )
+                self.decision(
+                    work,
+                    decide(work.instance, failure, definition, now),
+                    definition,
+                    now,
+                    causation,
+                )
+
+    def _command(
+        self,
+        instance: SagaInstance,
+        definition: SagaDefinition,
+        dispatch: Dispatch,
+        handler: Remote,
+        now: float,
+        causation: str | None,
+    ) -> OutboxMessage | str:
+        """The command message ``dispatch`` sends, or why it cannot be sent."""
+        problem = self._unserved(handler.participant)
+        if problem is not None:
+            return problem
+        try:
+            return self._command_message(instance, definition, dispatch, now, causation)
+        except Exception as exc:  # the step's input cannot be built or encoded
+            return f"cannot build the command: {exc}"
 
     def _command_message(
         self,
@@ -302,6 +344,7 @@ class Applier:
             phase=dispatch.phase,
             attempt=dispatch.attempt,
             idempotency_key=dispatch.idempotency_key,
+            generation=dispatch.generation,
             correlation_id=instance.correlation_id,
             timestamp=now,
             payload=payload,

@@ -3,7 +3,8 @@ stops them in order.
 
 Roles (one module each): the committer (batching, staging, the fence, the instance cache),
 the applier (a decision -> the write and outbound messages), the sources (replies, due
-timers, operator commands), local steps, and ownership (leases, claims, takeovers). They
+timers, operator commands), local steps, ownership (leases, claims, takeovers) and
+reachability (which participants the in-process transport can reach). They
 meet only through the committer's inbox and the explicit collaborators each is given.
 """
 
@@ -38,6 +39,7 @@ from sagakit.worker.items import STOP_SOURCE, Inbox, Item, Start, input_digest
 from sagakit.worker.local_steps import LocalSteps
 from sagakit.worker.logbook import Logbook
 from sagakit.worker.ownership import Ownership
+from sagakit.worker.reachability import Reachability
 from sagakit.worker.sources import CommandSource, ReplySource, TimerSource
 
 log = logging.getLogger("sagakit.worker")
@@ -94,6 +96,7 @@ class Worker:
             clock=self._clock,
             logbook=logbook,
         )
+        self._reach = Reachability(app, self.transport)
         self._relay: Relay
         self._ownership = Ownership(
             app,
@@ -118,6 +121,7 @@ class Worker:
             clock=self._clock,
             orphans=orphans,
             wake_claims=self._ownership.wake,
+            unserved=self._reach.unserved,
         )
         self.committer = Committer(
             store,
@@ -192,6 +196,7 @@ class Worker:
             self._local_steps.running = False
             raise
         self._relay.start()
+        self._reach.open()
         self._tasks = [
             asyncio.create_task(self._timers.run(), name="sagakit-timers"),
             asyncio.create_task(self._commands.run(), name="sagakit-commands"),
@@ -211,6 +216,7 @@ class Worker:
         if not self._running:
             return
         self._running = False
+        self._reach.close()
         for task in self._tasks:
             task.cancel()
         await self._local_steps.stop()

@@ -206,6 +206,7 @@ class LocalSteps:
         timeout: float,
     ) -> Reply:
         step, phase, attempt = dispatch.step, dispatch.phase, dispatch.attempt
+        generation = dispatch.generation
         try:
             context = step_context(
                 instance,
@@ -236,7 +237,7 @@ class LocalSteps:
             if timeouts.finish(task, slot):
                 task.uncancel()  # the deadline passed as the run ended: its answer stands
             result = to_json(result, path=f"result of {step}")
-            return Reply(step, phase, attempt, Outcome.SUCCESS, result)
+            return Reply(step, phase, attempt, Outcome.SUCCESS, result, generation=generation)
         except Exception as exc:
             answer = outcome_of(exc, timeout=timeout)
             if answer.unexpected:  # a bug, most likely: the history keeps only its message
@@ -249,4 +250,5 @@ class LocalSteps:
                 error=answer.error,
                 retryable=answer.retryable,
                 retry_after=answer.retry_after,
+                generation=generation,
             )

@@ -143,10 +143,11 @@ class Ownership:
                 phase, attempt = Phase.COMPENSATION, state.compensation.attempts
             else:
                 continue
-            key = idempotency_key(instance.saga_id, step.name, phase)
+            generation = state.generation
+            key = idempotency_key(instance.saga_id, step.name, phase, generation)
             deadline = self._clock() + step.timeout_for(phase)
             self._local_steps.spawn(
-                instance.saga_id, Dispatch(step.name, phase, attempt, key, deadline)
+                instance.saga_id, Dispatch(step.name, phase, attempt, key, deadline, generation)
             )
 
     async def run(self) -> None:

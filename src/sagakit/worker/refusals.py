@@ -143,6 +143,7 @@ def refuse(work: Work, error: Exception, at: float, side: Batch) -> list[Item]:
                 Outcome.ERROR,
                 error=f"{text}: {reason}" if not item.rewritten else text,
                 retryable=remote,
+                generation=event.generation,
             )
             again.append(
                 Item(

@@ -77,6 +77,7 @@ class ReplySource:
                 Outcome.ERROR,
                 error=f"its reply was refused: {exc}",
                 retryable=True,
+                generation=known.generation,
             )
             await asyncio.gather(
                 self._inbox.submit(Item("", dead_letter=letter)),
@@ -92,6 +93,7 @@ class ReplySource:
             env.error,
             env.retryable,
             env.retry_after,
+            env.generation,
         )
         try:
             await self._inbox.submit(Item(env.saga_id, event=reply, body=body, source=self.queue))

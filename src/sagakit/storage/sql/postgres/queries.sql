@@ -561,6 +561,11 @@ SELECT reply FROM sagakit_inbox WHERE participant = $1 AND key = $2;
 INSERT INTO sagakit_inbox (participant, key, reply, at)
 VALUES ($1, $2, $3, extract(epoch FROM clock_timestamp()));
 
+-- name: inbox_touch
+-- A key presented again (a duplicate): its retention counts from now (primary key).
+UPDATE sagakit_inbox SET at = extract(epoch FROM clock_timestamp())
+WHERE participant = $1 AND key = $2;
+
 -- name: insert_outbox_message
 -- A participant queues a reply in its transaction; a message id already queued is kept.
 INSERT INTO sagakit_outbox (id, source, destination, saga_id, body, owner)

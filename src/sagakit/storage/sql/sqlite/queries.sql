@@ -305,6 +305,10 @@ SELECT reply FROM sagakit_inbox WHERE participant = ? AND key = ?;
 -- Store a participant's reply under its idempotency key.
 INSERT INTO sagakit_inbox (participant, key, reply, at) VALUES (?, ?, ?, ?);
 
+-- name: inbox_touch
+-- A key presented again (a duplicate): its retention counts from now (primary key).
+UPDATE sagakit_inbox SET at = ? WHERE participant = ? AND key = ?;
+
 -- name: attach_worker
 -- Register the worker, the definitions it runs and its first lease (or renew it, come back).
 INSERT INTO sagakit_workers (worker_id, host, pid, started_at, heartbeat_at, lease_expires_at,

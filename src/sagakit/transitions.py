@@ -16,10 +16,10 @@ live in modules of their own and are re-exported here.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from sagakit.answers import RECORDED_AS, RETRYING, RUNNING, Handling, PhaseState, classify
 from sagakit.definition import Handler, Phase, Remote, SagaDefinition, StepKind
+from sagakit.draft import InstanceDraft
 from sagakit.effects import (
     CancelTimers,
     Decision,
@@ -44,14 +44,11 @@ from sagakit.starts import new_instance
 from sagakit.state import (
     CompensationState,
     CompensationStatus,
-    HistoryEntry,
     HistoryKind,
     SagaInstance,
     SagaStatus,
-    StepState,
     StepStatus,
     evolve,
-    update_fields,
 )
 
 
@@ -74,16 +71,12 @@ def decide(
 # -- the machine --------------------------------------------------------------------------
 
 
-class _Decider:
-    __slots__ = ("_drafting", "definition", "effects", "history", "inst", "now")
+class _Decider(InstanceDraft):
+    __slots__ = ("definition",)
 
     def __init__(self, inst: SagaInstance, definition: SagaDefinition, now: float) -> None:
-        self.inst = inst
+        super().__init__(inst, now)
         self.definition = definition
-        self.now = now
-        self.effects: list[Effect] = []
-        self.history: list[HistoryEntry] = []
-        self._drafting = False
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -119,71 +112,6 @@ class _Decider:
             if self.inst.point_of_no_return is None and self.definition.has_point_of_no_return:
                 self._set(point_of_no_return=self._past_no_return())
         return Decision(self._freeze(), tuple(self.effects), tuple(self.history))
-
-    # -- the instance being built ---------------------------------------------------------
-    #
-    # The first change copies the instance; later changes write into that private copy,
-    # which nothing else can see before apply() returns: one copy per transition rather than
-    # one per change (decide() is the worker's hottest code). Until _freeze() its steps are a
-    # list, so that a step can be replaced in place.
-
-    def _draft(self) -> dict[str, Any]:
-        if not self._drafting:
-            self.inst = evolve(self.inst)
-            self.inst.__dict__["steps"] = list(self.inst.steps)
-            self._drafting = True
-        return self.inst.__dict__
-
-    def _set(self, **changes: object) -> None:
-        update_fields(self._draft(), changes, "SagaInstance")
-
-    def _set_step(self, index: int, **changes: object) -> None:
-        steps: list[StepState] = self._draft()["steps"]
-        steps[index] = evolve(steps[index], **changes)
-
-    def _freeze(self) -> SagaInstance:
-        if self._drafting:
-            self.inst.__dict__["steps"] = tuple(self.inst.steps)
-            self._drafting = False
-        return self.inst
-
-    # -- helpers --------------------------------------------------------------------------
-
-    def _record(
-        self,
-        kind: HistoryKind,
-        step: str | None = None,
-        phase: Phase | None = None,
-        attempt: int | None = None,
-        detail: dict[str, JSON] | None = None,
-    ) -> None:
-        self.history.append(
-            HistoryEntry(
-                self.now, kind, step, phase.value if phase else None, attempt, detail or {}
-            )
-        )
-
-    def _status(
-        self, status: SagaStatus, *, reason: str | None = None, stuck_step: str | None = None
-    ) -> None:
-        old = self.inst.status
-        changes: dict[str, object] = {"status": status, "stuck_step": stuck_step}
-        if status is SagaStatus.STUCK:
-            changes["stuck_reason"] = reason
-        else:
-            changes["stuck_reason"] = None
-            if reason is not None:
-                changes["failure_reason"] = reason
-        self._set(**changes)
-        if old is not status or reason is not None:
-            detail: dict[str, JSON] = {"from": old.value, "to": status.value}
-            if reason is not None:
-                detail["reason"] = reason
-            if stuck_step is not None:
-                detail["step"] = stuck_step
-            self._record(HistoryKind.STATUS, detail=detail)
-        if status.terminal:
-            self.effects.append(CancelTimers(None))
 
     def _kind(self, index: int) -> StepKind:
         return self.definition.steps[index].kind

@@ -18,16 +18,18 @@ from sagakit import App, Saga, SqliteStore, StepContext
 from sagakit.definition import Phase
 from sagakit.encoding import JSON
 from sagakit.errors import DefinitionMissing, IdempotencyConflict, StoreRefused
-from sagakit.messages import Envelope, MessageKind, encode
+from sagakit.messages import Envelope, MessageKind, decode, encode
 from sagakit.ports import Batch, DefinitionRef, InstanceWrite, Timer, TimerOp, TimerOpKind
 from sagakit.state import HistoryEntry, HistoryKind, SagaInstance, StepStatus, evolve
 from sagakit.transitions import (
     Abort,
+    Begin,
     Dispatch,
     Outcome,
     Reply,
     TimerFired,
     TimerKind,
+    decide,
     idempotency_key,
     new_instance,
 )
@@ -413,3 +415,19 @@ async def test_a_takeover_holds_the_instances_and_reruns_their_running_local_ste
     assert spawned == [("s1", "a", 1)]  # same attempt, same key: at least once
     assert woken == [1, 2]
     assert "took over 1 instance(s)" in caplog.text
+
+
+async def test_a_command_sent_after_a_reply_names_that_reply_as_its_cause(
+    store: SqliteStore,
+) -> None:
+    saga: Saga[Any] = Saga("remote_parts")
+    saga.remote("a", participant="svc", command="a.do", compensation="a.undo")
+    saga.remote("b", participant="svc", command="b.do", compensation="b.undo")
+    begun = decide(instance_of(saga, "s1"), Begin(), saga.build(), 1.0).instance
+    applier, _, _, _ = applier_for(App(sagas=[saga]), store)
+    reply = Reply("a", Phase.ACTION, 1, Outcome.SUCCESS, "ok")
+    work = Work("s1", begun, 1, False)
+    applier.event(work, Item("s1", event=reply, body=b"{}", message_id="m-42"), 5.0, Batch())
+    [sent] = work.transition.outbox
+    command = decode(sent.body)
+    assert command.step == "b" and command.causation_id == "m-42"

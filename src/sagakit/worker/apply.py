@@ -22,10 +22,9 @@ from sagakit.errors import (
     DefinitionMissing,
     EncodingError,
     IdempotencyConflict,
-    MessageRejected,
     SagaNotFound,
 )
-from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind, decode
+from sagakit.messages import MAX_MESSAGE_BYTES, Envelope, MessageKind
 from sagakit.messages import encode as encode_envelope
 from sagakit.ports import (
     ORCHESTRATOR,
@@ -226,7 +225,7 @@ class Applier:
                     CommandResult(item.command_id, CommandState.REFUSED, decision.refused)
                 )
             return
-        self.decision(work, decision, definition, now, _message_id(item))
+        self.decision(work, decision, definition, now, item.message_id)
         if item.command_id is not None:
             work.transition.commands.append(CommandResult(item.command_id, CommandState.APPLIED))
 
@@ -397,15 +396,6 @@ class Applier:
 def _consume(work: Work, item: Item) -> None:
     if item.timer is not None:
         work.transition.timer_ops.append(TimerOp(TimerOpKind.FIRED, item.timer))
-
-
-def _message_id(item: Item) -> str | None:
-    if item.body is None:
-        return None
-    try:
-        return decode(item.body).id
-    except MessageRejected:
-        return None
 
 
 def _traceparent(saga_id: str, span_seed: str) -> str:

@@ -51,6 +51,8 @@ class Item:
     timer: Timer | None = None
     command_id: int | None = None
     body: bytes | None = None
+    #: The id of the message ``body`` holds: the causation id of the commands it leads to.
+    message_id: str | None = None
     source: str = ""
     dead_letter: DeadLetter | None = None
     future: Answer | None = None

@@ -96,7 +96,9 @@ class ReplySource:
             env.generation,
         )
         try:
-            await self._inbox.submit(Item(env.saga_id, event=reply, body=body, source=self.queue))
+            await self._inbox.submit(
+                Item(env.saga_id, event=reply, body=body, source=self.queue, message_id=env.id)
+            )
         except StoreRefused as exc:
             # Dead-lettered when it was first refused; taking it again would loop forever.
             log.error("a reply for saga %s was refused by the store: %s", env.saga_id, exc)
